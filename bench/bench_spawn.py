@@ -1,0 +1,162 @@
+"""spawn: spawn N tasks that each yield once, then join them all; tasks/s.
+
+Each task is ``async def child(): await <yield>`` where the yield is
+``zokio.yield_now()``, ``asyncio.sleep(0)`` (asyncio, uvloop) or
+``trio.lowlevel.checkpoint()``.  The timed region starts before the first
+spawn and ends after the last join, inside the runtime: creating the
+coroutines, scheduling, one reschedule per task, completion and joining.
+zokio/asyncio/uvloop join by awaiting each handle in spawn order; trio by
+leaving the nursery.  One untimed warm-up round runs first in the same
+runtime (the first touch of fresh pages is several times slower than reuse).
+
+Bar: zokio threads=2 >= 5x asyncio, and threads=2 not slower than threads=1.
+
+Run alone: ``python bench/bench_spawn.py [--quick] [--only zokio,asyncio]``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+WORKLOAD = "spawn"
+ZOKIO_THREADS = (1, 2, 4, 8)
+
+
+def cases(quick: bool = False, repeat: int | None = None) -> list[C.Case]:
+    n = 20_000 if quick else 100_000
+    rep = C.repeats(repeat, quick, full=7, fast=3)
+    out = [C.Case(WORKLOAD, "zokio", f"zokio threads={t}", {"threads": t, "n": n, "repeat": rep},
+                  timeout=150)
+           for t in ZOKIO_THREADS]
+    for rt in ("asyncio", "uvloop"):
+        out.append(C.Case(WORKLOAD, rt, rt, {"n": n, "repeat": rep}))
+    out.append(C.Case(WORKLOAD, "trio", "trio", {"n": n, "repeat": C.repeats(repeat, quick, 5, 3)}))
+    return out
+
+
+def _zokio(p):
+    zokio, rt = C.zokio_runtime(p["threads"])
+    n = p["n"]
+    perf = time.perf_counter
+
+    async def child():
+        await zokio.yield_now()
+
+    async def bench():
+        t0 = perf()
+        hs = [zokio.spawn(child()) for _ in range(n)]
+        for h in hs:
+            await h
+        return perf() - t0
+
+    with rt:
+        rt.block_on(bench())  # warm-up
+        times = [rt.block_on(bench()) for _ in range(p["repeat"])]
+        try:
+            metrics = rt.metrics()
+        except Exception as exc:  # metrics are a nice-to-have here
+            metrics = {"error": repr(exc)}
+    return {"times": times, "metrics": metrics}
+
+
+def _asyncio(p):
+    import asyncio
+
+    n = p["n"]
+    perf = time.perf_counter
+
+    async def child():
+        await asyncio.sleep(0)
+
+    async def bench():
+        t0 = perf()
+        ts = [asyncio.create_task(child()) for _ in range(n)]
+        for t in ts:
+            await t
+        return perf() - t0
+
+    with C.asyncio_runner(p["runtime"]) as runner:
+        runner.run(bench())
+        times = [runner.run(bench()) for _ in range(p["repeat"])]
+    return {"times": times}
+
+
+def _trio(p):
+    trio = C.require("trio")
+    n = p["n"]
+    perf = time.perf_counter
+
+    async def child():
+        await trio.lowlevel.checkpoint()
+
+    async def bench():
+        t0 = perf()
+        async with trio.open_nursery() as nursery:
+            for _ in range(n):
+                nursery.start_soon(child)
+        return perf() - t0
+
+    trio.run(bench)
+    return {"times": [trio.run(bench) for _ in range(p["repeat"])]}
+
+
+def run_case(p):
+    rt = p["runtime"]
+    if rt == "zokio":
+        res = _zokio(p)
+    elif rt in ("asyncio", "uvloop"):
+        res = _asyncio(p)
+    elif rt == "trio":
+        res = _trio(p)
+    else:
+        raise ValueError(rt)
+    rates = [p["n"] / t for t in res["times"]]
+    res.update(rate=C.median(rates), rates=rates, spread=C.spread(rates), n=p["n"])
+    return res
+
+
+def report(results):
+    base = C.value(results, "asyncio", "rate")
+    rows = []
+    for r in results:
+        cell = C.status_cell(r)
+        if cell:
+            rows.append([r["label"], cell, "-", "-", C.bg_cell(r)])
+            continue
+        rows.append([r["label"], C.fmt_num(r["rate"], "tasks/s"), f"{r['spread'] * 100:.0f}%",
+                     C.fmt_ratio(C.ratio(r["rate"], base)), C.bg_cell(r)])
+    n = next((r["params"]["n"] for r in results), 0)
+    reps = next((r["params"]["repeat"] for r in results if r["runtime"] == "zokio"), 0)
+    text = (f"### spawn + one yield + join (N={n:,}; median of {reps} timed rounds after one warm-up;"
+            f" trio {next((r['params']['repeat'] for r in results if r['runtime'] == 'trio'), 0)})\n\n"
+            + C.table(["runtime", "tasks/s", "spread", "vs asyncio", "bg load"], rows))
+    z1 = C.value(results, "zokio threads=1", "rate")
+    z2 = C.value(results, "zokio threads=2", "rate")
+    curve = [C.value(results, f"zokio threads={t}", "rate") for t in ZOKIO_THREADS]
+    r_async = C.ratio(z2, base)
+    r_21 = C.ratio(z2, z1)
+    bars = [
+        C.bar("spawn: zokio threads=2 vs asyncio", f"asyncio {C.fmt_num(base, 'tasks/s')}",
+              f"{C.fmt_num(z2, 'tasks/s')} ({C.fmt_ratio(r_async)})", ">= 5x asyncio",
+              None if r_async is None else r_async >= 5.0),
+        C.bar("spawn: zokio threads=2 vs threads=1", f"threads=1 {C.fmt_num(z1, 'tasks/s')}",
+              f"{C.fmt_num(z2, 'tasks/s')} ({C.fmt_ratio(r_21)})", "threads=2 >= threads=1",
+              None if r_21 is None else r_21 >= 1.0),
+    ]
+    if all(c is not None for c in curve):
+        falls = [f"{ZOKIO_THREADS[i]}->{ZOKIO_THREADS[i + 1]}" for i in range(len(curve) - 1)
+                 if curve[i + 1] < 0.95 * curve[i]]
+        text += ("\n\nzokio thread curve (tasks/s): "
+                 + ", ".join(f"{t}: {C.fmt_num(v)}" for t, v in zip(ZOKIO_THREADS, curve))
+                 + (f" — falls (>5%) at {', '.join(falls)}" if falls else " — does not fall")
+                 + f". The machine has {os.cpu_count()} cores: threads > cores are oversubscribed.")
+    return {"text": text, "bars": bars}
+
+
+if __name__ == "__main__":
+    C.module_main(os.path.abspath(__file__), __doc__.splitlines()[0], cases, run_case, report)

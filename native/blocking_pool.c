@@ -1,0 +1,262 @@
+/* blocking_pool.c -- threads for spawn_blocking (after Tokio runtime/blocking).
+ *
+ * Jobs go into an unbounded FIFO.  A new thread is started only when no
+ * thread is idle and the cap is not reached; an idle thread exits after
+ * keep_alive seconds without work.  Threads are Python threads (started
+ * through the `spawn_thread` callable the Python layer supplies) so each has
+ * one PyThreadState for its life; they wait on a pthread condition variable
+ * with the thread state detached.  The job's result completes a Oneshot leaf,
+ * which wakes the awaiting task through the ordinary waker path.
+ */
+#include "zokio.h"
+#include <pthread.h>
+#include <time.h>
+#include <errno.h>
+
+typedef struct zk_job {
+    struct zk_job *next;
+    PyObject *fn;
+    PyObject *args;
+    PyObject *kwargs;   /* or NULL */
+    zk_leaf *leaf;      /* strong */
+} zk_job;
+
+struct zk_blocking_pool {
+    zk_state *st;
+    pthread_mutex_t lock;
+    pthread_cond_t work_cond;    /* signalled when a job arrives / shutdown */
+    pthread_cond_t exit_cond;    /* signalled when a thread exits */
+    zk_job *head, *tail;
+    size_t queued;
+    size_t threads;              /* started and not yet exited */
+    size_t idle;                 /* waiting for work */
+    size_t wakeups_pending;      /* signals sent not yet consumed */
+    size_t cap;
+    double keep_alive;
+    int shutdown;
+    PyObject *spawn_thread;      /* callable(target) starting a thread */
+};
+
+zk_blocking_pool *zk_blocking_pool_new(zk_state *st, zk_sched *s, size_t cap,
+                                       double keep_alive, PyObject *spawn_thread) {
+    ZK_UNUSED(s);
+    if (!PyCallable_Check(spawn_thread)) {
+        PyErr_SetString(PyExc_TypeError, "spawn_thread must be callable");
+        return NULL;
+    }
+    zk_blocking_pool *p = PyMem_RawCalloc(1, sizeof(*p));
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    p->st = st;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->work_cond, &ca);
+    pthread_cond_init(&p->exit_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    p->cap = cap;
+    p->keep_alive = keep_alive;
+    p->spawn_thread = Py_NewRef(spawn_thread);
+    return p;
+}
+
+/* Lock without stalling the interpreter: a contended wait is detached. */
+static void pool_lock(zk_blocking_pool *p) {
+    if (pthread_mutex_trylock(&p->lock) == 0)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&p->lock);
+    Py_END_ALLOW_THREADS
+}
+
+static void deadline_after(struct timespec *ts, double seconds) {
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    double whole = (double)(time_t)seconds;
+    ts->tv_sec += (time_t)seconds;
+    ts->tv_nsec += (long)((seconds - whole) * 1e9);
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec += 1;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+int zk_blocking_pool_submit(zk_blocking_pool *p, PyObject *fn, PyObject *args,
+                            PyObject *kwargs, zk_leaf *leaf) {
+    zk_job *job = PyMem_RawMalloc(sizeof(*job));
+    if (job == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    job->next = NULL;
+    job->fn = Py_NewRef(fn);
+    job->args = Py_NewRef(args);
+    job->kwargs = (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0) ? Py_NewRef(kwargs) : NULL;
+    job->leaf = (zk_leaf *)Py_NewRef((PyObject *)leaf);
+
+    int start_thread = 0;
+    pool_lock(p);
+    if (p->shutdown) {
+        pthread_mutex_unlock(&p->lock);
+        Py_DECREF(job->fn);
+        Py_DECREF(job->args);
+        Py_XDECREF(job->kwargs);
+        Py_DECREF((PyObject *)job->leaf);
+        PyMem_RawFree(job);
+        PyErr_SetString(PyExc_RuntimeError, "the blocking pool is shut down");
+        return -1;
+    }
+    if (p->tail)
+        p->tail->next = job;
+    else
+        p->head = job;
+    p->tail = job;
+    p->queued++;
+    if (p->idle > p->wakeups_pending) {
+        p->wakeups_pending++;
+        pthread_cond_signal(&p->work_cond);
+    } else if (p->threads < p->cap) {
+        p->threads++;
+        start_thread = 1;
+    }
+    pthread_mutex_unlock(&p->lock);
+
+    if (start_thread) {
+        PyObject *r = PyObject_CallNoArgs(p->spawn_thread);
+        if (r == NULL) {
+            /* The job stays queued for the threads we have. */
+            pool_lock(p);
+            p->threads--;
+            int none_left = p->threads == 0;
+            pthread_cond_broadcast(&p->exit_cond);
+            pthread_mutex_unlock(&p->lock);
+            if (none_left)
+                return -1;  /* nobody will ever run it: report */
+            PyErr_WriteUnraisable(p->spawn_thread);
+        } else {
+            Py_DECREF(r);
+        }
+    }
+    return 0;
+}
+
+static void run_job(zk_blocking_pool *p, zk_job *job) {
+    PyObject *r = job->kwargs ? PyObject_Call(job->fn, job->args, job->kwargs)
+                              : PyObject_Call(job->fn, job->args, NULL);
+    if (r != NULL)
+        zk_leaf_complete(p->st, job->leaf, r, NULL);
+    else
+        zk_leaf_complete(p->st, job->leaf, NULL, zk_fetch_exception());
+    Py_DECREF(job->fn);
+    Py_DECREF(job->args);
+    Py_XDECREF(job->kwargs);
+    Py_DECREF((PyObject *)job->leaf);
+    PyMem_RawFree(job);
+}
+
+void zk_blocking_pool_thread_main(zk_blocking_pool *p) {
+    pool_lock(p);
+    for (;;) {
+        if (p->head != NULL) {
+            zk_job *job = p->head;
+            p->head = job->next;
+            if (p->head == NULL)
+                p->tail = NULL;
+            p->queued--;
+            pthread_mutex_unlock(&p->lock);
+            run_job(p, job);
+            pool_lock(p);
+            continue;
+        }
+        if (p->shutdown)
+            break;
+        p->idle++;
+        struct timespec ts;
+        deadline_after(&ts, p->keep_alive);
+        int rc = 0;
+        Py_BEGIN_ALLOW_THREADS
+        while (p->head == NULL && !p->shutdown && p->wakeups_pending == 0 && rc != ETIMEDOUT)
+            rc = pthread_cond_timedwait(&p->work_cond, &p->lock, &ts);
+        Py_END_ALLOW_THREADS
+        p->idle--;
+        if (p->wakeups_pending > 0)
+            p->wakeups_pending--;
+        if (rc == ETIMEDOUT && p->head == NULL)
+            break;  /* idle past keep-alive */
+    }
+    p->threads--;
+    pthread_cond_broadcast(&p->exit_cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+void zk_blocking_pool_shutdown(zk_blocking_pool *p) {
+    pool_lock(p);
+    p->shutdown = 1;
+    zk_job *jobs = p->head;
+    p->head = p->tail = NULL;
+    p->queued = 0;
+    pthread_cond_broadcast(&p->work_cond);
+    pthread_mutex_unlock(&p->lock);
+    while (jobs != NULL) {
+        zk_job *next = jobs->next;
+        PyObject *exc = PyObject_CallOneArg(p->st->Cancelled, Py_None);
+        if (exc == NULL)
+            exc = zk_fetch_exception();
+        zk_leaf_complete(p->st, jobs->leaf, NULL, exc);
+        Py_DECREF(jobs->fn);
+        Py_DECREF(jobs->args);
+        Py_XDECREF(jobs->kwargs);
+        Py_DECREF((PyObject *)jobs->leaf);
+        PyMem_RawFree(jobs);
+        jobs = next;
+    }
+}
+
+int zk_blocking_pool_join(zk_blocking_pool *p, double timeout) {
+    struct timespec ts;
+    if (timeout >= 0)
+        deadline_after(&ts, timeout);
+    int all_exited;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&p->lock);
+    int rc = 0;
+    while (p->threads > 0 && rc != ETIMEDOUT) {
+        if (timeout >= 0)
+            rc = pthread_cond_timedwait(&p->exit_cond, &p->lock, &ts);
+        else
+            rc = pthread_cond_wait(&p->exit_cond, &p->lock);
+    }
+    all_exited = p->threads == 0;
+    pthread_mutex_unlock(&p->lock);
+    Py_END_ALLOW_THREADS
+    return all_exited;
+}
+
+void zk_blocking_pool_stats(zk_blocking_pool *p, size_t *threads, size_t *idle, size_t *queued) {
+    pthread_mutex_lock(&p->lock);  /* held for a few loads only */
+    *threads = p->threads;
+    *idle = p->idle;
+    *queued = p->queued;
+    pthread_mutex_unlock(&p->lock);
+}
+
+void zk_blocking_pool_free(zk_blocking_pool *p) {
+    /* Only once no thread can touch the pool (all exited or never started). */
+    zk_job *j = p->head;
+    while (j != NULL) {
+        zk_job *next = j->next;
+        Py_DECREF(j->fn);
+        Py_DECREF(j->args);
+        Py_XDECREF(j->kwargs);
+        Py_DECREF((PyObject *)j->leaf);
+        PyMem_RawFree(j);
+        j = next;
+    }
+    Py_CLEAR(p->spawn_thread);
+    pthread_cond_destroy(&p->work_cond);
+    pthread_cond_destroy(&p->exit_cond);
+    pthread_mutex_destroy(&p->lock);
+    PyMem_RawFree(p);
+}

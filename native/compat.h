@@ -1,0 +1,70 @@
+/* compat.h -- portability shims shared by every native file.
+ *
+ * zokio builds on free-threaded 3.13t (the target) and on GIL builds 3.11+.
+ * PyMutex only exists from 3.13; older interpreters get a pthread mutex.  Our
+ * critical sections never call back into Python while holding a zk_mutex, so
+ * a plain pthread mutex cannot deadlock against the GIL there.
+ */
+#ifndef ZOKIO_COMPAT_H
+#define ZOKIO_COMPAT_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#if PY_VERSION_HEX >= 0x030D0000
+#define ZK_HAVE_PYMUTEX 1
+typedef PyMutex zk_mutex;
+#define ZK_MUTEX_INIT {0}
+static inline void zk_mutex_init(zk_mutex *m) { memset(m, 0, sizeof(*m)); }
+static inline void zk_mutex_lock(zk_mutex *m) { PyMutex_Lock(m); }
+static inline void zk_mutex_unlock(zk_mutex *m) { PyMutex_Unlock(m); }
+static inline void zk_mutex_destroy(zk_mutex *m) { (void)m; }
+#else
+#include <pthread.h>
+#include <string.h>
+typedef pthread_mutex_t zk_mutex;
+static inline void zk_mutex_init(zk_mutex *m) { pthread_mutex_init(m, NULL); }
+static inline void zk_mutex_lock(zk_mutex *m) { pthread_mutex_lock(m); }
+static inline void zk_mutex_unlock(zk_mutex *m) { pthread_mutex_unlock(m); }
+static inline void zk_mutex_destroy(zk_mutex *m) { pthread_mutex_destroy(m); }
+#endif
+
+#define ZK_CACHELINE 64
+#define ZK_UNUSED(x) ((void)(x))
+
+#endif
+
+#ifndef ZOKIO_COMPAT_EXC
+#define ZOKIO_COMPAT_EXC
+/* Take the raised exception as one normalized instance (traceback attached),
+ * clearing the error indicator.  PyErr_GetRaisedException is 3.12+. */
+static inline PyObject *zk_fetch_exception(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type == NULL)
+        return NULL;
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+/* Raise an exception instance (borrowed). */
+static inline void zk_raise_instance(PyObject *exc) {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(Py_NewRef(exc));
+#else
+    PyObject *tb = PyException_GetTraceback(exc);
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), Py_NewRef(exc), tb);
+#endif
+}
+#endif

@@ -1,0 +1,669 @@
+/* leaf.c -- what a zokio task can await.
+ *
+ * A coroutine suspends by yielding a leaf; the worker then registers the task
+ * as the leaf's waker (zk_awaitable_register).  Leaves:
+ *   YieldNow      one shared instance; resumes after one trip through the queue
+ *   JoinHandle    (task.c) the awaiter becomes a waiter of the task
+ *   Oneshot       a cell completed once, from any thread (spawn_blocking,
+ *                 user code, later sync primitives)
+ *   Sleep         a timer in the current worker's wheel
+ *   Op            an I/O op record in the current worker's completion port
+ *   TimeoutScope  not awaited: a timer that interrupts its task
+ *
+ * Waker handshake (leaf header `waker` + `done`):
+ *   registrar:  CAS waker NULL -> task;   then load done (seq_cst)
+ *   completer:  store done = DONE (seq_cst); then exchange waker -> NULL
+ * Whatever the interleaving, at least one side sees the other, and the
+ * atomic exchange lets exactly one of them take the task reference and wake
+ * it.  A wake the task does not need (it moved on) is filtered by the worker
+ * with zk_awaitable_ready().
+ */
+#include "task.h"
+#include <math.h>
+
+enum { LEAF_PENDING = 0, LEAF_COMPLETING = 1, LEAF_DONE = 2 };
+
+static int leaf_is_done(zk_leaf *l) {
+    return atomic_load_explicit(&l->done, memory_order_acquire) == LEAF_DONE;
+}
+
+static void leaf_init(zk_leaf *l) {
+    atomic_init(&l->waker, NULL);
+    atomic_init(&l->done, LEAF_PENDING);
+    l->value = NULL;
+    l->exc = NULL;
+}
+
+int zk_leaf_complete(zk_state *st, zk_leaf *leaf, PyObject *value, PyObject *exc) {
+    ZK_UNUSED(st);
+    int expected = LEAF_PENDING;
+    if (!atomic_compare_exchange_strong_explicit(&leaf->done, &expected, LEAF_COMPLETING,
+                                                 memory_order_acq_rel, memory_order_acquire)) {
+        Py_XDECREF(value);
+        Py_XDECREF(exc);
+        return 1;
+    }
+    leaf->value = value;
+    leaf->exc = exc;
+    /* seq_cst: ordered against the registrar's CAS on waker (see top). */
+    atomic_store_explicit(&leaf->done, LEAF_DONE, memory_order_seq_cst);
+    zk_task *w = atomic_exchange_explicit(&leaf->waker, NULL, memory_order_seq_cst);
+    if (w != NULL) {
+        zk_task_wake(w);
+        Py_DECREF(w);
+    }
+    return 0;
+}
+
+/* Returns 0, or -1 with RuntimeError if another task already waits here. */
+static int leaf_register(zk_leaf *leaf, zk_task *task) {
+    zk_task *expected = NULL;
+    Py_INCREF(task);
+    if (!atomic_compare_exchange_strong_explicit(&leaf->waker, &expected, task,
+                                                 memory_order_seq_cst, memory_order_seq_cst)) {
+        Py_DECREF(task);
+        PyErr_Format(PyExc_RuntimeError,
+                     "%R is already awaited by another task", (PyObject *)leaf);
+        return -1;
+    }
+    if (atomic_load_explicit(&leaf->done, memory_order_seq_cst) == LEAF_DONE) {
+        zk_task *w = atomic_exchange_explicit(&leaf->waker, NULL, memory_order_seq_cst);
+        if (w != NULL) {
+            zk_task_wake(w);
+            Py_DECREF(w);
+        }
+    }
+    return 0;
+}
+
+static void leaf_unregister(zk_leaf *leaf) {
+    zk_task *w = atomic_exchange_explicit(&leaf->waker, NULL, memory_order_seq_cst);
+    Py_XDECREF(w);
+}
+
+/* The value of a completed leaf, as __next__'s return: StopIteration(value)
+ * or the stored exception. */
+static PyObject *leaf_outcome(zk_leaf *l) {
+    if (l->exc != NULL) {
+        zk_raise_instance(l->exc);
+        return NULL;
+    }
+    PyObject *r = l->value;
+    if (r == NULL || r == Py_None)
+        return NULL;
+    if (PyTuple_Check(r) || PyExceptionInstance_Check(r)) {
+        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, r);
+        if (stop != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, stop);
+            Py_DECREF(stop);
+        }
+        return NULL;
+    }
+    PyErr_SetObject(PyExc_StopIteration, r);
+    return NULL;
+}
+
+static PyObject *outside_task_error(PyObject *self) {
+    PyErr_Format(PyExc_RuntimeError,
+                 "%R must be awaited inside a zokio task (no zokio runtime is "
+                 "running this coroutine)", self);
+    return NULL;
+}
+
+/* __next__ shared by Oneshot, Sleep and Op: the outcome once done (while the
+ * cooperative budget lasts), else yield the leaf to the worker. */
+static PyObject *leaf_iternext(zk_leaf *self) {
+    if (leaf_is_done(self) && zk_coop_budget-- > 0)
+        return leaf_outcome(self);
+    if (zk_current_task == NULL)
+        return outside_task_error((PyObject *)self);
+    return Py_NewRef(self);
+}
+
+static PyObject *leaf_await(PyObject *self) {
+    return Py_NewRef(self);
+}
+
+static int leaf_traverse(zk_leaf *self, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->value);
+    Py_VISIT(self->exc);
+    return 0;
+}
+
+static void leaf_clear_fields(zk_leaf *self) {
+    Py_CLEAR(self->value);
+    Py_CLEAR(self->exc);
+    zk_task *w = atomic_exchange_explicit(&self->waker, NULL, memory_order_relaxed);
+    Py_XDECREF(w);
+}
+
+static int leaf_clear(zk_leaf *self) {
+    leaf_clear_fields(self);
+    return 0;
+}
+
+static PyObject *leaf_done_method(zk_leaf *self, PyObject *Py_UNUSED(ignored)) {
+    return PyBool_FromLong(leaf_is_done(self));
+}
+
+/* ---- YieldNow ------------------------------------------------------------ */
+
+/* One shared instance.  Per-await state lives in the task (yield_resume),
+ * so yielding allocates nothing. */
+static PyObject *yield_iternext(PyObject *self) {
+    zk_task *t = zk_current_task;
+    if (t == NULL)
+        return outside_task_error(self);
+    if (t->yield_resume) {
+        t->yield_resume = 0;
+        return NULL;
+    }
+    return Py_NewRef(self);
+}
+
+static PyObject *yield_repr(PyObject *Py_UNUSED(self)) {
+    return PyUnicode_FromString("<zokio.yield_now>");
+}
+
+static void plain_dealloc(PyObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot yield_slots[] = {
+    {Py_tp_dealloc, plain_dealloc},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, yield_iternext},
+    {Py_am_await, leaf_await},
+    {Py_tp_repr, yield_repr},
+    {0, NULL},
+};
+
+static PyType_Spec yield_spec = {
+    .name = "zokio._native.YieldNow",
+    .basicsize = sizeof(PyObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = yield_slots,
+};
+
+/* ---- Oneshot -------------------------------------------------------------- */
+
+static PyObject *oneshot_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (PyTuple_GET_SIZE(args) != 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "Oneshot() takes no arguments");
+        return NULL;
+    }
+    zk_leaf *self = PyObject_GC_New(zk_leaf, type);
+    if (self == NULL)
+        return NULL;
+    leaf_init(self);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static zk_state *state_of_type(PyTypeObject *tp) {
+    return (zk_state *)PyType_GetModuleState(tp);
+}
+
+static PyObject *oneshot_set(zk_leaf *self, PyObject *value) {
+    int r = zk_leaf_complete(state_of_type(Py_TYPE(self)), self, Py_NewRef(value), NULL);
+    return PyBool_FromLong(r == 0);
+}
+
+static PyObject *oneshot_set_exception(zk_leaf *self, PyObject *exc) {
+    if (PyExceptionClass_Check(exc)) {
+        exc = PyObject_CallNoArgs(exc);
+        if (exc == NULL)
+            return NULL;
+    } else if (PyExceptionInstance_Check(exc)) {
+        Py_INCREF(exc);
+    } else {
+        PyErr_Format(PyExc_TypeError, "set_exception() needs an exception, not %.100s",
+                     Py_TYPE(exc)->tp_name);
+        return NULL;
+    }
+    int r = zk_leaf_complete(state_of_type(Py_TYPE(self)), self, NULL, exc);
+    return PyBool_FromLong(r == 0);
+}
+
+static PyObject *oneshot_repr(zk_leaf *self) {
+    return PyUnicode_FromFormat("<zokio.Oneshot %s>", leaf_is_done(self) ? "done" : "pending");
+}
+
+static void leaf_dealloc(zk_leaf *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    leaf_clear_fields(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef oneshot_methods[] = {
+    {"set", (PyCFunction)oneshot_set, METH_O,
+     "Complete with a value; wakes the awaiting task.  Any thread.  Returns "
+     "False if the cell was already complete."},
+    {"set_exception", (PyCFunction)oneshot_set_exception, METH_O,
+     "Complete with an exception raised in the awaiting task.  Any thread."},
+    {"done", (PyCFunction)leaf_done_method, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot oneshot_slots[] = {
+    {Py_tp_doc, "A one-shot cell: completed once from any thread, awaited by one task."},
+    {Py_tp_new, oneshot_new},
+    {Py_tp_dealloc, leaf_dealloc},
+    {Py_tp_traverse, leaf_traverse},
+    {Py_tp_clear, leaf_clear},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, leaf_iternext},
+    {Py_am_await, leaf_await},
+    {Py_tp_methods, oneshot_methods},
+    {Py_tp_repr, oneshot_repr},
+    {0, NULL},
+};
+
+static PyType_Spec oneshot_spec = {
+    .name = "zokio.Oneshot",
+    .basicsize = sizeof(zk_leaf),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = oneshot_slots,
+};
+
+/* ---- Sleep ------------------------------------------------------------------ */
+
+static PyObject *sleep_repr(zk_sleep *self) {
+    return PyUnicode_FromFormat("<zokio.sleep %s>", leaf_is_done(&self->leaf) ? "done" : "pending");
+}
+
+static void sleep_dealloc(zk_sleep *self) {
+    /* A filed timer holds a reference to its Sleep, so it cannot be linked. */
+    leaf_dealloc(&self->leaf);
+}
+
+static PyType_Slot sleep_slots[] = {
+    {Py_tp_dealloc, sleep_dealloc},
+    {Py_tp_traverse, leaf_traverse},
+    {Py_tp_clear, leaf_clear},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, leaf_iternext},
+    {Py_am_await, leaf_await},
+    {Py_tp_repr, sleep_repr},
+    {0, NULL},
+};
+
+static PyType_Spec sleep_spec = {
+    .name = "zokio._native.Sleep",
+    .basicsize = sizeof(zk_sleep),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = sleep_slots,
+};
+
+PyObject *zk_sleep_new(zk_state *st, int64_t deadline_ns) {
+    zk_sleep *self = PyObject_GC_New(zk_sleep, st->SleepType);
+    if (self == NULL)
+        return NULL;
+    leaf_init(&self->leaf);
+    memset(&self->timer, 0, sizeof(self->timer));
+    self->timer.owner = (PyObject *)self;
+    self->timer.kind = ZK_TIMER_SLEEP;
+    self->timer.deadline_ns = deadline_ns;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+/* ---- Op (I/O) -------------------------------------------------------------- */
+
+static void io_op_release_buffer(zk_io_op *self) {
+    if (self->view_held) {
+        PyBuffer_Release(&self->view);
+        self->view_held = 0;
+    }
+}
+
+static void io_op_dealloc(zk_io_op *self) {
+    /* In flight, the port's reference keeps us alive: never reached then. */
+    io_op_release_buffer(self);
+    Py_CLEAR(self->read_buf);
+    leaf_dealloc(&self->leaf);
+}
+
+static int io_op_traverse(zk_io_op *self, visitproc visit, void *arg) {
+    Py_VISIT(self->read_buf);
+    return leaf_traverse(&self->leaf, visit, arg);
+}
+
+static PyObject *io_op_repr(zk_io_op *self) {
+    return PyUnicode_FromFormat("<zokio.Op %s fd=%d %s>",
+                                self->op.opcode == ZK_OP_READ ? "read" : "write",
+                                self->op.fd, leaf_is_done(&self->leaf) ? "done" : "pending");
+}
+
+static PyType_Slot io_op_slots[] = {
+    {Py_tp_dealloc, io_op_dealloc},
+    {Py_tp_traverse, io_op_traverse},
+    {Py_tp_clear, leaf_clear},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, leaf_iternext},
+    {Py_am_await, leaf_await},
+    {Py_tp_repr, io_op_repr},
+    {0, NULL},
+};
+
+static PyType_Spec io_op_spec = {
+    .name = "zokio._native.Op",
+    .basicsize = sizeof(zk_io_op),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = io_op_slots,
+};
+
+PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, PyObject *data,
+                       Py_ssize_t nbytes, int64_t offset) {
+    if (fd < 0) {
+        PyErr_Format(PyExc_ValueError, "invalid file descriptor %d", fd);
+        return NULL;
+    }
+    zk_io_op *self = PyObject_GC_New(zk_io_op, st->OpType);
+    if (self == NULL)
+        return NULL;
+    leaf_init(&self->leaf);
+    memset(&self->op, 0, sizeof(self->op));
+    self->read_buf = NULL;
+    self->worker = NULL;
+    self->submitted = 0;
+    self->view_held = 0;
+    self->op.opcode = opcode;
+    self->op.fd = fd;
+    self->op.offset = offset;
+    self->op.complete = zk_io_op_complete;
+    PyObject_GC_Track(self);
+    if (opcode == ZK_OP_READ) {
+        if (nbytes < 0) {
+            Py_DECREF(self);
+            PyErr_SetString(PyExc_ValueError, "read size must be >= 0");
+            return NULL;
+        }
+        self->read_buf = PyByteArray_FromStringAndSize(NULL, nbytes);
+        if (self->read_buf == NULL || PyObject_GetBuffer(self->read_buf, &self->view, PyBUF_WRITABLE) < 0) {
+            Py_DECREF(self);
+            return NULL;
+        }
+    } else {
+        if (PyObject_GetBuffer(data, &self->view, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
+    self->view_held = 1;
+    self->op.buf = self->view.buf;
+    self->op.len = (size_t)self->view.len;
+    return (PyObject *)self;
+}
+
+/* The port calls this exactly once per submitted op, on the owning worker,
+ * attached.  Only now may the pinned buffer be released. */
+void zk_io_op_complete(zk_op *op, int64_t result) {
+    zk_io_op *self = (zk_io_op *)((char *)op - offsetof(zk_io_op, op));
+    zk_worker *w = self->worker;
+    zk_state *st = zk_sched_state(zk_worker_sched(w));
+    self->submitted = 0;
+    zk_worker_count_op(w);
+    io_op_release_buffer(self);
+    PyObject *value = NULL, *exc = NULL;
+    if (result < 0) {
+        int err = (int)-result;
+        if (err == ECANCELED)
+            exc = PyObject_CallOneArg(st->Cancelled, Py_None);
+        else
+            exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+    } else if (op->opcode == ZK_OP_READ) {
+        value = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self->read_buf), (Py_ssize_t)result);
+        Py_CLEAR(self->read_buf);
+    } else {
+        value = PyLong_FromLongLong(result);
+    }
+    if (value == NULL && exc == NULL)
+        exc = zk_fetch_exception();
+    zk_leaf_complete(st, &self->leaf, value, exc);
+    Py_DECREF(self);  /* the port's in-flight reference */
+}
+
+/* ---- TimeoutScope --------------------------------------------------------- */
+
+static void scope_dealloc(zk_timeout_scope *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->task);
+    Py_CLEAR(self->marker);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static int scope_traverse(zk_timeout_scope *self, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->task);
+    Py_VISIT(self->marker);
+    return 0;
+}
+
+static int scope_clear(zk_timeout_scope *self) {
+    Py_CLEAR(self->task);
+    Py_CLEAR(self->marker);
+    return 0;
+}
+
+static PyObject *scope_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"deadline", NULL};
+    double deadline;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "d:TimeoutScope", kwlist, &deadline))
+        return NULL;
+    if (isnan(deadline)) {
+        PyErr_SetString(PyExc_ValueError, "timeout deadline is NaN");
+        return NULL;
+    }
+    zk_state *st = state_of_type(type);
+    zk_timeout_scope *self = PyObject_GC_New(zk_timeout_scope, type);
+    if (self == NULL)
+        return NULL;
+    memset(&self->timer, 0, sizeof(self->timer));
+    self->timer.owner = (PyObject *)self;
+    self->timer.kind = ZK_TIMER_TIMEOUT;
+    double ns = deadline * 1e9;
+    self->timer.deadline_ns = ns > 9.0e18 ? INT64_MAX : (int64_t)ns;
+    self->task = NULL;
+    self->scope_state = ZK_SCOPE_IDLE;
+    self->marker = PyObject_CallOneArg(st->Cancelled, Py_None);
+    PyObject_GC_Track(self);
+    if (self->marker == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* arm(): start the countdown for the current task. */
+static PyObject *scope_arm(zk_timeout_scope *self, PyObject *Py_UNUSED(ignored)) {
+    zk_worker *w = zk_current_worker;
+    zk_task *t = zk_current_task;
+    if (w == NULL || t == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "zokio.timeout() must be used inside a zokio task");
+        return NULL;
+    }
+    if (self->task != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this timeout scope was already entered");
+        return NULL;
+    }
+    self->task = (zk_task *)Py_NewRef(t);
+    self->scope_state = ZK_SCOPE_ARMED;  /* not yet shared: no lock needed */
+    if (!zk_worker_add_timer(w, &self->timer))
+        zk_timer_fire(zk_sched_state(zk_worker_sched(w)), &self->timer);
+    Py_RETURN_NONE;
+}
+
+/* disarm() -> True if the deadline passed while the scope was armed. */
+static PyObject *scope_disarm(zk_timeout_scope *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->task == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this timeout scope was never entered");
+        return NULL;
+    }
+    zk_worker_cancel_timer(zk_current_worker, &self->timer);
+    int fired = zk_task_disarm_scope(self->task, &self->scope_state, self->marker);
+    return PyBool_FromLong(fired);
+}
+
+static PyObject *scope_get_marker(zk_timeout_scope *self, void *Py_UNUSED(c)) {
+    return Py_NewRef(self->marker);
+}
+
+static PyMethodDef scope_methods[] = {
+    {"arm", (PyCFunction)scope_arm, METH_NOARGS, NULL},
+    {"disarm", (PyCFunction)scope_disarm, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef scope_getset[] = {
+    {"marker", (getter)scope_get_marker, NULL, "The Cancelled instance thrown on expiry.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot scope_slots[] = {
+    {Py_tp_new, scope_new},
+    {Py_tp_dealloc, scope_dealloc},
+    {Py_tp_traverse, scope_traverse},
+    {Py_tp_clear, scope_clear},
+    {Py_tp_methods, scope_methods},
+    {Py_tp_getset, scope_getset},
+    {0, NULL},
+};
+
+static PyType_Spec scope_spec = {
+    .name = "zokio._native.TimeoutScope",
+    .basicsize = sizeof(zk_timeout_scope),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = scope_slots,
+};
+
+/* ---- timers -------------------------------------------------------------- */
+
+void zk_timer_fire(zk_state *st, zk_timer *timer) {
+    if (timer->kind == ZK_TIMER_SLEEP) {
+        zk_sleep *s = (zk_sleep *)timer->owner;
+        zk_leaf_complete(st, &s->leaf, Py_NewRef(Py_None), NULL);
+    } else {
+        zk_timeout_scope *sc = (zk_timeout_scope *)timer->owner;
+        zk_task_fire_scope(sc->task, &sc->scope_state, sc->marker);
+    }
+}
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+int zk_awaitable_ready(zk_state *st, PyObject *obj) {
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (tp == st->TaskType)
+        return zk_task_is_complete((zk_task *)obj);
+    if (tp == st->OneshotType || tp == st->SleepType || tp == st->OpType)
+        return leaf_is_done((zk_leaf *)obj);
+    return 1;
+}
+
+int zk_awaitable_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (tp == st->YieldNowType) {
+        task->yield_resume = 1;
+        zk_task_wake(task);  /* RUNNING: re-queued to the back after the poll */
+        return 0;
+    }
+    if (tp == st->TaskType) {
+        int r = zk_task_add_waiter((zk_task *)obj, (PyObject *)task);
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            zk_task_wake(task);
+        return 0;
+    }
+    if (tp == st->OneshotType)
+        return leaf_register((zk_leaf *)obj, task);
+    if (tp == st->SleepType) {
+        zk_sleep *s = (zk_sleep *)obj;
+        if (leaf_register(&s->leaf, task) < 0)
+            return -1;
+        if (!leaf_is_done(&s->leaf) && !s->timer.entry.linked) {
+            if (!zk_worker_add_timer(w, &s->timer))
+                zk_timer_fire(st, &s->timer);
+        }
+        return 0;
+    }
+    if (tp == st->OpType) {
+        zk_io_op *op = (zk_io_op *)obj;
+        if (leaf_register(&op->leaf, task) < 0)
+            return -1;
+        if (!leaf_is_done(&op->leaf) && !op->submitted) {
+            op->worker = w;
+            op->submitted = 1;
+            Py_INCREF(op);  /* the port's in-flight reference */
+            int err = zk_port_submit(zk_worker_port(w), &op->op);
+            if (err != 0) {
+                op->submitted = 0;
+                io_op_release_buffer(op);
+                PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+                if (exc == NULL)
+                    exc = zk_fetch_exception();
+                zk_leaf_complete(st, &op->leaf, NULL, exc);
+                Py_DECREF(op);
+            }
+        }
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError,
+                 "a zokio task awaited %R, which is not a zokio awaitable; "
+                 "asyncio futures and other event loops' objects cannot be "
+                 "awaited on zokio (wrap blocking work in zokio.spawn_blocking)",
+                 obj);
+    return -1;
+}
+
+void zk_awaitable_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (tp == st->YieldNowType) {
+        task->yield_resume = 0;
+    } else if (tp == st->TaskType) {
+        zk_task_remove_waiter((zk_task *)obj, (PyObject *)task);
+    } else if (tp == st->OneshotType) {
+        leaf_unregister((zk_leaf *)obj);
+    } else if (tp == st->SleepType) {
+        zk_sleep *s = (zk_sleep *)obj;
+        leaf_unregister(&s->leaf);
+        zk_worker_cancel_timer(w, &s->timer);
+    } else if (tp == st->OpType) {
+        zk_io_op *op = (zk_io_op *)obj;
+        leaf_unregister(&op->leaf);
+        zk_worker_cancel_op(w, op);
+    }
+}
+
+int zk_leaf_types_init(PyObject *module, zk_state *st) {
+#define MAKE(field, spec)                                                              \
+    do {                                                                               \
+        st->field = (PyTypeObject *)PyType_FromModuleAndSpec(module, &spec, NULL);     \
+        if (st->field == NULL)                                                         \
+            return -1;                                                                 \
+    } while (0)
+    MAKE(YieldNowType, yield_spec);
+    MAKE(OneshotType, oneshot_spec);
+    MAKE(SleepType, sleep_spec);
+    MAKE(OpType, io_op_spec);
+    MAKE(TimeoutScopeType, scope_spec);
+#undef MAKE
+    st->yield_now = PyType_GenericAlloc(st->YieldNowType, 0);
+    if (st->yield_now == NULL)
+        return -1;
+    if (PyModule_AddObjectRef(module, "Oneshot", (PyObject *)st->OneshotType) < 0 ||
+        PyModule_AddObjectRef(module, "TimeoutScope", (PyObject *)st->TimeoutScopeType) < 0 ||
+        PyModule_AddObjectRef(module, "yield_now_instance", st->yield_now) < 0)
+        return -1;
+    return 0;
+}

@@ -1,0 +1,287 @@
+/* module.c -- Python bindings of zokio._native: module state, module-level
+ * functions, and the registration of every type.  No kernel logic here. */
+#include "task.h"
+#include "testing.h"
+#include <math.h>
+
+zk_sched *zk_current_sched(void);
+PyObject *zk_sched_spawn(zk_sched *s, PyObject *coro, PyObject *name);
+PyObject *zk_sched_spawn_blocking(zk_sched *s, PyObject *fn, PyObject *args, PyObject *kwargs);
+
+static zk_state *get_state(PyObject *module) {
+    return (zk_state *)PyModule_GetState(module);
+}
+
+static zk_sched *require_sched(const char *what) {
+    zk_sched *s = zk_current_sched();
+    if (s == NULL)
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s must be called from inside a zokio runtime (a task run "
+                     "by Runtime.block_on() or Runtime.spawn()), but no runtime "
+                     "is running on this thread", what);
+    return s;
+}
+
+static PyObject *mod_spawn(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"coro", "name", NULL};
+    PyObject *coro, *name = Py_None;
+    ZK_UNUSED(module);
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$O:spawn", kwlist, &coro, &name))
+        return NULL;
+    zk_sched *s = require_sched("zokio.spawn()");
+    if (s == NULL) {
+        /* Do not leave an un-awaited coroutine warning on top of the error. */
+        if (PyCoro_CheckExact(coro)) {
+            PyObject *r = PyObject_CallMethod(coro, "close", NULL);
+            Py_XDECREF(r);
+            if (r == NULL)
+                PyErr_Clear();
+            PyErr_Format(PyExc_RuntimeError,
+                         "zokio.spawn() must be called from inside a zokio runtime "
+                         "(a task run by Runtime.block_on() or Runtime.spawn()), "
+                         "but no runtime is running on this thread");
+        }
+        return NULL;
+    }
+    return zk_sched_spawn(s, coro, name);
+}
+
+static PyObject *mod_yield_now(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    return Py_NewRef(get_state(module)->yield_now);
+}
+
+static int parse_seconds(PyObject *arg, double *out, const char *what) {
+    double d = PyFloat_AsDouble(arg);
+    if (d == -1.0 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "%s expects a number of seconds, not %.100s",
+                     what, Py_TYPE(arg)->tp_name);
+        return -1;
+    }
+    if (isnan(d)) {
+        PyErr_Format(PyExc_ValueError, "%s: NaN is not a duration", what);
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
+static int64_t add_seconds(int64_t base_ns, double seconds) {
+    if (seconds <= 0)
+        return base_ns;
+    double ns = seconds * 1e9;
+    if (ns >= (double)(INT64_MAX - base_ns))
+        return INT64_MAX;
+    return base_ns + (int64_t)ns;
+}
+
+static PyObject *mod_sleep(PyObject *module, PyObject *arg) {
+    double seconds;
+    if (parse_seconds(arg, &seconds, "zokio.sleep()") < 0)
+        return NULL;
+    if (seconds < 0) {
+        PyErr_Format(PyExc_ValueError, "zokio.sleep() duration must be >= 0, got %R", arg);
+        return NULL;
+    }
+    return zk_sleep_new(get_state(module), add_seconds(zk_monotonic_ns(), seconds));
+}
+
+static PyObject *mod_sleep_until(PyObject *module, PyObject *arg) {
+    double deadline;
+    if (parse_seconds(arg, &deadline, "zokio.sleep_until()") < 0)
+        return NULL;
+    return zk_sleep_new(get_state(module), add_seconds(0, deadline));
+}
+
+static PyObject *mod_monotonic(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    ZK_UNUSED(module);
+    return PyFloat_FromDouble((double)zk_monotonic_ns() / 1e9);
+}
+
+static PyObject *mod_spawn_blocking(PyObject *module, PyObject *args, PyObject *kwargs) {
+    ZK_UNUSED(module);
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    if (n < 1) {
+        PyErr_SetString(PyExc_TypeError, "spawn_blocking() needs a callable");
+        return NULL;
+    }
+    PyObject *fn = PyTuple_GET_ITEM(args, 0);
+    if (!PyCallable_Check(fn)) {
+        PyErr_Format(PyExc_TypeError, "spawn_blocking() needs a callable, not %R", fn);
+        return NULL;
+    }
+    zk_sched *s = require_sched("zokio.spawn_blocking()");
+    if (s == NULL)
+        return NULL;
+    PyObject *rest = PyTuple_GetSlice(args, 1, n);
+    if (rest == NULL)
+        return NULL;
+    PyObject *r = zk_sched_spawn_blocking(s, fn, rest, kwargs);
+    Py_DECREF(rest);
+    return r;
+}
+
+static PyObject *mod_current_scheduler(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    ZK_UNUSED(module);
+    zk_sched *s = zk_current_sched();
+    if (s == NULL)
+        Py_RETURN_NONE;
+    return Py_NewRef((PyObject *)s);
+}
+
+static PyObject *mod_current_task(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    ZK_UNUSED(module);
+    if (zk_current_task == NULL)
+        Py_RETURN_NONE;
+    return Py_NewRef((PyObject *)zk_current_task);
+}
+
+static PyObject *make_op(PyObject *module, PyObject *args, PyObject *kwds, zk_opcode opcode) {
+    static char *kwlist[] = {"fd", "arg", "offset", NULL};
+    int fd;
+    PyObject *arg;
+    long long offset = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|L", kwlist, &fd, &arg, &offset))
+        return NULL;
+    if (opcode == ZK_OP_READ) {
+        Py_ssize_t n = PyLong_AsSsize_t(arg);
+        if (n == -1 && PyErr_Occurred())
+            return NULL;
+        return zk_io_op_new(get_state(module), opcode, fd, NULL, n, offset);
+    }
+    return zk_io_op_new(get_state(module), opcode, fd, arg, 0, offset);
+}
+
+static PyObject *mod_op_read(PyObject *module, PyObject *args, PyObject *kwds) {
+    return make_op(module, args, kwds, ZK_OP_READ);
+}
+
+static PyObject *mod_op_write(PyObject *module, PyObject *args, PyObject *kwds) {
+    return make_op(module, args, kwds, ZK_OP_WRITE);
+}
+
+static PyObject *mod_uring_available(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    ZK_UNUSED(module);
+    return PyBool_FromLong(zk_port_uring_available());
+}
+
+static PyObject *mod_resolve_backend(PyObject *module, PyObject *arg) {
+    ZK_UNUSED(module);
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL)
+        return NULL;
+    zk_backend b;
+    if (strcmp(name, "auto") == 0)
+        b = ZK_BACKEND_AUTO;
+    else if (strcmp(name, "io_uring") == 0)
+        b = ZK_BACKEND_URING;
+    else if (strcmp(name, "epoll") == 0)
+        b = ZK_BACKEND_EPOLL;
+    else {
+        PyErr_Format(PyExc_ValueError, "backend must be 'auto', 'io_uring' or 'epoll', not %R", arg);
+        return NULL;
+    }
+    return PyUnicode_FromString(zk_port_backend_name(zk_port_resolve_backend(b)));
+}
+
+static PyMethodDef module_methods[] = {
+    {"spawn", (PyCFunction)(void (*)(void))mod_spawn, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"yield_now", mod_yield_now, METH_NOARGS, NULL},
+    {"sleep", mod_sleep, METH_O, NULL},
+    {"sleep_until", mod_sleep_until, METH_O, NULL},
+    {"monotonic", mod_monotonic, METH_NOARGS, NULL},
+    {"spawn_blocking", (PyCFunction)(void (*)(void))mod_spawn_blocking,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    {"current_scheduler", mod_current_scheduler, METH_NOARGS, NULL},
+    {"current_task", mod_current_task, METH_NOARGS, NULL},
+    {"op_read", (PyCFunction)(void (*)(void))mod_op_read, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"op_write", (PyCFunction)(void (*)(void))mod_op_write, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"uring_available", mod_uring_available, METH_NOARGS, NULL},
+    {"resolve_backend", mod_resolve_backend, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static int module_exec(PyObject *module) {
+    zk_state *st = get_state(module);
+    st->str_throw = PyUnicode_InternFromString("throw");
+    st->str_close = PyUnicode_InternFromString("close");
+    if (st->str_throw == NULL || st->str_close == NULL)
+        return -1;
+    st->Cancelled = PyErr_NewExceptionWithDoc(
+        "zokio.Cancelled",
+        "Raised inside a task when it is cancelled (JoinHandle.cancel(), "
+        "runtime shutdown) and by awaiting a cancelled task.  A BaseException, "
+        "so 'except Exception' does not swallow it.",
+        PyExc_BaseException, NULL);
+    if (st->Cancelled == NULL || PyModule_AddObjectRef(module, "Cancelled", st->Cancelled) < 0)
+        return -1;
+    if (zk_task_type_init(module, st) < 0 || zk_leaf_types_init(module, st) < 0 ||
+        zk_sched_type_init(module, st) < 0)
+        return -1;
+    if (zk_timer_wheel_testing_add(module) < 0 || zk_run_queue_testing_add(module) < 0 ||
+        zk_port_testing_add(module) < 0)
+        return -1;
+    return 0;
+}
+
+static int module_traverse(PyObject *module, visitproc visit, void *arg) {
+    zk_state *st = get_state(module);
+    Py_VISIT(st->TaskType);
+    Py_VISIT(st->OneshotType);
+    Py_VISIT(st->SleepType);
+    Py_VISIT(st->OpType);
+    Py_VISIT(st->TimeoutScopeType);
+    Py_VISIT(st->YieldNowType);
+    Py_VISIT(st->SchedulerType);
+    Py_VISIT(st->Cancelled);
+    Py_VISIT(st->yield_now);
+    return 0;
+}
+
+static int module_clear(PyObject *module) {
+    zk_state *st = get_state(module);
+    Py_CLEAR(st->TaskType);
+    Py_CLEAR(st->OneshotType);
+    Py_CLEAR(st->SleepType);
+    Py_CLEAR(st->OpType);
+    Py_CLEAR(st->TimeoutScopeType);
+    Py_CLEAR(st->YieldNowType);
+    Py_CLEAR(st->SchedulerType);
+    Py_CLEAR(st->Cancelled);
+    Py_CLEAR(st->yield_now);
+    Py_CLEAR(st->str_throw);
+    Py_CLEAR(st->str_close);
+    return 0;
+}
+
+static void module_free(void *module) {
+    module_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+    /* The kernel does its own synchronisation (atomics, PyMutex); without
+     * this slot, importing zokio would re-enable the GIL process-wide. */
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "zokio._native",
+    .m_doc = "zokio's native kernel: tasks, scheduler, timers, completion ports.",
+    .m_size = sizeof(zk_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    return PyModuleDef_Init(&module_def);
+}

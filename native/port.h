@@ -1,0 +1,106 @@
+/* port.h -- the written contract of a completion port.
+ *
+ * One port per worker thread, created on that thread.  A port only translates
+ * kernel events into op completions: retry policy, timers, metrics and wake
+ * bookkeeping live once in the scheduler (sched.c).  Two backends implement
+ * this contract: port_uring.c (io_uring, raw syscalls) and port_epoll.c
+ * (epoll emulating completions).  Both must pass the same test suite.
+ *
+ * Threads.  Every function except zk_port_wake() must be called on the port's
+ * owner thread.  zk_port_wait() is the only one that blocks; its caller has
+ * detached its Python thread state (Py_BEGIN_ALLOW_THREADS), so the port never
+ * touches Python objects.  zk_port_process() runs attached and calls each
+ * finished op's `complete` callback, which may touch Python.
+ *
+ * Op lifetime.  The caller owns the zk_op memory and everything it points at
+ * (the pinned buffer).  After zk_port_submit() returns 0 the op belongs to the
+ * port until its `complete` callback runs -- exactly once -- from
+ * zk_port_process() or zk_port_close().  `complete` is never called from
+ * inside zk_port_submit() or zk_port_cancel(), even when the kernel finishes
+ * the op at once, so the caller never re-enters itself.  Only then may the
+ * caller release the buffer.
+ */
+#ifndef ZOKIO_PORT_H
+#define ZOKIO_PORT_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+typedef enum zk_backend {
+    ZK_BACKEND_AUTO = 0,
+    ZK_BACKEND_URING = 1,
+    ZK_BACKEND_EPOLL = 2,
+} zk_backend;
+
+typedef enum zk_opcode {
+    ZK_OP_READ = 1,   /* read(fd, buf, len) or pread when offset >= 0 */
+    ZK_OP_WRITE = 2,  /* write(fd, buf, len) or pwrite when offset >= 0 */
+} zk_opcode;
+
+typedef struct zk_op zk_op;
+typedef void (*zk_op_complete_fn)(zk_op *op, int64_t result);
+
+struct zk_op {
+    /* Filled by the caller before zk_port_submit(). */
+    zk_opcode opcode;
+    int fd;
+    void *buf;
+    size_t len;
+    int64_t offset;             /* -1: the fd's current position / a stream */
+    zk_op_complete_fn complete; /* result: bytes (>= 0) or -errno;
+                                   -ECANCELED after a successful cancel */
+    /* Owned by the backend while the op is in flight; zero before submit. */
+    zk_op *backend_next;
+    zk_op *backend_prev;
+    uint32_t backend_flags;
+    int64_t backend_result;
+};
+
+typedef struct zk_port zk_port;
+
+/* Once per process: is io_uring usable here (setup works and every opcode we
+ * need is supported)?  Cached after the first call; thread-safe. */
+int zk_port_uring_available(void);
+
+/* Resolve AUTO to a concrete backend (honouring the probe). */
+zk_backend zk_port_resolve_backend(zk_backend requested);
+
+/* Create a port on the calling thread.  On failure returns NULL and sets
+ * *err to a positive errno. */
+zk_port *zk_port_open(zk_backend backend, int *err);
+
+/* Cancel every op still in flight, wait for the kernel to give each one back,
+ * call every outstanding `complete` (with -ECANCELED or its real result),
+ * then release the kernel objects.  Attached; owner thread. */
+void zk_port_close(zk_port *port);
+
+/* Start an op.  Returns 0 (the op is in flight) or a positive errno (the op
+ * was not accepted and `complete` will never be called for it). */
+int zk_port_submit(zk_port *port, zk_op *op);
+
+/* Ask the kernel to cancel an op in flight.  The op still completes through
+ * `complete`, with -ECANCELED or, if it raced and finished, its real result.
+ * Cancelling an op that already completed is a caller bug. */
+void zk_port_cancel(zk_port *port, zk_op *op);
+
+/* Block until at least one completion is ready, zk_port_wake() is called, or
+ * timeout_ns passes (0: do not block; < 0: no timeout).  Flushes submissions.
+ * Called detached: touches no Python object.  Returns 0 or a positive errno
+ * (EINTR is absorbed: it returns 0). */
+int zk_port_wait(zk_port *port, int64_t timeout_ns);
+
+/* Call `complete` for every finished op.  Attached; owner thread.  Returns
+ * the number of ops completed.  Also re-arms the wake channel if needed. */
+int zk_port_process(zk_port *port);
+
+/* Make a concurrent or future zk_port_wait() return.  Any thread, any time
+ * between open and close.  Cheap; may coalesce. */
+void zk_port_wake(zk_port *port);
+
+/* Number of ops in flight (submitted, not yet completed). */
+size_t zk_port_inflight(const zk_port *port);
+
+zk_backend zk_port_backend(const zk_port *port);
+const char *zk_port_backend_name(zk_backend backend);
+
+#endif

@@ -1,0 +1,655 @@
+/* port_uring.c -- the io_uring backend of the completion port (port.h).
+ *
+ * Raw syscalls, no liburing.  One ring per worker thread, created on it.
+ *
+ * The kernel quirks this file relies on
+ * -------------------------------------
+ *
+ * Setup flags.  We ask for SINGLE_ISSUER (6.0), DEFER_TASKRUN (6.1),
+ * COOP_TASKRUN + TASKRUN_FLAG (5.19) and SUBMIT_ALL (5.18) and step down to
+ * fewer flags whenever io_uring_setup says EINVAL (older kernel, or a
+ * combination it rejects).  SINGLE_ISSUER makes the kernel skip its own
+ * locking on submission; in exchange every io_uring_enter must come from the
+ * thread that created the ring, any other thread gets -EEXIST.  That is why
+ * zk_port_wake never enters the ring: it only writes an eventfd.
+ *
+ * DEFER_TASKRUN.  Completions are not posted to the CQ ring when the I/O
+ * finishes; they wait as task work until the owner calls io_uring_enter with
+ * IORING_ENTER_GETEVENTS.  So "is the CQ empty?" is not "is nothing done?":
+ * every wait enters with GETEVENTS (even with a zero timeout when the kernel
+ * set IORING_SQ_TASKRUN, or always when TASKRUN_FLAG was refused), and
+ * process() enters with GETEVENTS when sq.flags says task work or a CQ
+ * overflow is pending.  CQ overflow: with FEAT_NODROP the kernel parks
+ * completions that did not fit in an internal list and raises
+ * IORING_SQ_CQ_OVERFLOW; entering with GETEVENTS after we made room flushes
+ * them back into the ring.  Old kernels answer -EBUSY to a submission while
+ * the overflow list is non-empty; we reap and retry.
+ *
+ * Memory ordering with the kernel.  We write SQEs, then store-release the SQ
+ * tail; the kernel's load-acquire of the tail then sees whole SQEs.  We
+ * load-acquire the CQ tail before reading CQEs (the kernel store-released it
+ * after writing them) and store-release the CQ head after we are done
+ * reading, so the kernel never overwrites a CQE we still read.  The SQ array
+ * is filled once (array[i] = i) at setup.
+ *
+ * Why POLL_ADD for the wake eventfd.  A READ on an eventfd would also work
+ * as a wake channel, but a 6.15 regression made eventfd reads issued through
+ * io_uring block instead of arming a poll (found by libxev).  So we watch the
+ * eventfd with a multishot POLL_ADD (5.13: IORING_POLL_ADD_MULTI; each CQE
+ * carries IORING_CQE_F_MORE while the poll stays armed) and drain it with a
+ * plain non-blocking read(2) in process().  When a wake CQE arrives without
+ * F_MORE the poll has ended and process() arms a new one (single-shot if the
+ * kernel rejected multishot with -EINVAL).
+ *
+ * Cancellation gets two CQEs.  IORING_OP_ASYNC_CANCEL has its own CQE
+ * (0, -ENOENT or -EALREADY) which we tag user_data = 0 and ignore; the
+ * cancelled op then completes with its own CQE (-ECANCELED, or its real
+ * result if it won the race).  The op's buffer belongs to the kernel until
+ * that second CQE, so `complete` runs only then.
+ *
+ * Drain before unmap.  Closing the ring fd does cancel outstanding requests,
+ * but asynchronously: a read still in an io-wq worker can write into its
+ * buffer after close(2) returned.  The caller frees buffers right after
+ * `complete`, so zk_port_close cancels every op, then waits (GETEVENTS with a
+ * timeout, re-sending cancels every second) until each op's own CQE came
+ * back, and only then unmaps the rings and closes the fd.
+ *
+ * user_data.  A CQE's user_data is the zk_op pointer.  Two tags that no
+ * pointer can equal mark our own requests: 0 (cancel SQEs; their CQEs are
+ * dropped) and 1 (the wake poll).
+ *
+ * Offsets.  With FEAT_RW_CUR_POS (5.6), off = -1 means "the file position"
+ * for READ/WRITE, which is what op->offset == -1 asks for.
+ */
+#define _GNU_SOURCE
+#include "port_internal.h"
+
+#include <linux/io_uring.h>
+#include <linux/time_types.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Constants newer than the oldest header we build against. */
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425
+#endif
+#ifndef __NR_io_uring_enter
+#define __NR_io_uring_enter 426
+#endif
+#ifndef IORING_SETUP_SUBMIT_ALL
+#define IORING_SETUP_SUBMIT_ALL (1U << 7)
+#endif
+#ifndef IORING_SETUP_COOP_TASKRUN
+#define IORING_SETUP_COOP_TASKRUN (1U << 8)
+#endif
+#ifndef IORING_SETUP_TASKRUN_FLAG
+#define IORING_SETUP_TASKRUN_FLAG (1U << 9)
+#endif
+#ifndef IORING_SETUP_SINGLE_ISSUER
+#define IORING_SETUP_SINGLE_ISSUER (1U << 12)
+#endif
+#ifndef IORING_SETUP_DEFER_TASKRUN
+#define IORING_SETUP_DEFER_TASKRUN (1U << 13)
+#endif
+#ifndef IORING_SQ_CQ_OVERFLOW
+#define IORING_SQ_CQ_OVERFLOW (1U << 1)
+#endif
+#ifndef IORING_SQ_TASKRUN
+#define IORING_SQ_TASKRUN (1U << 2)
+#endif
+#ifndef IORING_ENTER_EXT_ARG
+#define IORING_ENTER_EXT_ARG (1U << 3)
+#endif
+#ifndef IORING_POLL_ADD_MULTI
+#define IORING_POLL_ADD_MULTI (1U << 0)
+#endif
+#ifndef IORING_CQE_F_MORE
+#define IORING_CQE_F_MORE (1U << 1)
+#endif
+#ifndef IORING_FEAT_SINGLE_MMAP
+#define IORING_FEAT_SINGLE_MMAP (1U << 0)
+#endif
+
+/* struct io_uring_getevents_arg (5.11), spelled out so that we do not depend
+ * on the header having it. */
+struct zk_getevents_arg {
+    uint64_t sigmask;
+    uint32_t sigmask_sz;
+    uint32_t pad;
+    uint64_t ts;
+};
+
+#define TAG_IGNORE 0ull /* cancel SQEs: their own CQE is dropped */
+#define TAG_WAKE 1ull   /* the POLL_ADD on the wake eventfd */
+
+#define SQ_ENTRIES 256u
+#define CQ_ENTRIES 4096u
+#define CLOSE_POLL_NS 100000000ll   /* close(): wait slice, 100 ms */
+#define CLOSE_RECANCEL_SLICES 10    /* close(): re-send cancels every 1 s */
+
+typedef struct uring_port {
+    zk_port_common c; /* must be first */
+    int ring_fd;
+    unsigned setup_flags;
+    unsigned features;
+
+    /* Mappings.  cq_ring == sq_ring when FEAT_SINGLE_MMAP. */
+    void *sq_ring;
+    size_t sq_ring_sz;
+    void *cq_ring;
+    size_t cq_ring_sz;
+    struct io_uring_sqe *sqes;
+    size_t sqes_sz;
+
+    /* SQ: the kernel writes khead; we write ktail. */
+    unsigned *sq_khead;
+    unsigned *sq_ktail;
+    unsigned *sq_kflags;
+    unsigned sq_mask;
+    unsigned sq_entries;
+    unsigned sq_tail; /* our copy of ktail (we are its only writer) */
+
+    /* CQ: the kernel writes ktail; we write khead. */
+    unsigned *cq_khead;
+    unsigned *cq_ktail;
+    struct io_uring_cqe *cqes;
+    unsigned cq_mask;
+
+    /* Ops whose own CQE has not been reaped yet (the kernel may still touch
+     * their buffers).  Linked through backend_next/backend_prev. */
+    zk_op_list kernel;
+    size_t deferred_cancels; /* ops with ZK_OPF_CANCEL_DEFERRED */
+
+    bool wake_armed;     /* a POLL_ADD on wake_fd is in the kernel / SQ */
+    bool wake_multishot; /* false once the kernel rejected POLL_ADD_MULTI */
+    bool wake_seen;      /* a wake CQE was reaped: drain wake_fd */
+    int wake_errors;     /* consecutive failed wake polls */
+} uring_port;
+
+#define U(port) ((uring_port *)(port))
+
+/* ------------------------------------------------------------------------ */
+/* Syscalls and ring access                                                  */
+
+static int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
+                     unsigned flags, void *arg, size_t argsz)
+{
+    long r = syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags,
+                     arg, argsz);
+    return r < 0 ? -errno : (int)r;
+}
+
+static inline unsigned load_acquire(const unsigned *p)
+{
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+static inline unsigned load_relaxed(const unsigned *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static inline void store_release(unsigned *p, unsigned v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+/* SQEs written but not yet consumed by the kernel. */
+static inline unsigned sq_pending(const uring_port *u)
+{
+    return u->sq_tail - load_acquire(u->sq_khead);
+}
+
+static inline bool cq_nonempty(const uring_port *u)
+{
+    return load_acquire(u->cq_ktail) != load_relaxed(u->cq_khead);
+}
+
+/* Does the kernel hold work that only a GETEVENTS enter will post? */
+static inline bool need_getevents(const uring_port *u)
+{
+    unsigned f = load_relaxed(u->sq_kflags);
+    if (f & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN))
+        return true;
+    /* DEFER_TASKRUN without TASKRUN_FLAG: we cannot tell, so assume yes. */
+    return (u->setup_flags & IORING_SETUP_DEFER_TASKRUN)
+           && !(u->setup_flags & IORING_SETUP_TASKRUN_FLAG);
+}
+
+static void handle_cqe(uring_port *u, uint64_t user_data, int32_t res,
+                       uint32_t flags)
+{
+    if (user_data == TAG_IGNORE)
+        return;
+    if (user_data == TAG_WAKE) {
+        u->wake_seen = true;
+        if (!(flags & IORING_CQE_F_MORE)) {
+            u->wake_armed = false;
+            if (res == -EINVAL && u->wake_multishot)
+                u->wake_multishot = false; /* retry single-shot */
+            else if (res < 0 && res != -ECANCELED)
+                u->wake_errors++;
+        }
+        if (res >= 0)
+            u->wake_errors = 0;
+        return;
+    }
+    zk_op *op = (zk_op *)(uintptr_t)user_data;
+    zk_op_list_unlink(&u->kernel, op);
+    if (op->backend_flags & ZK_OPF_CANCEL_DEFERRED) {
+        op->backend_flags &= ~ZK_OPF_CANCEL_DEFERRED;
+        u->deferred_cancels--;
+    }
+    zk_port_post(&u->c, op, res);
+}
+
+/* Move every CQE in the ring to its op (no callbacks run here).  Returns the
+ * number of CQEs consumed. */
+static unsigned reap(uring_port *u)
+{
+    unsigned n = 0;
+    for (;;) {
+        unsigned head = load_relaxed(u->cq_khead);
+        unsigned tail = load_acquire(u->cq_ktail); /* pairs with the kernel */
+        if (head == tail)
+            break;
+        while (head != tail) {
+            const struct io_uring_cqe *cqe = &u->cqes[head & u->cq_mask];
+            uint64_t ud = cqe->user_data;
+            int32_t res = cqe->res;
+            uint32_t fl = cqe->flags;
+            head++;
+            n++;
+            handle_cqe(u, ud, res, fl);
+        }
+        store_release(u->cq_khead, head); /* the slots are free again */
+    }
+    return n;
+}
+
+/* Hand queued SQEs to the kernel; with `getevents` also run deferred task
+ * work and flush overflowed CQEs.  Returns >= 0 or -errno. */
+static int flush(uring_port *u, bool getevents)
+{
+    unsigned pending = sq_pending(u);
+    if (!pending && !getevents)
+        return 0;
+    return sys_enter(u->ring_fd, pending, 0,
+                     getevents ? IORING_ENTER_GETEVENTS : 0, NULL, 0);
+}
+
+/* A free SQE (zeroed), flushing the SQ when it is full.  NULL with *err set
+ * when the kernel will not take more right now. */
+static struct io_uring_sqe *get_sqe(uring_port *u, int *err)
+{
+    for (int attempt = 0;; attempt++) {
+        if (sq_pending(u) < u->sq_entries) {
+            struct io_uring_sqe *sqe = &u->sqes[u->sq_tail & u->sq_mask];
+            memset(sqe, 0, sizeof *sqe);
+            return sqe;
+        }
+        if (attempt == 4) {
+            *err = EAGAIN;
+            return NULL;
+        }
+        int r = flush(u, false);
+        if (r == -EBUSY || r == -EAGAIN) {
+            /* Old kernels refuse submissions while CQEs sit in the overflow
+             * list: make room in the CQ ring and let the kernel flush. */
+            reap(u);
+            flush(u, true);
+            reap(u);
+        } else if (r < 0 && r != -EINTR) {
+            *err = -r;
+            return NULL;
+        }
+    }
+}
+
+static inline void commit_sqe(uring_port *u)
+{
+    u->sq_tail++;
+    store_release(u->sq_ktail, u->sq_tail); /* SQE contents before tail */
+}
+
+static bool queue_cancel(uring_port *u, uint64_t target)
+{
+    int err;
+    struct io_uring_sqe *sqe = get_sqe(u, &err);
+    if (!sqe)
+        return false;
+    sqe->opcode = IORING_OP_ASYNC_CANCEL;
+    sqe->fd = -1;
+    sqe->addr = target;
+    sqe->user_data = TAG_IGNORE;
+    commit_sqe(u);
+    return true;
+}
+
+static void arm_wake(uring_port *u)
+{
+    if (u->wake_armed || u->c.closing || u->wake_errors >= 3)
+        return;
+    int err;
+    struct io_uring_sqe *sqe = get_sqe(u, &err);
+    if (!sqe)
+        return; /* try again at the next wait/process */
+    sqe->opcode = IORING_OP_POLL_ADD;
+    sqe->fd = u->c.wake_fd;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    sqe->poll32_events = __builtin_bswap32((uint32_t)POLLIN);
+#else
+    sqe->poll32_events = POLLIN;
+#endif
+    sqe->len = u->wake_multishot ? IORING_POLL_ADD_MULTI : 0;
+    sqe->user_data = TAG_WAKE;
+    commit_sqe(u);
+    u->wake_armed = true;
+}
+
+/* Queue the cancels that found the SQ full earlier. */
+static void retry_deferred_cancels(uring_port *u)
+{
+    for (zk_op *op = u->kernel.head; op && u->deferred_cancels;
+         op = op->backend_next) {
+        if (!(op->backend_flags & ZK_OPF_CANCEL_DEFERRED))
+            continue;
+        if (!queue_cancel(u, (uint64_t)(uintptr_t)op))
+            return;
+        op->backend_flags &= ~ZK_OPF_CANCEL_DEFERRED;
+        u->deferred_cancels--;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The vtable                                                                */
+
+static int u_submit(zk_port *port, zk_op *op)
+{
+    uring_port *u = U(port);
+    int err = 0;
+    struct io_uring_sqe *sqe = get_sqe(u, &err);
+    if (!sqe)
+        return err;
+    sqe->opcode = op->opcode == ZK_OP_READ ? IORING_OP_READ : IORING_OP_WRITE;
+    sqe->fd = op->fd;
+    sqe->addr = (uint64_t)(uintptr_t)op->buf;
+    sqe->len = op->len > ZK_MAX_RW ? ZK_MAX_RW : (uint32_t)op->len;
+    sqe->off = op->offset >= 0 ? (uint64_t)op->offset : (uint64_t)-1;
+    sqe->user_data = (uint64_t)(uintptr_t)op;
+    commit_sqe(u);
+    zk_op_list_push(&u->kernel, op);
+    return 0;
+}
+
+static void u_cancel(zk_port *port, zk_op *op)
+{
+    uring_port *u = U(port);
+    op->backend_flags |= ZK_OPF_CANCEL_SENT;
+    if (!queue_cancel(u, (uint64_t)(uintptr_t)op)) {
+        op->backend_flags |= ZK_OPF_CANCEL_DEFERRED;
+        u->deferred_cancels++;
+    }
+}
+
+static int u_wait(zk_port *port, int64_t timeout_ns)
+{
+    uring_port *u = U(port);
+    if (u->deferred_cancels)
+        retry_deferred_cancels(u);
+    arm_wake(u);
+
+    bool woken = zk_port_wake_consume(&u->c);
+    bool block = timeout_ns != 0 && !woken && !u->c.ready.head
+                 && !cq_nonempty(u);
+    int r = 0;
+    if (!block) {
+        unsigned pending = sq_pending(u);
+        if (pending || need_getevents(u))
+            r = sys_enter(u->ring_fd, pending, 0, IORING_ENTER_GETEVENTS,
+                          NULL, 0);
+    } else {
+        struct __kernel_timespec ts;
+        struct zk_getevents_arg arg;
+        memset(&arg, 0, sizeof arg);
+        arg.sigmask_sz = _NSIG / 8;
+        if (timeout_ns > 0) {
+            ts.tv_sec = timeout_ns / 1000000000ll;
+            ts.tv_nsec = timeout_ns % 1000000000ll;
+            arg.ts = (uint64_t)(uintptr_t)&ts;
+        }
+        r = sys_enter(u->ring_fd, sq_pending(u), 1,
+                      IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg,
+                      sizeof arg);
+    }
+    zk_port_wake_consume(&u->c);
+    if (r >= 0 || r == -ETIME || r == -EINTR || r == -EBUSY || r == -EAGAIN)
+        return 0; /* -EBUSY/-EAGAIN: process() flushes and reaps */
+    return -r;
+}
+
+static int u_process(zk_port *port)
+{
+    uring_port *u = U(port);
+    reap(u);
+    if (load_relaxed(u->sq_kflags) & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN)) {
+        flush(u, true);
+        reap(u);
+    }
+    if (u->wake_seen) {
+        u->wake_seen = false;
+        zk_port_wake_drain(&u->c);
+    }
+    arm_wake(u); /* queued; the next wait hands it to the kernel */
+    return zk_port_deliver_ready(&u->c);
+}
+
+static void u_free(uring_port *u)
+{
+    if (u->sqes)
+        munmap(u->sqes, u->sqes_sz);
+    if (u->cq_ring && u->cq_ring != u->sq_ring)
+        munmap(u->cq_ring, u->cq_ring_sz);
+    if (u->sq_ring)
+        munmap(u->sq_ring, u->sq_ring_sz);
+    if (u->ring_fd >= 0)
+        close(u->ring_fd);
+    zk_port_common_fini(&u->c);
+    free(u);
+}
+
+static void u_close(zk_port *port)
+{
+    uring_port *u = U(port);
+    u->c.closing = true;
+
+    /* 1. Ask the kernel to give back every op (and the wake poll). */
+    for (zk_op *op = u->kernel.head; op; op = op->backend_next) {
+        if (op->backend_flags & ZK_OPF_CANCEL_SENT
+            && !(op->backend_flags & ZK_OPF_CANCEL_DEFERRED))
+            continue;
+        op->backend_flags |= ZK_OPF_CANCEL_SENT;
+        if (queue_cancel(u, (uint64_t)(uintptr_t)op)) {
+            if (op->backend_flags & ZK_OPF_CANCEL_DEFERRED) {
+                op->backend_flags &= ~ZK_OPF_CANCEL_DEFERRED;
+                u->deferred_cancels--;
+            }
+        }
+    }
+    if (u->wake_armed)
+        queue_cancel(u, TAG_WAKE);
+
+    /* 2. Wait for each op's own CQE: until then the kernel may still write
+     * into its buffer. */
+    bool leak = false;
+    int slices = 0;
+    while (u->kernel.head) {
+        struct __kernel_timespec ts = {0, CLOSE_POLL_NS};
+        struct zk_getevents_arg arg;
+        memset(&arg, 0, sizeof arg);
+        arg.sigmask_sz = _NSIG / 8;
+        arg.ts = (uint64_t)(uintptr_t)&ts;
+        int r = sys_enter(u->ring_fd, sq_pending(u), 1,
+                          IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg,
+                          sizeof arg);
+        if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY
+            && r != -EAGAIN) {
+            /* E.g. -EEXIST: closed from a thread that is not the owner.
+             * We cannot drain, so we must not unmap or hand buffers back. */
+            leak = true;
+            break;
+        }
+        reap(u);
+        if (u->kernel.head && ++slices % CLOSE_RECANCEL_SLICES == 0) {
+            /* A cancel may have found the op between states (-ENOENT or
+             * -EALREADY); ask again. */
+            for (zk_op *op = u->kernel.head; op; op = op->backend_next)
+                if (!queue_cancel(u, (uint64_t)(uintptr_t)op))
+                    break;
+        }
+    }
+    /* Best effort for the wake poll: it pins no user memory. */
+    if (!leak && u->wake_armed) {
+        flush(u, true);
+        reap(u);
+    }
+
+    /* 3. Hand every finished op back.  Callbacks cannot add more: submit
+     * refuses while closing. */
+    while (u->c.ready.head)
+        zk_port_deliver_ready(&u->c);
+
+    if (leak)
+        return; /* ops still in the kernel keep the ring and the port alive */
+    u_free(u);
+}
+
+static const zk_port_vtable uring_vtable = {
+    .close = u_close,
+    .submit = u_submit,
+    .cancel = u_cancel,
+    .wait = u_wait,
+    .process = u_process,
+};
+
+/* ------------------------------------------------------------------------ */
+/* Setup                                                                     */
+
+static int setup_ring(uring_port *u)
+{
+    /* Most capable first; step down on EINVAL. */
+    static const unsigned flag_sets[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
+            | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG
+            | IORING_SETUP_SUBMIT_ALL,
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
+            | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL,
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
+            | IORING_SETUP_SUBMIT_ALL,
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN
+            | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL,
+        IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG
+            | IORING_SETUP_SUBMIT_ALL,
+        IORING_SETUP_SUBMIT_ALL,
+        0,
+    };
+    struct io_uring_params p;
+    long fd = -1;
+    int err = EINVAL;
+    for (int cqsize = 1; cqsize >= 0 && fd < 0; cqsize--) {
+        for (size_t i = 0; i < sizeof flag_sets / sizeof flag_sets[0]; i++) {
+            memset(&p, 0, sizeof p);
+            p.flags = flag_sets[i];
+            if (cqsize) {
+                p.flags |= IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+                p.cq_entries = CQ_ENTRIES;
+            }
+            fd = syscall(__NR_io_uring_setup, SQ_ENTRIES, &p);
+            if (fd >= 0)
+                break;
+            err = errno;
+            if (err != EINVAL)
+                return err;
+        }
+    }
+    if (fd < 0)
+        return err;
+    u->ring_fd = (int)fd;
+    u->setup_flags = p.flags;
+    u->features = p.features;
+
+    u->sq_ring_sz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    u->cq_ring_sz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    bool single = (p.features & IORING_FEAT_SINGLE_MMAP) != 0;
+    if (single) {
+        if (u->cq_ring_sz > u->sq_ring_sz)
+            u->sq_ring_sz = u->cq_ring_sz;
+        u->cq_ring_sz = u->sq_ring_sz;
+    }
+    void *sq = mmap(NULL, u->sq_ring_sz, PROT_READ | PROT_WRITE,
+                    MAP_SHARED | MAP_POPULATE, u->ring_fd, IORING_OFF_SQ_RING);
+    if (sq == MAP_FAILED)
+        return errno;
+    u->sq_ring = sq;
+    if (single) {
+        u->cq_ring = sq;
+    } else {
+        void *cq = mmap(NULL, u->cq_ring_sz, PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_POPULATE, u->ring_fd,
+                        IORING_OFF_CQ_RING);
+        if (cq == MAP_FAILED)
+            return errno;
+        u->cq_ring = cq;
+    }
+    u->sqes_sz = p.sq_entries * sizeof(struct io_uring_sqe);
+    void *sqes = mmap(NULL, u->sqes_sz, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_POPULATE, u->ring_fd, IORING_OFF_SQES);
+    if (sqes == MAP_FAILED)
+        return errno;
+    u->sqes = sqes;
+
+    char *sqb = u->sq_ring, *cqb = u->cq_ring;
+    u->sq_khead = (unsigned *)(sqb + p.sq_off.head);
+    u->sq_ktail = (unsigned *)(sqb + p.sq_off.tail);
+    u->sq_kflags = (unsigned *)(sqb + p.sq_off.flags);
+    u->sq_mask = *(unsigned *)(sqb + p.sq_off.ring_mask);
+    u->sq_entries = *(unsigned *)(sqb + p.sq_off.ring_entries);
+    unsigned *array = (unsigned *)(sqb + p.sq_off.array);
+    for (unsigned i = 0; i < u->sq_entries; i++)
+        array[i] = i;
+    u->sq_tail = load_relaxed(u->sq_ktail);
+
+    u->cq_khead = (unsigned *)(cqb + p.cq_off.head);
+    u->cq_ktail = (unsigned *)(cqb + p.cq_off.tail);
+    u->cq_mask = *(unsigned *)(cqb + p.cq_off.ring_mask);
+    u->cqes = (struct io_uring_cqe *)(cqb + p.cq_off.cqes);
+    return 0;
+}
+
+zk_port *zk_port_uring_open(int *err)
+{
+    uring_port *u = zk_port_alloc(sizeof *u);
+    if (!u) {
+        *err = ENOMEM;
+        return NULL;
+    }
+    u->ring_fd = -1;
+    u->c.wake_fd = -1;
+    u->wake_multishot = true;
+    int e = zk_port_common_init(&u->c, ZK_BACKEND_URING, &uring_vtable);
+    if (!e)
+        e = setup_ring(u);
+    if (e) {
+        u_free(u);
+        *err = e;
+        return NULL;
+    }
+    arm_wake(u); /* submitted by the first wait */
+    return (zk_port *)u;
+}

@@ -1,0 +1,981 @@
+/* sched.c -- the multi-threaded work-stealing scheduler (after Tokio
+ * runtime/scheduler/multi_thread).
+ *
+ * Each worker is a Python thread that calls Scheduler.run_worker() and stays
+ * in the C loop below for its whole life, with one PyThreadState.  A worker
+ * owns: a local run queue (run_queue.c), a LIFO slot, a completion port
+ * (port.h), a timer wheel (timer_wheel.c) and a mailbox for requests from
+ * other threads (timer and op cancellations).
+ *
+ * Where a runnable task goes:
+ *   woken by the running task on this worker   -> LIFO slot (old one to queue)
+ *   spawned / yielding / woken by timers or I/O -> back of the local queue
+ *   from any other thread                      -> inject queue + notify
+ *
+ * Parking (the "searching" protocol):
+ *   - a worker out of local work becomes *searching* (at most half of the
+ *     workers at once) and tries to steal from random victims, then the
+ *     inject queue;
+ *   - a wake notifies a parked worker only if nobody is searching;
+ *   - the last searcher that finds work wakes one more, so workers ramp up
+ *     one at a time instead of a thundering herd;
+ *   - a parked worker blocks inside its own completion port (detached), with
+ *     its next timer deadline as the timeout, so I/O, timers and cross-thread
+ *     wakes all arrive through one path.
+ * Lost-wake argument: the waker publishes the task (queue push) before it
+ * reads num_searching / the parked list (seq_cst fence); the parker registers
+ * as parked under idle_lock and *then* re-checks every queue.  Either the
+ * waker sees the parked worker, or the parker's re-check sees the task.
+ */
+#include "task.h"
+#include "structmember.h"
+#include <time.h>
+#include <errno.h>
+
+#define ZK_OWNED_SHARDS 16
+#define ZK_FAIRNESS_INTERVAL 61   /* ticks between inject/timer/IO checks */
+#define ZK_LIFO_MAX_POLLS 3
+#define ZK_INJECT_BATCH 32
+
+enum { MAIL_CANCEL_TIMER = 1, MAIL_CANCEL_OP = 2 };
+
+typedef struct zk_mail {
+    int kind;
+    PyObject *obj;       /* strong reference to the timer's owner / the op */
+    zk_timer *timer;
+} zk_mail;
+
+struct zk_worker {
+    zk_local_queue queue;          /* first: cache-line heavy */
+    zk_sched *sched;
+    int index;
+    zk_task *lifo;                 /* owner only */
+    int lifo_polls;
+    int searching;                 /* owner only; mirrored in num_searching */
+    _Atomic int parked;            /* 1 while in the parked stack (idle_lock) */
+    uint32_t rng;
+    uint64_t tick;
+    zk_port *port;
+    zk_timer_wheel wheel;
+    int started;
+    zk_mutex mail_lock;
+    zk_mail *mail;
+    size_t mail_len, mail_cap;
+    _Atomic size_t mail_pending;
+    /* metrics: written by the owner, read by anyone (relaxed) */
+    _Atomic uint64_t m_polls, m_steals, m_parks, m_timers_fired, m_ops;
+    _Atomic size_t m_timers_pending;
+};
+
+struct zk_sched {
+    PyObject_HEAD
+    zk_state *st;
+    PyObject *module;              /* keeps st alive */
+    int nworkers;
+    zk_worker *workers;
+    zk_backend backend;
+    int64_t base_ns;               /* timer ticks count from here */
+    zk_inject_queue inject;
+    _Atomic int num_searching;
+    _Atomic int nparked;           /* mirror of parked_len for lock-free reads */
+    zk_mutex idle_lock;
+    int *parked_stack;
+    int parked_len;
+    _Atomic int stop;
+    _Atomic int closing;           /* no new spawns */
+    _Atomic int workers_running;
+    zk_mutex owned_lock[ZK_OWNED_SHARDS];
+    zk_task *owned_head[ZK_OWNED_SHARDS];
+    _Atomic int64_t live;
+    _Atomic uint64_t spawned, completed;
+    zk_blocking_pool *pool;
+    int finalized;
+};
+
+zk_state *zk_sched_state(zk_sched *s) { return s->st; }
+zk_sched *zk_worker_sched(zk_worker *w) { return w->sched; }
+zk_port *zk_worker_port(zk_worker *w) { return w->port; }
+void zk_worker_count_op(zk_worker *w) {
+    atomic_fetch_add_explicit(&w->m_ops, 1, memory_order_relaxed);
+}
+
+int64_t zk_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static uint64_t ns_to_tick_floor(zk_sched *s, int64_t ns) {
+    return ns <= s->base_ns ? 0 : (uint64_t)((ns - s->base_ns) / 1000000);
+}
+
+static uint64_t ns_to_tick_ceil(zk_sched *s, int64_t ns) {
+    if (ns <= s->base_ns)
+        return 0;
+    int64_t d = ns - s->base_ns;
+    if (d > INT64_MAX - 999999)
+        return (uint64_t)(d / 1000000);
+    return (uint64_t)((d + 999999) / 1000000);
+}
+
+uint64_t zk_worker_now_ms(zk_worker *w) {
+    return ns_to_tick_floor(w->sched, zk_monotonic_ns());
+}
+
+static uint32_t next_rand(zk_worker *w) {
+    /* xorshift32: victim order only needs to be cheap and spread out. */
+    uint32_t x = w->rng;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    w->rng = x;
+    return x;
+}
+
+/* ---- live-task registry (for shutdown) ------------------------------------ */
+
+static int owned_shard(zk_task *t) {
+    return (int)(((uintptr_t)t >> 6) % ZK_OWNED_SHARDS);
+}
+
+void zk_sched_task_started(zk_sched *s, zk_task *t) {
+    int sh = owned_shard(t);
+    Py_INCREF(t);  /* the registry's reference, dropped at completion */
+    zk_mutex_lock(&s->owned_lock[sh]);
+    t->owned_prev = NULL;
+    t->owned_next = s->owned_head[sh];
+    if (t->owned_next)
+        t->owned_next->owned_prev = t;
+    s->owned_head[sh] = t;
+    zk_mutex_unlock(&s->owned_lock[sh]);
+    atomic_fetch_add_explicit(&s->spawned, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->live, 1, memory_order_release);
+}
+
+void zk_sched_task_finished(zk_sched *s, zk_task *t) {
+    int sh = owned_shard(t);
+    zk_mutex_lock(&s->owned_lock[sh]);
+    if (t->owned_prev)
+        t->owned_prev->owned_next = t->owned_next;
+    else
+        s->owned_head[sh] = t->owned_next;
+    if (t->owned_next)
+        t->owned_next->owned_prev = t->owned_prev;
+    t->owned_prev = t->owned_next = NULL;
+    zk_mutex_unlock(&s->owned_lock[sh]);
+    atomic_fetch_add_explicit(&s->completed, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&s->live, 1, memory_order_release);
+    Py_DECREF(t);
+}
+
+/* Snapshot of live tasks (new references) for cancel_all/finalize. */
+static PyObject *owned_snapshot(zk_sched *s) {
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    for (int sh = 0; sh < ZK_OWNED_SHARDS; sh++) {
+        zk_mutex_lock(&s->owned_lock[sh]);
+        for (zk_task *t = s->owned_head[sh]; t != NULL; t = t->owned_next) {
+            /* PyList_Append may allocate but never runs Python code. */
+            if (PyList_Append(list, (PyObject *)t) < 0) {
+                zk_mutex_unlock(&s->owned_lock[sh]);
+                Py_DECREF(list);
+                return NULL;
+            }
+        }
+        zk_mutex_unlock(&s->owned_lock[sh]);
+    }
+    return list;
+}
+
+/* ---- idle / parking ------------------------------------------------------ */
+
+static void notify_parked(zk_sched *s) {
+    /* seq_cst: orders the caller's queue push before these reads (pairs with
+     * the fence in park()). */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&s->num_searching, memory_order_seq_cst) > 0)
+        return;
+    if (atomic_load_explicit(&s->nparked, memory_order_seq_cst) == 0)
+        return;
+    zk_worker *target = NULL;
+    zk_mutex_lock(&s->idle_lock);
+    if (s->parked_len > 0 &&
+        atomic_load_explicit(&s->num_searching, memory_order_relaxed) == 0) {
+        target = &s->workers[s->parked_stack[--s->parked_len]];
+        atomic_store_explicit(&s->nparked, s->parked_len, memory_order_relaxed);
+        atomic_store_explicit(&target->parked, 0, memory_order_relaxed);
+        /* The woken worker starts out searching. */
+        atomic_fetch_add_explicit(&s->num_searching, 1, memory_order_relaxed);
+    }
+    zk_mutex_unlock(&s->idle_lock);
+    if (target != NULL)
+        zk_port_wake(target->port);
+}
+
+static void transition_from_searching(zk_worker *w) {
+    w->searching = 0;
+    if (atomic_fetch_sub_explicit(&w->sched->num_searching, 1, memory_order_seq_cst) == 1)
+        notify_parked(w->sched);  /* last searcher found work: wake one more */
+}
+
+static int work_available(zk_sched *s) {
+    if (zk_inject_len(&s->inject) > 0)
+        return 1;
+    for (int i = 0; i < s->nworkers; i++)
+        if (zk_local_len(&s->workers[i].queue) > 1)
+            return 1;
+    return 0;
+}
+
+/* ---- queues ---------------------------------------------------------------- */
+
+static void push_local(zk_worker *w, zk_task *t) {
+    zk_sched *s = w->sched;
+    if (zk_local_push_back(&w->queue, t, &s->inject) < 0) {
+        /* Out of memory for the overflow batch: run it from the inject queue
+         * later, or as a last resort keep it in the LIFO slot. */
+        if (zk_inject_push(&s->inject, t) < 0) {
+            PyErr_WriteUnraisable(NULL);
+        }
+    }
+    /* Work others could steal: wake a parked worker if nobody searches. */
+    if (atomic_load_explicit(&s->nparked, memory_order_relaxed) > 0)
+        notify_parked(s);
+}
+
+void zk_sched_schedule(zk_sched *s, zk_task *t, int lifo) {
+    zk_worker *w = zk_current_worker;
+    if (w != NULL && w->sched == s) {
+        if (lifo) {
+            zk_task *prev = w->lifo;
+            w->lifo = t;
+            if (prev == NULL)
+                return;
+            t = prev;
+        }
+        push_local(w, t);
+        return;
+    }
+    if (zk_inject_push(&s->inject, t) < 0) {
+        PyErr_Clear();
+        Py_DECREF(t);  /* cannot queue: drop; the task is still registered */
+        return;
+    }
+    notify_parked(s);
+}
+
+void zk_sched_schedule_yield(zk_sched *s, zk_task *t) {
+    zk_worker *w = zk_current_worker;
+    if (w != NULL && w->sched == s) {
+        push_local(w, t);
+        return;
+    }
+    zk_sched_schedule(s, t, 0);
+}
+
+static zk_task *pop_inject(zk_worker *w) {
+    zk_sched *s = w->sched;
+    if (zk_inject_len(&s->inject) == 0)
+        return NULL;
+    void *batch[ZK_INJECT_BATCH];
+    size_t room = zk_local_remaining(&w->queue);
+    size_t want = room / 2 + 1;
+    if (want > ZK_INJECT_BATCH)
+        want = ZK_INJECT_BATCH;
+    size_t n = zk_inject_pop_batch(&s->inject, batch, want);
+    if (n == 0)
+        return NULL;
+    for (size_t i = 1; i < n; i++)
+        zk_local_push_back(&w->queue, batch[i], &s->inject);
+    return (zk_task *)batch[0];
+}
+
+static zk_task *next_local_task(zk_worker *w) {
+    if (w->lifo != NULL) {
+        if (w->lifo_polls < ZK_LIFO_MAX_POLLS) {
+            zk_task *t = w->lifo;
+            w->lifo = NULL;
+            w->lifo_polls++;
+            return t;
+        }
+        /* LIFO cap reached: the slot's task goes to the back, so a pair of
+         * tasks waking each other cannot starve the queue. */
+        zk_task *t = w->lifo;
+        w->lifo = NULL;
+        push_local(w, t);
+    }
+    w->lifo_polls = 0;
+    if (w->tick % ZK_FAIRNESS_INTERVAL == 0) {
+        zk_task *t = pop_inject(w);
+        if (t != NULL)
+            return t;
+    }
+    zk_task *t = (zk_task *)zk_local_pop(&w->queue);
+    if (t != NULL)
+        return t;
+    return pop_inject(w);
+}
+
+static zk_task *steal_work(zk_worker *w) {
+    zk_sched *s = w->sched;
+    if (!w->searching) {
+        int searching = atomic_load_explicit(&s->num_searching, memory_order_seq_cst);
+        if (2 * searching >= s->nworkers)
+            return NULL;  /* enough searchers already: park instead */
+        atomic_fetch_add_explicit(&s->num_searching, 1, memory_order_seq_cst);
+        w->searching = 1;
+    }
+    int n = s->nworkers;
+    int start = (int)(next_rand(w) % (uint32_t)n);
+    for (int i = 0; i < n; i++) {
+        int v = (start + i) % n;
+        if (v == w->index)
+            continue;
+        zk_task *t = (zk_task *)zk_local_steal_into(&s->workers[v].queue, &w->queue);
+        if (t != NULL) {
+            atomic_fetch_add_explicit(&w->m_steals, 1, memory_order_relaxed);
+            return t;
+        }
+    }
+    return pop_inject(w);
+}
+
+/* ---- mailbox, timers, I/O ---------------------------------------------- */
+
+static void mail_post(zk_worker *owner, int kind, PyObject *obj, zk_timer *timer) {
+    zk_mutex_lock(&owner->mail_lock);
+    if (owner->mail_len == owner->mail_cap) {
+        size_t cap = owner->mail_cap ? owner->mail_cap * 2 : 16;
+        zk_mail *m = PyMem_RawRealloc(owner->mail, cap * sizeof(zk_mail));
+        if (m == NULL) {
+            zk_mutex_unlock(&owner->mail_lock);
+            return;  /* the resource is released when its timer fires / op ends */
+        }
+        owner->mail = m;
+        owner->mail_cap = cap;
+    }
+    owner->mail[owner->mail_len++] = (zk_mail){kind, Py_NewRef(obj), timer};
+    atomic_fetch_add_explicit(&owner->mail_pending, 1, memory_order_release);
+    zk_mutex_unlock(&owner->mail_lock);
+    if (atomic_load_explicit(&owner->parked, memory_order_relaxed))
+        zk_port_wake(owner->port);
+}
+
+static void remove_timer_here(zk_worker *w, zk_timer *timer) {
+    if (timer->entry.linked) {
+        zk_wheel_remove(&w->wheel, &timer->entry);
+        atomic_fetch_sub_explicit(&w->m_timers_pending, 1, memory_order_relaxed);
+        Py_DECREF(timer->owner);  /* the wheel's reference */
+    }
+}
+
+static void drain_mailbox(zk_worker *w) {
+    if (atomic_load_explicit(&w->mail_pending, memory_order_acquire) == 0)
+        return;
+    zk_mutex_lock(&w->mail_lock);
+    zk_mail *items = w->mail;
+    size_t n = w->mail_len;
+    w->mail = NULL;
+    w->mail_len = w->mail_cap = 0;
+    atomic_store_explicit(&w->mail_pending, 0, memory_order_relaxed);
+    zk_mutex_unlock(&w->mail_lock);
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].kind == MAIL_CANCEL_TIMER) {
+            remove_timer_here(w, items[i].timer);
+        } else if (items[i].kind == MAIL_CANCEL_OP) {
+            zk_io_op *op = (zk_io_op *)items[i].obj;
+            if (op->submitted && w->port != NULL)
+                zk_port_cancel(w->port, &op->op);
+        }
+        Py_DECREF(items[i].obj);
+    }
+    PyMem_RawFree(items);
+}
+
+int zk_worker_add_timer(zk_worker *w, zk_timer *timer) {
+    timer->entry.deadline = ns_to_tick_ceil(w->sched, timer->deadline_ns);
+    if (!zk_wheel_insert(&w->wheel, &timer->entry))
+        return 0;
+    timer->worker = w;
+    Py_INCREF(timer->owner);  /* the wheel's reference */
+    atomic_fetch_add_explicit(&w->m_timers_pending, 1, memory_order_relaxed);
+    return 1;
+}
+
+void zk_worker_cancel_timer(zk_worker *current, zk_timer *timer) {
+    zk_worker *owner = timer->worker;
+    if (owner == NULL)
+        return;
+    if (owner == current)
+        remove_timer_here(owner, timer);
+    else
+        mail_post(owner, MAIL_CANCEL_TIMER, timer->owner, timer);
+}
+
+void zk_worker_cancel_op(zk_worker *current, zk_io_op *op) {
+    zk_worker *owner = op->worker;
+    if (owner == NULL || !op->submitted)
+        return;
+    if (owner == current)
+        zk_port_cancel(owner->port, &op->op);
+    else
+        mail_post(owner, MAIL_CANCEL_OP, (PyObject *)op, NULL);
+}
+
+static int fire_timers(zk_worker *w) {
+    if (w->wheel.count == 0)
+        return 0;
+    uint64_t now = zk_worker_now_ms(w);
+    if (zk_wheel_next_expiration(&w->wheel) > now)
+        return 0;
+    zk_state *st = w->sched->st;
+    int n = 0;
+    zk_timer_entry *e;
+    while ((e = zk_wheel_poll(&w->wheel, now)) != NULL) {
+        zk_timer *timer = (zk_timer *)e;
+        atomic_fetch_sub_explicit(&w->m_timers_pending, 1, memory_order_relaxed);
+        zk_timer_fire(st, timer);
+        Py_DECREF(timer->owner);  /* the wheel's reference */
+        n++;
+    }
+    atomic_fetch_add_explicit(&w->m_timers_fired, (uint64_t)n, memory_order_relaxed);
+    return n;
+}
+
+/* Timers, I/O completions and mailbox, without blocking. */
+static int maintenance(zk_worker *w) {
+    drain_mailbox(w);
+    int n = 0;
+    if (zk_port_inflight(w->port) > 0) {
+        zk_port_wait(w->port, 0);
+        n += zk_port_process(w->port);
+    }
+    n += fire_timers(w);
+    return n;
+}
+
+static void park(zk_worker *w) {
+    zk_sched *s = w->sched;
+    int was_searching = w->searching;
+    w->searching = 0;
+
+    zk_mutex_lock(&s->idle_lock);
+    s->parked_stack[s->parked_len++] = w->index;
+    atomic_store_explicit(&s->nparked, s->parked_len, memory_order_relaxed);
+    atomic_store_explicit(&w->parked, 1, memory_order_relaxed);
+    if (was_searching)
+        atomic_fetch_sub_explicit(&s->num_searching, 1, memory_order_relaxed);
+    zk_mutex_unlock(&s->idle_lock);
+
+    /* Re-check after registering (pairs with the fence in notify_parked):
+     * a task queued before we were visible as parked is found here. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (work_available(s) || (w->lifo != NULL) || zk_local_len(&w->queue) > 0)
+        notify_parked(s);
+
+    if (atomic_load_explicit(&w->parked, memory_order_relaxed) &&
+        !atomic_load_explicit(&s->stop, memory_order_acquire)) {
+        int64_t timeout = -1;
+        uint64_t next = zk_wheel_next_expiration(&w->wheel);
+        if (next != ZK_WHEEL_NEVER) {
+            int64_t deadline = s->base_ns + (int64_t)next * 1000000;
+            int64_t now = zk_monotonic_ns();
+            timeout = deadline > now ? deadline - now : 0;
+        }
+        atomic_fetch_add_explicit(&w->m_parks, 1, memory_order_relaxed);
+        Py_BEGIN_ALLOW_THREADS
+        zk_port_wait(w->port, timeout);
+        Py_END_ALLOW_THREADS
+    }
+
+    zk_mutex_lock(&s->idle_lock);
+    if (atomic_load_explicit(&w->parked, memory_order_relaxed)) {
+        /* Woken by a timer, I/O or our own re-check: leave the stack. */
+        for (int i = 0; i < s->parked_len; i++) {
+            if (s->parked_stack[i] == w->index) {
+                s->parked_stack[i] = s->parked_stack[--s->parked_len];
+                break;
+            }
+        }
+        atomic_store_explicit(&s->nparked, s->parked_len, memory_order_relaxed);
+        atomic_store_explicit(&w->parked, 0, memory_order_relaxed);
+    } else {
+        w->searching = 1;  /* notify_parked counted us as a searcher */
+    }
+    zk_mutex_unlock(&s->idle_lock);
+
+    zk_port_process(w->port);
+    drain_mailbox(w);
+    fire_timers(w);
+}
+
+static void worker_loop(zk_worker *w) {
+    zk_sched *s = w->sched;
+    while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
+        w->tick++;
+        if (w->tick % ZK_FAIRNESS_INTERVAL == 0)
+            maintenance(w);
+        zk_task *t = next_local_task(w);
+        if (t == NULL) {
+            if (maintenance(w) > 0)
+                continue;
+            t = steal_work(w);
+        }
+        if (t != NULL) {
+            if (w->searching)
+                transition_from_searching(w);
+            atomic_fetch_add_explicit(&w->m_polls, 1, memory_order_relaxed);
+            zk_task_run(w, t);
+            continue;
+        }
+        park(w);
+    }
+    if (w->searching) {
+        w->searching = 0;
+        atomic_fetch_sub_explicit(&s->num_searching, 1, memory_order_relaxed);
+    }
+}
+
+/* Worker exit, on its own thread: drop timers, cancel and drain I/O. */
+static void worker_teardown(zk_worker *w) {
+    zk_timer_entry *e;
+    while ((e = zk_wheel_poll(&w->wheel, ZK_WHEEL_NEVER - 1)) != NULL) {
+        zk_timer *timer = (zk_timer *)e;
+        atomic_fetch_sub_explicit(&w->m_timers_pending, 1, memory_order_relaxed);
+        Py_DECREF(timer->owner);
+    }
+    drain_mailbox(w);
+    if (w->port != NULL) {
+        zk_port_close(w->port);
+        w->port = NULL;
+    }
+}
+
+/* ---- Python type: Scheduler --------------------------------------------- */
+
+static PyObject *sched_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"threads", "backend", "blocking_threads",
+                             "blocking_keep_alive", "spawn_thread", NULL};
+    int threads;
+    const char *backend = "auto";
+    Py_ssize_t blocking_threads = 512;
+    double keep_alive = 10.0;
+    PyObject *spawn_thread;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "isndO:Scheduler", kwlist, &threads,
+                                     &backend, &blocking_threads, &keep_alive, &spawn_thread))
+        return NULL;
+    if (threads < 1 || threads > 1024) {
+        PyErr_Format(PyExc_ValueError, "threads must be between 1 and 1024, got %d", threads);
+        return NULL;
+    }
+    zk_backend b;
+    if (strcmp(backend, "auto") == 0)
+        b = ZK_BACKEND_AUTO;
+    else if (strcmp(backend, "io_uring") == 0)
+        b = ZK_BACKEND_URING;
+    else if (strcmp(backend, "epoll") == 0)
+        b = ZK_BACKEND_EPOLL;
+    else {
+        PyErr_Format(PyExc_ValueError,
+                     "backend must be 'auto', 'io_uring' or 'epoll', got %R",
+                     PyTuple_GET_SIZE(args) > 1 ? PyTuple_GET_ITEM(args, 1)
+                                                : PyUnicode_FromString(backend));
+        return NULL;
+    }
+    b = zk_port_resolve_backend(b);
+    if (b == ZK_BACKEND_URING && !zk_port_uring_available()) {
+        PyErr_SetString(PyExc_OSError, "the io_uring backend is not available on this system");
+        return NULL;
+    }
+    if (blocking_threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "blocking_threads must be >= 1");
+        return NULL;
+    }
+    if (!(keep_alive >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "blocking_keep_alive must be >= 0");
+        return NULL;
+    }
+    zk_sched *s = (zk_sched *)type->tp_alloc(type, 0);
+    if (s == NULL)
+        return NULL;
+    s->st = (zk_state *)PyType_GetModuleState(type);
+    s->module = Py_NewRef(PyType_GetModule(type));
+    s->nworkers = threads;
+    s->backend = b;
+    s->base_ns = zk_monotonic_ns();
+    atomic_init(&s->num_searching, 0);
+    atomic_init(&s->nparked, 0);
+    zk_mutex_init(&s->idle_lock);
+    for (int i = 0; i < ZK_OWNED_SHARDS; i++) {
+        zk_mutex_init(&s->owned_lock[i]);
+        s->owned_head[i] = NULL;
+    }
+    if (zk_inject_init(&s->inject) < 0) {
+        Py_DECREF(s);
+        return PyErr_NoMemory();
+    }
+    s->parked_stack = PyMem_RawCalloc((size_t)threads, sizeof(int));
+    void *mem = NULL;
+    if (posix_memalign(&mem, ZK_CACHELINE, sizeof(zk_worker) * (size_t)threads) != 0)
+        mem = NULL;
+    s->workers = mem;
+    if (s->parked_stack == NULL || s->workers == NULL) {
+        Py_DECREF(s);
+        return PyErr_NoMemory();
+    }
+    memset(s->workers, 0, sizeof(zk_worker) * (size_t)threads);
+    for (int i = 0; i < threads; i++) {
+        zk_worker *w = &s->workers[i];
+        zk_local_init(&w->queue, ZK_LOCAL_QUEUE_MAX);
+        w->sched = s;
+        w->index = i;
+        w->rng = 0x9E3779B9u * (uint32_t)(i + 1);
+        zk_mutex_init(&w->mail_lock);
+        zk_wheel_init(&w->wheel, 0);
+    }
+    s->pool = zk_blocking_pool_new(s->st, s, (size_t)blocking_threads, keep_alive, spawn_thread);
+    if (s->pool == NULL) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    return (PyObject *)s;
+}
+
+/* Drop every queued reference.  Only after all workers stopped. */
+static void drain_all_queues(zk_sched *s) {
+    for (int i = 0; i < s->nworkers; i++) {
+        zk_worker *w = &s->workers[i];
+        Py_CLEAR(w->lifo);
+        void *t;
+        while ((t = zk_local_pop(&w->queue)) != NULL)
+            Py_DECREF((PyObject *)t);
+    }
+    void *t;
+    while ((t = zk_inject_pop(&s->inject)) != NULL)
+        Py_DECREF((PyObject *)t);
+}
+
+static void sched_dealloc(zk_sched *s) {
+    PyTypeObject *tp = Py_TYPE(s);
+    PyObject_GC_UnTrack(s);
+    if (s->workers != NULL) {
+        drain_all_queues(s);
+        for (int i = 0; i < s->nworkers; i++) {
+            zk_worker *w = &s->workers[i];
+            for (size_t k = 0; k < w->mail_len; k++)
+                Py_DECREF(w->mail[k].obj);
+            PyMem_RawFree(w->mail);
+        }
+        free(s->workers);
+    }
+    if (s->pool != NULL)
+        zk_blocking_pool_free(s->pool);
+    zk_inject_destroy(&s->inject);
+    PyMem_RawFree(s->parked_stack);
+    Py_CLEAR(s->module);
+    tp->tp_free(s);
+    Py_DECREF(tp);
+}
+
+static int sched_traverse(zk_sched *s, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(s));
+    Py_VISIT(s->module);
+    return 0;
+}
+
+/* run_worker(index, started): body of worker thread `index`.  Calls
+ * started(None) once its port is open (or started(exc) and returns). */
+static PyObject *sched_run_worker(zk_sched *s, PyObject *args) {
+    int index;
+    PyObject *started;
+    if (!PyArg_ParseTuple(args, "iO:run_worker", &index, &started))
+        return NULL;
+    if (index < 0 || index >= s->nworkers || s->workers[index].started) {
+        PyErr_SetString(PyExc_ValueError, "invalid or already started worker index");
+        return NULL;
+    }
+    if (zk_current_worker != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this thread already runs a zokio worker");
+        return NULL;
+    }
+    zk_worker *w = &s->workers[index];
+    w->started = 1;
+    int err = 0;
+    w->port = zk_port_open(s->backend, &err);
+    if (w->port == NULL) {
+        PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err,
+                                              "cannot open the completion port");
+        PyObject *r = exc ? PyObject_CallOneArg(started, exc) : NULL;
+        Py_XDECREF(exc);
+        Py_XDECREF(r);
+        return NULL == r ? NULL : Py_NewRef(Py_None);
+    }
+    zk_current_worker = w;
+    atomic_fetch_add(&s->workers_running, 1);
+    PyObject *r = PyObject_CallOneArg(started, Py_None);
+    if (r == NULL)
+        PyErr_WriteUnraisable(started);
+    Py_XDECREF(r);
+    worker_loop(w);
+    worker_teardown(w);
+    zk_current_worker = NULL;
+    atomic_fetch_sub(&s->workers_running, 1);
+    Py_RETURN_NONE;
+}
+
+static PyObject *do_spawn(zk_sched *s, PyObject *coro, PyObject *name) {
+    if (atomic_load_explicit(&s->closing, memory_order_acquire)) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot spawn: the zokio runtime is shut down");
+        return NULL;
+    }
+    zk_task *t = zk_task_new(s->st, s, coro, name);
+    if (t == NULL)
+        return NULL;
+    zk_sched_task_started(s, t);
+    Py_INCREF(t);  /* the queue's reference */
+    zk_worker *w = zk_current_worker;
+    if (w != NULL && w->sched == s)
+        push_local(w, t);
+    else
+        zk_sched_schedule(s, t, 0);
+    return (PyObject *)t;
+}
+
+PyObject *zk_sched_spawn(zk_sched *s, PyObject *coro, PyObject *name) {
+    return do_spawn(s, coro, name);
+}
+
+static PyObject *sched_spawn(zk_sched *s, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"coro", "name", NULL};
+    PyObject *coro, *name = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:spawn", kwlist, &coro, &name))
+        return NULL;
+    return do_spawn(s, coro, name);
+}
+
+/* cancel_all(): refuse new spawns and cancel every live task. */
+static PyObject *sched_cancel_all(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
+    atomic_store_explicit(&s->closing, 1, memory_order_release);
+    PyObject *live = owned_snapshot(s);
+    if (live == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(live);
+    for (Py_ssize_t i = 0; i < n; i++)
+        zk_task_cancel((zk_task *)PyList_GET_ITEM(live, i));
+    Py_DECREF(live);
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *sched_live(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromLongLong(atomic_load_explicit(&s->live, memory_order_acquire));
+}
+
+static PyObject *sched_stop(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
+    atomic_store_explicit(&s->closing, 1, memory_order_release);
+    atomic_store_explicit(&s->stop, 1, memory_order_release);
+    for (int i = 0; i < s->nworkers; i++)
+        if (s->workers[i].port != NULL)
+            zk_port_wake(s->workers[i].port);
+    Py_RETURN_NONE;
+}
+
+/* finalize(): after every worker thread exited -- drop queued references and
+ * close the coroutines of tasks that never finished. */
+static PyObject *sched_finalize(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
+    if (atomic_load(&s->workers_running) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "finalize() while workers still run");
+        return NULL;
+    }
+    if (s->finalized)
+        Py_RETURN_NONE;
+    s->finalized = 1;
+    drain_all_queues(s);
+    for (int i = 0; i < s->nworkers; i++) {
+        zk_worker *w = &s->workers[i];
+        zk_mutex_lock(&w->mail_lock);
+        zk_mail *items = w->mail;
+        size_t n = w->mail_len;
+        w->mail = NULL;
+        w->mail_len = w->mail_cap = 0;
+        zk_mutex_unlock(&w->mail_lock);
+        for (size_t k = 0; k < n; k++)
+            Py_DECREF(items[k].obj);
+        PyMem_RawFree(items);
+    }
+    PyObject *live = owned_snapshot(s);
+    if (live == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(live);
+    for (Py_ssize_t i = 0; i < n; i++)
+        zk_task_abandon((zk_task *)PyList_GET_ITEM(live, i));
+    Py_DECREF(live);
+    drain_all_queues(s);  /* abandoning may have woken waiters */
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *sched_metrics(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
+    uint64_t polls = 0, steals = 0, parks = 0, fired = 0, ops = 0;
+    size_t timers = 0, local = 0;
+    PyObject *per = PyList_New(0);
+    if (per == NULL)
+        return NULL;
+    for (int i = 0; i < s->nworkers; i++) {
+        zk_worker *w = &s->workers[i];
+        uint64_t p = atomic_load_explicit(&w->m_polls, memory_order_relaxed);
+        uint64_t st = atomic_load_explicit(&w->m_steals, memory_order_relaxed);
+        uint64_t pk = atomic_load_explicit(&w->m_parks, memory_order_relaxed);
+        uint64_t f = atomic_load_explicit(&w->m_timers_fired, memory_order_relaxed);
+        uint64_t o = atomic_load_explicit(&w->m_ops, memory_order_relaxed);
+        size_t tp = atomic_load_explicit(&w->m_timers_pending, memory_order_relaxed);
+        size_t lq = zk_local_len(&w->queue);
+        polls += p; steals += st; parks += pk; fired += f; ops += o; timers += tp; local += lq;
+        PyObject *d = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:n,s:n}", "polls", p, "steals", st,
+                                    "parks", pk, "timers_fired", f, "ops_completed", o,
+                                    "timers_pending", (Py_ssize_t)tp, "local_queue_depth",
+                                    (Py_ssize_t)lq);
+        if (d == NULL || PyList_Append(per, d) < 0) {
+            Py_XDECREF(d);
+            Py_DECREF(per);
+            return NULL;
+        }
+        Py_DECREF(d);
+    }
+    size_t bthreads = 0, bidle = 0, bqueued = 0;
+    zk_blocking_pool_stats(s->pool, &bthreads, &bidle, &bqueued);
+    PyObject *r = Py_BuildValue(
+        "{s:i,s:s,s:K,s:K,s:L,s:K,s:K,s:K,s:n,s:n,s:n,s:K,s:K,s:n,s:n,s:n,s:O}",
+        "workers", s->nworkers, "backend", zk_port_backend_name(s->backend),
+        "tasks_spawned", (unsigned long long)atomic_load(&s->spawned),
+        "tasks_completed", (unsigned long long)atomic_load(&s->completed),
+        "tasks_live", (long long)atomic_load(&s->live),
+        "polls", (unsigned long long)polls, "steals", (unsigned long long)steals,
+        "parks", (unsigned long long)parks,
+        "inject_queue_depth", (Py_ssize_t)zk_inject_len(&s->inject),
+        "local_queue_depth", (Py_ssize_t)local,
+        "timers_pending", (Py_ssize_t)timers,
+        "timers_fired", (unsigned long long)fired, "ops_completed", (unsigned long long)ops,
+        "blocking_threads", (Py_ssize_t)bthreads, "blocking_idle", (Py_ssize_t)bidle,
+        "blocking_queue_depth", (Py_ssize_t)bqueued, "per_worker", per);
+    Py_DECREF(per);
+    return r;
+}
+
+static PyObject *sched_blocking_thread_main(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
+    zk_blocking_pool_thread_main(s->pool);
+    Py_RETURN_NONE;
+}
+
+static PyObject *sched_blocking_shutdown(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
+    zk_blocking_pool_shutdown(s->pool);
+    Py_RETURN_NONE;
+}
+
+static PyObject *sched_blocking_join(zk_sched *s, PyObject *arg) {
+    double timeout = -1;
+    if (arg != Py_None) {
+        timeout = PyFloat_AsDouble(arg);
+        if (timeout == -1 && PyErr_Occurred())
+            return NULL;
+        if (timeout < 0)
+            timeout = 0;
+    }
+    return PyBool_FromLong(zk_blocking_pool_join(s->pool, timeout));
+}
+
+PyObject *zk_sched_spawn_blocking(zk_sched *s, PyObject *fn, PyObject *args, PyObject *kwargs) {
+    if (atomic_load_explicit(&s->closing, memory_order_acquire)) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot spawn_blocking: the zokio runtime is shut down");
+        return NULL;
+    }
+    PyObject *leaf = PyObject_GC_New(PyObject, s->st->OneshotType);
+    if (leaf == NULL)
+        return NULL;
+    zk_leaf *l = (zk_leaf *)leaf;
+    atomic_init(&l->waker, NULL);
+    atomic_init(&l->done, 0);
+    l->value = NULL;
+    l->exc = NULL;
+    PyObject_GC_Track(leaf);
+    if (zk_blocking_pool_submit(s->pool, fn, args, kwargs, l) < 0) {
+        Py_DECREF(leaf);
+        return NULL;
+    }
+    return leaf;
+}
+
+static PyObject *sched_spawn_blocking(zk_sched *s, PyObject *args, PyObject *kwargs) {
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    if (n < 1) {
+        PyErr_SetString(PyExc_TypeError, "spawn_blocking() needs a callable");
+        return NULL;
+    }
+    PyObject *fn = PyTuple_GET_ITEM(args, 0);
+    if (!PyCallable_Check(fn)) {
+        PyErr_Format(PyExc_TypeError, "spawn_blocking() needs a callable, not %R", fn);
+        return NULL;
+    }
+    PyObject *rest = PyTuple_GetSlice(args, 1, n);
+    if (rest == NULL)
+        return NULL;
+    PyObject *r = zk_sched_spawn_blocking(s, fn, rest, kwargs);
+    Py_DECREF(rest);
+    return r;
+}
+
+static PyObject *sched_get_backend(zk_sched *s, void *Py_UNUSED(c)) {
+    return PyUnicode_FromString(zk_port_backend_name(s->backend));
+}
+
+static PyObject *sched_get_threads(zk_sched *s, void *Py_UNUSED(c)) {
+    return PyLong_FromLong(s->nworkers);
+}
+
+static PyMethodDef sched_methods[] = {
+    {"run_worker", (PyCFunction)sched_run_worker, METH_VARARGS, NULL},
+    {"spawn", (PyCFunction)(void (*)(void))sched_spawn, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"spawn_blocking", (PyCFunction)(void (*)(void))sched_spawn_blocking,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    {"cancel_all", (PyCFunction)sched_cancel_all, METH_NOARGS, NULL},
+    {"live", (PyCFunction)sched_live, METH_NOARGS, NULL},
+    {"stop", (PyCFunction)sched_stop, METH_NOARGS, NULL},
+    {"finalize", (PyCFunction)sched_finalize, METH_NOARGS, NULL},
+    {"metrics", (PyCFunction)sched_metrics, METH_NOARGS, NULL},
+    {"blocking_thread_main", (PyCFunction)sched_blocking_thread_main, METH_NOARGS, NULL},
+    {"blocking_shutdown", (PyCFunction)sched_blocking_shutdown, METH_NOARGS, NULL},
+    {"blocking_join", (PyCFunction)sched_blocking_join, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef sched_getset[] = {
+    {"backend", (getter)sched_get_backend, NULL, NULL, NULL},
+    {"threads", (getter)sched_get_threads, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot sched_slots[] = {
+    {Py_tp_new, sched_new},
+    {Py_tp_dealloc, sched_dealloc},
+    {Py_tp_traverse, sched_traverse},
+    {Py_tp_methods, sched_methods},
+    {Py_tp_getset, sched_getset},
+    {0, NULL},
+};
+
+static PyType_Spec sched_spec = {
+    .name = "zokio._native.Scheduler",
+    .basicsize = sizeof(zk_sched),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = sched_slots,
+};
+
+int zk_sched_type_init(PyObject *module, zk_state *st) {
+    st->SchedulerType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &sched_spec, NULL);
+    if (st->SchedulerType == NULL)
+        return -1;
+    return PyModule_AddObjectRef(module, "Scheduler", (PyObject *)st->SchedulerType);
+}
+
+zk_sched *zk_current_sched(void) {
+    return zk_current_worker ? zk_current_worker->sched : NULL;
+}

@@ -1,0 +1,680 @@
+/* task.c -- the Task type (exposed as zokio.JoinHandle) and the poll step.
+ *
+ * A task is polled by zk_task_run() on a worker.  The coroutine either
+ * returns (the task completes), raises (completes with the exception) or
+ * yields a zokio leaf, with which the task registers itself as the waker.
+ * Awaiting a Task from another task makes the awaiter a waiter of the task.
+ */
+#include "task.h"
+#include "structmember.h"
+
+_Thread_local zk_worker *zk_current_worker = NULL;
+_Thread_local zk_task *zk_current_task = NULL;
+_Thread_local int zk_coop_budget = 0;
+
+int zk_task_is_complete(zk_task *t) {
+    /* acquire: pairs with the release in transition_to_complete, so result
+     * and exception are visible once COMPLETE is seen. */
+    return (atomic_load_explicit(&t->state, memory_order_acquire) & ZK_COMPLETE) != 0;
+}
+
+zk_task *zk_task_new(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name) {
+    if (!PyCoro_CheckExact(coro)) {
+        PyErr_Format(PyExc_TypeError,
+                     "zokio can only spawn a coroutine object, not %R "
+                     "(did you forget to call the async function?)", coro);
+        return NULL;
+    }
+    if (name != NULL && name != Py_None && !PyUnicode_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "task name must be a str, not %.100s",
+                     Py_TYPE(name)->tp_name);
+        return NULL;
+    }
+    PyObject *ctx = PyContext_CopyCurrent();
+    if (ctx == NULL)
+        return NULL;
+    zk_task *t = PyObject_GC_New(zk_task, st->TaskType);
+    if (t == NULL) {
+        Py_DECREF(ctx);
+        return NULL;
+    }
+    /* Born NOTIFIED: the spawner queues it right away. */
+    atomic_init(&t->state, ZK_NOTIFIED);
+    t->exc_retrieved = 0;
+    t->has_result = 0;
+    t->yield_resume = 0;
+    t->coro = Py_NewRef(coro);
+    t->context = ctx;
+    t->name = (name != NULL && name != Py_None) ? Py_NewRef(name) : NULL;
+    t->result = NULL;
+    t->exception = NULL;
+    t->waiting_on = NULL;
+    t->st = st;
+    t->sched = s;
+    zk_mutex_init(&t->lock);
+    t->waiter = NULL;
+    t->more_waiters = NULL;
+    t->interrupt = NULL;
+    t->owned_prev = t->owned_next = NULL;
+    t->weakreflist = NULL;
+    PyObject_GC_Track((PyObject *)t);
+    return t;
+}
+
+void zk_task_wake(zk_task *t) {
+    if (zk_transition_to_notified(t) == ZK_WAKE_SUBMIT) {
+        Py_INCREF(t);  /* the queue's reference */
+        zk_sched_schedule(t->sched, t, zk_current_task != NULL);
+    }
+}
+
+/* ---- waiters ------------------------------------------------------------ */
+
+int zk_task_add_waiter(zk_task *t, PyObject *waiter) {
+    int added = 1;
+    zk_mutex_lock(&t->lock);
+    if (zk_task_is_complete(t)) {
+        added = 0;
+    } else if (t->waiter == NULL) {
+        t->waiter = Py_NewRef(waiter);
+    } else {
+        if (t->more_waiters == NULL) {
+            /* PyList_New does not call back into Python; safe under lock. */
+            t->more_waiters = PyList_New(0);
+            if (t->more_waiters == NULL) {
+                zk_mutex_unlock(&t->lock);
+                return -1;
+            }
+        }
+        if (PyList_Append(t->more_waiters, waiter) < 0)
+            added = -1;
+    }
+    zk_mutex_unlock(&t->lock);
+    return added;
+}
+
+void zk_task_remove_waiter(zk_task *t, PyObject *waiter) {
+    PyObject *drop = NULL;
+    zk_mutex_lock(&t->lock);
+    if (t->waiter == waiter) {
+        drop = t->waiter;
+        t->waiter = NULL;
+    } else if (t->more_waiters != NULL) {
+        Py_ssize_t n = PyList_GET_SIZE(t->more_waiters);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (PyList_GET_ITEM(t->more_waiters, i) == waiter) {
+                drop = Py_NewRef(waiter);
+                PyList_SetSlice(t->more_waiters, i, i + 1, NULL);
+                break;
+            }
+        }
+    }
+    zk_mutex_unlock(&t->lock);
+    Py_XDECREF(drop);  /* outside the lock: may run arbitrary code */
+}
+
+static void notify_waiter(zk_state *st, PyObject *waiter) {
+    if (Py_TYPE(waiter) == st->TaskType) {
+        zk_task_wake((zk_task *)waiter);
+    } else {
+        PyObject *r = PyObject_CallNoArgs(waiter);
+        if (r == NULL)
+            PyErr_WriteUnraisable(waiter);
+        Py_XDECREF(r);
+    }
+}
+
+/* ---- completion ----------------------------------------------------------- */
+
+/* Steals result and exc.  Runs on the thread that holds RUNNING (or on the
+ * shutdown thread for an abandoned task). */
+static void task_complete(zk_task *t, PyObject *result, PyObject *exc) {
+    zk_state *st = t->st;
+    t->result = result;
+    t->exception = exc;
+    t->has_result = 1;
+    PyObject *coro = t->coro;
+    PyObject *waiting = t->waiting_on;
+    t->coro = NULL;
+    t->waiting_on = NULL;
+    zk_transition_to_complete(t);
+
+    zk_mutex_lock(&t->lock);
+    PyObject *first = t->waiter;
+    PyObject *more = t->more_waiters;
+    PyObject *interrupt = t->interrupt;
+    t->waiter = NULL;
+    t->more_waiters = NULL;
+    t->interrupt = NULL;
+    atomic_fetch_and_explicit(&t->state, ~ZK_INTERRUPT, memory_order_relaxed);
+    zk_mutex_unlock(&t->lock);
+
+    Py_XDECREF(coro);
+    Py_XDECREF(waiting);
+    Py_XDECREF(interrupt);
+    if (first != NULL) {
+        notify_waiter(st, first);
+        Py_DECREF(first);
+    }
+    if (more != NULL) {
+        Py_ssize_t n = PyList_GET_SIZE(more);
+        for (Py_ssize_t i = 0; i < n; i++)
+            notify_waiter(st, PyList_GET_ITEM(more, i));
+        Py_DECREF(more);
+    }
+    zk_sched_task_finished(t->sched, t);
+}
+
+/* ---- the poll step ------------------------------------------------------ */
+
+typedef enum { STEP_YIELDED, STEP_RETURNED, STEP_RAISED } step_result;
+
+/* Throw `exc` (borrowed) into the coroutine.  Stores the yielded or returned
+ * object in *out (new reference). */
+static step_result throw_into(zk_state *st, PyObject *coro, PyObject *exc, PyObject **out) {
+    PyObject *r = PyObject_CallMethodOneArg(coro, st->str_throw, exc);
+    if (r != NULL) {
+        *out = r;
+        return STEP_YIELDED;
+    }
+    if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        PyObject *stop = zk_fetch_exception();
+        PyObject *value = PyObject_GetAttrString(stop, "value");
+        Py_DECREF(stop);
+        if (value == NULL)
+            return STEP_RAISED;
+        *out = value;
+        return STEP_RETURNED;
+    }
+    *out = NULL;
+    return STEP_RAISED;
+}
+
+static step_result send_into(PyObject *coro, PyObject **out) {
+    PySendResult r = PyIter_Send(coro, Py_None, out);
+    if (r == PYGEN_NEXT)
+        return STEP_YIELDED;
+    if (r == PYGEN_RETURN)
+        return STEP_RETURNED;
+    return STEP_RAISED;
+}
+
+void zk_task_run(zk_worker *w, zk_task *t) {
+    zk_sched *s = t->sched;
+    zk_state *st = t->st;
+    if (zk_transition_to_running(t) == ZK_RUN_DONE) {
+        Py_DECREF(t);
+        return;
+    }
+
+    PyObject *interrupt = NULL;
+    if (atomic_load_explicit(&t->state, memory_order_acquire) & ZK_INTERRUPT) {
+        zk_mutex_lock(&t->lock);
+        interrupt = t->interrupt;
+        t->interrupt = NULL;
+        atomic_fetch_and_explicit(&t->state, ~ZK_INTERRUPT, memory_order_relaxed);
+        zk_mutex_unlock(&t->lock);
+    }
+
+    if (t->waiting_on != NULL) {
+        if (interrupt != NULL) {
+            zk_awaitable_unregister(st, w, t, t->waiting_on);
+        } else if (!zk_awaitable_ready(st, t->waiting_on)) {
+            /* A spurious wake (a stale waker, a cancelled leaf): the
+             * coroutine cannot make progress, so do not resume it. */
+            goto idle;
+        }
+        Py_CLEAR(t->waiting_on);
+    }
+
+    if (PyContext_Enter(t->context) < 0) {
+        /* Only fails if the context is entered elsewhere, which our one-
+         * runner rule excludes; report and treat as a task failure. */
+        task_complete(t, NULL, zk_fetch_exception());
+        Py_XDECREF(interrupt);
+        Py_DECREF(t);
+        return;
+    }
+    zk_current_task = t;
+    zk_coop_budget = ZK_COOP_BUDGET;
+
+    PyObject *out = NULL;
+    step_result step;
+    if (interrupt != NULL) {
+        step = throw_into(st, t->coro, interrupt, &out);
+        Py_CLEAR(interrupt);
+    } else {
+        step = send_into(t->coro, &out);
+    }
+    while (step == STEP_YIELDED) {
+        if (zk_awaitable_register(st, w, t, out) == 0) {
+            t->waiting_on = out;  /* owns the reference */
+            break;
+        }
+        /* Not a zokio awaitable: throw the TypeError into the coroutine so
+         * the await fails loudly instead of hanging. */
+        PyObject *err = zk_fetch_exception();
+        Py_DECREF(out);
+        out = NULL;
+        step = throw_into(st, t->coro, err, &out);
+        Py_DECREF(err);
+    }
+
+    zk_current_task = NULL;
+    if (PyContext_Exit(t->context) < 0)
+        PyErr_WriteUnraisable((PyObject *)t);
+
+    if (step == STEP_RETURNED) {
+        task_complete(t, out, NULL);
+        Py_DECREF(t);
+        return;
+    }
+    if (step == STEP_RAISED) {
+        task_complete(t, NULL, zk_fetch_exception());
+        Py_DECREF(t);
+        return;
+    }
+
+idle:
+    if (zk_transition_to_idle(t) == ZK_IDLE_REQUEUE)
+        zk_sched_schedule_yield(s, t);  /* hands over the queue reference */
+    else
+        Py_DECREF(t);
+}
+
+/* ---- interrupts (cancel, timeout) ---------------------------------------- */
+
+/* Place `exc` as the pending interrupt.  replace: overwrite a pending one
+ * (cancellation wins over a timeout).  Returns 1 if placed. */
+static int place_interrupt(zk_task *t, PyObject *exc, int replace) {
+    PyObject *old = NULL;
+    int placed = 0;
+    zk_mutex_lock(&t->lock);
+    if (!zk_task_is_complete(t) && (t->interrupt == NULL || replace)) {
+        old = t->interrupt;
+        t->interrupt = Py_NewRef(exc);
+        atomic_fetch_or_explicit(&t->state, ZK_INTERRUPT, memory_order_release);
+        placed = 1;
+    }
+    zk_mutex_unlock(&t->lock);
+    Py_XDECREF(old);
+    if (placed)
+        zk_task_wake(t);
+    return placed;
+}
+
+int zk_task_cancel(zk_task *t) {
+    if (zk_task_is_complete(t))
+        return 0;
+    zk_state *st = t->st;
+    PyObject *exc = PyObject_CallOneArg(st->Cancelled,
+                                        t->name ? t->name : Py_None);
+    if (exc == NULL) {
+        PyErr_WriteUnraisable((PyObject *)t);
+        return 0;
+    }
+    atomic_fetch_or_explicit(&t->state, ZK_CANCELLED, memory_order_release);
+    int placed = place_interrupt(t, exc, 1);
+    Py_DECREF(exc);
+    return placed;
+}
+
+int zk_task_fire_scope(zk_task *t, int *scope_state, PyObject *marker) {
+    int placed = 0;
+    zk_mutex_lock(&t->lock);
+    if (*scope_state == ZK_SCOPE_ARMED) {
+        *scope_state = ZK_SCOPE_FIRED;
+        /* A pending cancellation wins over the timeout. */
+        if (!zk_task_is_complete(t) && t->interrupt == NULL) {
+            t->interrupt = Py_NewRef(marker);
+            atomic_fetch_or_explicit(&t->state, ZK_INTERRUPT, memory_order_release);
+            placed = 1;
+        }
+    }
+    zk_mutex_unlock(&t->lock);
+    if (placed)
+        zk_task_wake(t);
+    return placed;
+}
+
+int zk_task_disarm_scope(zk_task *t, int *scope_state, PyObject *marker) {
+    int fired;
+    PyObject *drop = NULL;
+    zk_mutex_lock(&t->lock);
+    if (*scope_state == ZK_SCOPE_ARMED) {
+        *scope_state = ZK_SCOPE_DISARMED;
+        fired = 0;
+    } else {
+        fired = (*scope_state == ZK_SCOPE_FIRED);
+        *scope_state = ZK_SCOPE_DISARMED;
+        if (t->interrupt == marker) {
+            /* Fired but never delivered: the body finished first. */
+            drop = t->interrupt;
+            t->interrupt = NULL;
+            atomic_fetch_and_explicit(&t->state, ~ZK_INTERRUPT, memory_order_relaxed);
+        }
+    }
+    zk_mutex_unlock(&t->lock);
+    Py_XDECREF(drop);
+    return fired;
+}
+
+void zk_task_abandon(zk_task *t) {
+    if (zk_task_is_complete(t))
+        return;
+    zk_state *st = t->st;
+    atomic_fetch_or_explicit(&t->state, ZK_RUNNING | ZK_CANCELLED, memory_order_acq_rel);
+    if (t->coro != NULL) {
+        PyObject *r = PyObject_CallMethodNoArgs(t->coro, st->str_close);
+        if (r == NULL)
+            PyErr_WriteUnraisable(t->coro);
+        Py_XDECREF(r);
+    }
+    PyObject *exc = PyObject_CallOneArg(st->Cancelled,
+                                        t->name ? t->name : Py_None);
+    if (exc == NULL)
+        exc = zk_fetch_exception();
+    task_complete(t, NULL, exc);
+}
+
+/* ---- Python type: JoinHandle ------------------------------------------- */
+
+static int is_cancelled_exc(zk_task *t) {
+    zk_state *st = t->st;
+    return t->exception != NULL &&
+           PyObject_TypeCheck(t->exception, (PyTypeObject *)st->Cancelled);
+}
+
+/* Produce the task's outcome as a return value or raised exception.
+ * Precondition: complete. */
+static PyObject *task_outcome(zk_task *t) {
+    if (t->exception != NULL) {
+        t->exc_retrieved = 1;
+        zk_raise_instance(t->exception);
+        return NULL;
+    }
+    return Py_NewRef(t->result ? t->result : Py_None);
+}
+
+/* __next__ of `await handle`: the result once complete, else yield the handle
+ * itself so the worker registers the awaiter as a waiter. */
+static PyObject *task_iternext(zk_task *self) {
+    if (zk_task_is_complete(self) && zk_coop_budget-- > 0) {
+        if (self->exception != NULL) {
+            self->exc_retrieved = 1;
+            zk_raise_instance(self->exception);
+            return NULL;
+        }
+        PyObject *r = self->result;
+        if (r == NULL || r == Py_None)
+            return NULL;  /* StopIteration(None) */
+        if (PyTuple_Check(r) || PyExceptionInstance_Check(r)) {
+            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, r);
+            if (stop != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, stop);
+                Py_DECREF(stop);
+            }
+            return NULL;
+        }
+        PyErr_SetObject(PyExc_StopIteration, r);
+        return NULL;
+    }
+    if (zk_current_task == self) {
+        PyErr_SetString(PyExc_RuntimeError, "a task cannot await its own JoinHandle");
+        return NULL;
+    }
+    return Py_NewRef(self);
+}
+
+static PyObject *task_await(zk_task *self) {
+    return Py_NewRef(self);
+}
+
+static PyObject *task_cancel(zk_task *self, PyObject *Py_UNUSED(ignored)) {
+    return PyBool_FromLong(zk_task_cancel(self));
+}
+
+static PyObject *task_done(zk_task *self, PyObject *Py_UNUSED(ignored)) {
+    return PyBool_FromLong(zk_task_is_complete(self));
+}
+
+static PyObject *task_cancelled(zk_task *self, PyObject *Py_UNUSED(ignored)) {
+    return PyBool_FromLong(zk_task_is_complete(self) && is_cancelled_exc(self));
+}
+
+static PyObject *task_add_done_callback(zk_task *self, PyObject *fn) {
+    if (!PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "callback must be callable");
+        return NULL;
+    }
+    int r = zk_task_add_waiter(self, fn);
+    if (r < 0)
+        return NULL;
+    if (r == 0) {  /* already complete: call now */
+        PyObject *res = PyObject_CallNoArgs(fn);
+        if (res == NULL)
+            return NULL;
+        Py_DECREF(res);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *task_remove_done_callback(zk_task *self, PyObject *fn) {
+    zk_task_remove_waiter(self, fn);
+    Py_RETURN_NONE;
+}
+
+/* result(timeout=None): block a plain thread until the task completes. */
+static PyObject *task_result(zk_task *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"timeout", NULL};
+    PyObject *timeout = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:result", kwlist, &timeout))
+        return NULL;
+    if (zk_current_worker != NULL && !zk_task_is_complete(self)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "JoinHandle.result() would block a zokio worker; "
+                        "use 'await handle' inside the runtime");
+        return NULL;
+    }
+    if (!zk_task_is_complete(self)) {
+        PyObject *threading = PyImport_ImportModule("threading");
+        if (threading == NULL)
+            return NULL;
+        PyObject *event = PyObject_CallMethod(threading, "Event", NULL);
+        Py_DECREF(threading);
+        if (event == NULL)
+            return NULL;
+        PyObject *set = PyObject_GetAttrString(event, "set");
+        if (set == NULL) {
+            Py_DECREF(event);
+            return NULL;
+        }
+        int added = zk_task_add_waiter(self, set);
+        if (added < 0) {
+            Py_DECREF(set);
+            Py_DECREF(event);
+            return NULL;
+        }
+        if (added == 1) {
+            PyObject *ok = PyObject_CallMethod(event, "wait", "O", timeout);
+            if (ok == NULL) {  /* e.g. KeyboardInterrupt */
+                zk_task_remove_waiter(self, set);
+                Py_DECREF(set);
+                Py_DECREF(event);
+                return NULL;
+            }
+            int finished = PyObject_IsTrue(ok);
+            Py_DECREF(ok);
+            if (!finished) {
+                zk_task_remove_waiter(self, set);
+                Py_DECREF(set);
+                Py_DECREF(event);
+                PyErr_SetString(PyExc_TimeoutError, "the task did not finish in time");
+                return NULL;
+            }
+        }
+        Py_DECREF(set);
+        Py_DECREF(event);
+    }
+    return task_outcome(self);
+}
+
+static PyObject *task_exception(zk_task *self, PyObject *Py_UNUSED(ignored)) {
+    if (!zk_task_is_complete(self)) {
+        PyErr_SetString(PyExc_RuntimeError, "the task has not finished");
+        return NULL;
+    }
+    self->exc_retrieved = 1;
+    return Py_NewRef(self->exception ? self->exception : Py_None);
+}
+
+static PyObject *task_get_name(zk_task *self, void *Py_UNUSED(closure)) {
+    if (self->name != NULL)
+        return Py_NewRef(self->name);
+    return PyUnicode_FromFormat("Task-%p", (void *)self);
+}
+
+static PyObject *task_repr(zk_task *self) {
+    uint32_t s = atomic_load_explicit(&self->state, memory_order_acquire);
+    const char *what = (s & ZK_COMPLETE)
+                           ? (is_cancelled_exc(self) ? "cancelled"
+                              : self->exception ? "failed" : "finished")
+                       : (s & ZK_RUNNING) ? "running" : "pending";
+    PyObject *name = task_get_name(self, NULL);
+    if (name == NULL)
+        return NULL;
+    PyObject *r = PyUnicode_FromFormat("<zokio.JoinHandle %U %s>", name, what);
+    Py_DECREF(name);
+    return r;
+}
+
+static int task_traverse(zk_task *self, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->coro);
+    Py_VISIT(self->context);
+    Py_VISIT(self->result);
+    Py_VISIT(self->exception);
+    Py_VISIT(self->waiting_on);
+    Py_VISIT(self->waiter);
+    Py_VISIT(self->more_waiters);
+    Py_VISIT(self->interrupt);
+    return 0;
+}
+
+static int task_clear(zk_task *self) {
+    Py_CLEAR(self->coro);
+    Py_CLEAR(self->context);
+    Py_CLEAR(self->result);
+    Py_CLEAR(self->exception);
+    Py_CLEAR(self->waiting_on);
+    Py_CLEAR(self->waiter);
+    Py_CLEAR(self->more_waiters);
+    Py_CLEAR(self->interrupt);
+    Py_CLEAR(self->name);
+    return 0;
+}
+
+/* An exception nobody awaited is logged when its task is dropped. */
+static void task_finalize(zk_task *self) {
+    if (self->exception == NULL || self->exc_retrieved || is_cancelled_exc(self))
+        return;
+    PyObject *saved = zk_fetch_exception();
+    PyObject *logging = PyImport_ImportModule("logging");
+    if (logging != NULL) {
+        PyObject *logger = PyObject_CallMethod(logging, "getLogger", "s", "zokio");
+        if (logger != NULL) {
+            PyObject *msg = PyUnicode_FromFormat(
+                "Task exception was never retrieved: %R", (PyObject *)self);
+            PyObject *kw = Py_BuildValue("{s:O}", "exc_info", self->exception);
+            PyObject *meth = PyObject_GetAttrString(logger, "error");
+            if (msg && kw && meth) {
+                PyObject *a = PyTuple_Pack(1, msg);
+                if (a != NULL) {
+                    PyObject *r = PyObject_Call(meth, a, kw);
+                    Py_XDECREF(r);
+                    Py_DECREF(a);
+                }
+            }
+            Py_XDECREF(meth);
+            Py_XDECREF(kw);
+            Py_XDECREF(msg);
+            Py_DECREF(logger);
+        }
+        Py_DECREF(logging);
+    }
+    if (PyErr_Occurred())
+        PyErr_WriteUnraisable((PyObject *)self);
+    if (saved != NULL)
+        zk_raise_instance(saved), Py_DECREF(saved);
+}
+
+static void task_dealloc(zk_task *self) {
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0)
+        return;  /* resurrected */
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    task_clear(self);
+    zk_mutex_destroy(&self->lock);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef task_methods[] = {
+    {"cancel", (PyCFunction)task_cancel, METH_NOARGS,
+     "Request cancellation: zokio.Cancelled is raised in the task at its "
+     "current or next suspension point.  Returns False if it already finished."},
+    {"done", (PyCFunction)task_done, METH_NOARGS, "True once the task finished."},
+    {"cancelled", (PyCFunction)task_cancelled, METH_NOARGS,
+     "True if the task finished by cancellation."},
+    {"result", (PyCFunction)(void (*)(void))task_result, METH_VARARGS | METH_KEYWORDS,
+     "Block this (non-worker) thread until the task finishes; return its "
+     "result or raise its exception.  TimeoutError after `timeout` seconds."},
+    {"exception", (PyCFunction)task_exception, METH_NOARGS,
+     "The exception the task finished with, or None."},
+    {"add_done_callback", (PyCFunction)task_add_done_callback, METH_O,
+     "Call fn() (no arguments) once the task finishes, on the finishing thread."},
+    {"remove_done_callback", (PyCFunction)task_remove_done_callback, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef task_getset[] = {
+    {"name", (getter)task_get_name, NULL, "The task's name.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef task_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(zk_task, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot task_slots[] = {
+    {Py_tp_doc, "Handle of a spawned task: awaitable, cancellable."},
+    {Py_tp_dealloc, task_dealloc},
+    {Py_tp_finalize, task_finalize},
+    {Py_tp_traverse, task_traverse},
+    {Py_tp_clear, task_clear},
+    {Py_tp_repr, task_repr},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, task_iternext},
+    {Py_am_await, task_await},
+    {Py_tp_methods, task_methods},
+    {Py_tp_getset, task_getset},
+    {Py_tp_members, task_members},
+    {0, NULL},
+};
+
+static PyType_Spec task_spec = {
+    .name = "zokio.JoinHandle",
+    .basicsize = sizeof(zk_task),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = task_slots,
+};
+
+int zk_task_type_init(PyObject *module, zk_state *st) {
+    st->TaskType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &task_spec, NULL);
+    if (st->TaskType == NULL)
+        return -1;
+    return PyModule_AddObjectRef(module, "JoinHandle", (PyObject *)st->TaskType);
+}

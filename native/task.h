@@ -1,0 +1,132 @@
+/* task.h -- the Task object and its state word (after Tokio task/state.rs).
+ *
+ * A Task is a coroutine plus one atomic state word.  The word is changed only
+ * by the transition_* functions below, each a single CAS loop returning an
+ * outcome the caller must act on.  The word is what guarantees exactly one
+ * thread polls a coroutine at a time: on 3.13t two threads sending into the
+ * same coroutine can crash the interpreter (CPython gh-120321).
+ *
+ * Reference counting replaces Tokio's ref bits: every queue entry and every
+ * registered waker owns one strong reference to the task.
+ */
+#ifndef ZOKIO_TASK_H
+#define ZOKIO_TASK_H
+
+#include "zokio.h"
+
+/* The task is being polled by some worker.  Set and cleared only by that
+ * worker (transition_to_running / transition_to_idle / _complete). */
+#define ZK_RUNNING   ((uint32_t)1u << 0)
+/* The coroutine finished (returned, raised, or was abandoned).  Once this bit
+ * is set, it is never unset, and result/exception are immutable. */
+#define ZK_COMPLETE  ((uint32_t)1u << 1)
+/* The task sits in a run queue, or must be re-queued when its current poll
+ * ends.  At most one queue entry exists while this bit is set. */
+#define ZK_NOTIFIED  ((uint32_t)1u << 2)
+/* cancel() was called.  Once set, never unset. */
+#define ZK_CANCELLED ((uint32_t)1u << 3)
+/* An interrupt (Cancelled or a timeout marker) waits in `interrupt` to be
+ * thrown at the next poll.  Set under the task's lock, cleared by the poller. */
+#define ZK_INTERRUPT ((uint32_t)1u << 4)
+
+struct zk_task {
+    PyObject_HEAD
+    _Atomic uint32_t state;
+    uint8_t exc_retrieved;      /* the exception reached someone */
+    uint8_t has_result;
+    uint8_t yield_resume;       /* yield_now registered; next __next__ returns */
+    PyObject *coro;             /* owned until completion */
+    PyObject *context;          /* contextvars.Context copy, owned */
+    PyObject *name;             /* str or NULL */
+    PyObject *result;           /* valid once COMPLETE (acquire) */
+    PyObject *exception;        /* exception instance or NULL */
+    PyObject *waiting_on;       /* leaf the coroutine yielded; only the
+                                   thread holding RUNNING touches it */
+    zk_state *st;               /* module state (lives as long as the module) */
+    zk_sched *sched;            /* borrowed: outlives every task that is not
+                                   complete (shutdown abandons the rest) */
+    zk_mutex lock;              /* guards waiters and interrupt */
+    PyObject *waiter;           /* first waiter (task or callable), owned */
+    PyObject *more_waiters;     /* list of further waiters, or NULL */
+    PyObject *interrupt;        /* exception to throw at the next poll */
+    zk_task *owned_prev;        /* live-task list of the scheduler */
+    zk_task *owned_next;
+    PyObject *weakreflist;
+};
+
+typedef enum {
+    ZK_WAKE_DO_NOTHING = 0,  /* already queued, complete, or the poller will
+                                re-queue it */
+    ZK_WAKE_SUBMIT = 1,      /* caller must take a reference and queue it */
+} zk_wake_outcome;
+
+/* wake: idle -> NOTIFIED (submit); RUNNING -> RUNNING|NOTIFIED (the poller
+ * re-queues); NOTIFIED or COMPLETE -> nothing.  acq_rel: pairs with the
+ * poller's transition_to_idle so a wake during a poll is never lost. */
+static inline zk_wake_outcome zk_transition_to_notified(zk_task *t) {
+    uint32_t cur = atomic_load_explicit(&t->state, memory_order_acquire);
+    for (;;) {
+        if (cur & (ZK_NOTIFIED | ZK_COMPLETE))
+            return ZK_WAKE_DO_NOTHING;
+        uint32_t next = cur | ZK_NOTIFIED;
+        if (atomic_compare_exchange_weak_explicit(&t->state, &cur, next,
+                                                  memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return (cur & ZK_RUNNING) ? ZK_WAKE_DO_NOTHING : ZK_WAKE_SUBMIT;
+    }
+}
+
+typedef enum {
+    ZK_RUN_OK = 0,       /* we hold RUNNING; poll the coroutine */
+    ZK_RUN_DONE = 1,     /* already complete: drop the queue's reference */
+} zk_run_outcome;
+
+/* poll start: NOTIFIED -> RUNNING.  Acquire: pairs with the release of the
+ * previous poller's transition_to_idle, so its writes to the coroutine are
+ * visible here. */
+static inline zk_run_outcome zk_transition_to_running(zk_task *t) {
+    uint32_t cur = atomic_load_explicit(&t->state, memory_order_acquire);
+    for (;;) {
+        if (cur & ZK_COMPLETE)
+            return ZK_RUN_DONE;
+        uint32_t next = (cur & ~ZK_NOTIFIED) | ZK_RUNNING;
+        if (atomic_compare_exchange_weak_explicit(&t->state, &cur, next,
+                                                  memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return ZK_RUN_OK;
+    }
+}
+
+typedef enum {
+    ZK_IDLE_OK = 0,        /* parked; some waker will queue it */
+    ZK_IDLE_REQUEUE = 1,   /* woken during the poll: re-queue (keep NOTIFIED) */
+} zk_idle_outcome;
+
+/* poll end: RUNNING -> idle, or RUNNING|NOTIFIED -> NOTIFIED (requeue).
+ * Release: publishes the coroutine's new state to the next poller. */
+static inline zk_idle_outcome zk_transition_to_idle(zk_task *t) {
+    uint32_t cur = atomic_load_explicit(&t->state, memory_order_acquire);
+    for (;;) {
+        uint32_t next = cur & ~ZK_RUNNING;
+        if (atomic_compare_exchange_weak_explicit(&t->state, &cur, next,
+                                                  memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return (cur & ZK_NOTIFIED) ? ZK_IDLE_REQUEUE : ZK_IDLE_OK;
+    }
+}
+
+/* completion: RUNNING -> COMPLETE (NOTIFIED dropped: nothing will poll it
+ * again; a queued duplicate sees COMPLETE in transition_to_running).
+ * Release: publishes result/exception to joiners (acquire in is_complete). */
+static inline void zk_transition_to_complete(zk_task *t) {
+    uint32_t cur = atomic_load_explicit(&t->state, memory_order_acquire);
+    for (;;) {
+        uint32_t next = (cur & ~(ZK_RUNNING | ZK_NOTIFIED)) | ZK_COMPLETE;
+        if (atomic_compare_exchange_weak_explicit(&t->state, &cur, next,
+                                                  memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return;
+    }
+}
+
+#endif

@@ -1,0 +1,39 @@
+"""zokio: a work-stealing async runtime for free-threaded CPython.
+
+Ordinary ``async def`` code runs on N OS threads at once (GIL off on 3.13t):
+``zokio.Runtime(threads=8).block_on(main())``.
+"""
+from ._api import (
+    Cancelled,
+    JoinHandle,
+    Oneshot,
+    current_runtime,
+    interval,
+    monotonic,
+    sleep,
+    sleep_until,
+    spawn,
+    spawn_blocking,
+    timeout,
+    yield_now,
+)
+from ._runtime import Runtime, run
+
+__all__ = [
+    "Cancelled",
+    "JoinHandle",
+    "Oneshot",
+    "Runtime",
+    "current_runtime",
+    "interval",
+    "monotonic",
+    "run",
+    "sleep",
+    "sleep_until",
+    "spawn",
+    "spawn_blocking",
+    "timeout",
+    "yield_now",
+]
+
+__version__ = "0.1.0"
