@@ -132,8 +132,9 @@ def report(results):
                      C.fmt_ratio(C.ratio(r["rate"], base)), C.bg_cell(r)])
     n = next((r["params"]["n"] for r in results), 0)
     reps = next((r["params"]["repeat"] for r in results if r["runtime"] == "zokio"), 0)
-    text = (f"### spawn + one yield + join (N={n:,}; median of {reps} timed rounds after one warm-up;"
-            f" trio {next((r['params']['repeat'] for r in results if r['runtime'] == 'trio'), 0)})\n\n"
+    trio_reps = next((r["params"]["repeat"] for r in results if r["runtime"] == "trio"), None)
+    text = (f"### spawn + one yield + join (N={n:,}; median of {reps} timed rounds after one warm-up"
+            + (f"; trio {trio_reps}" if trio_reps and trio_reps != reps else "") + ")\n\n"
             + C.table(["runtime", "tasks/s", "spread", "vs asyncio", "bg load"], rows))
     z1 = C.value(results, "zokio threads=1", "rate")
     z2 = C.value(results, "zokio threads=2", "rate")
@@ -155,6 +156,17 @@ def report(results):
                  + ", ".join(f"{t}: {C.fmt_num(v)}" for t, v in zip(ZOKIO_THREADS, curve))
                  + (f" — falls (>5%) at {', '.join(falls)}" if falls else " — does not fall")
                  + f". The machine has {os.cpu_count()} cores: threads > cores are oversubscribed.")
+    mlines = []
+    for t in ZOKIO_THREADS:
+        r = C.find(results, f"zokio threads={t}")
+        m = (r or {}).get("metrics") or {}
+        if r and r.get("status") == "ok" and "polls" in m:
+            done = m.get("tasks_completed") or 1
+            mlines.append(f"threads={t}: {m.get('polls', 0) / done:.2f} polls/task, "
+                          f"{m.get('steals', 0):,} steals, {m.get('parks', 0):,} parks"
+                          f" over {done:,} tasks")
+    if mlines:
+        text += "\n\nzokio `Runtime.metrics()` after all rounds: " + "; ".join(mlines) + "."
     return {"text": text, "bars": bars}
 
 

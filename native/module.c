@@ -46,8 +46,11 @@ static PyObject *mod_spawn(PyObject *module, PyObject *args, PyObject *kwds) {
     return zk_sched_spawn(s, coro, name);
 }
 
+PyObject *zk_current_yield_obj(void);
+
 static PyObject *mod_yield_now(PyObject *module, PyObject *Py_UNUSED(ignored)) {
-    return Py_NewRef(get_state(module)->yield_now);
+    PyObject *local = zk_current_yield_obj();
+    return Py_NewRef(local != NULL ? local : get_state(module)->yield_now);
 }
 
 static int parse_seconds(PyObject *arg, double *out, const char *what) {

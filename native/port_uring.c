@@ -407,7 +407,8 @@ static int u_wait(zk_port *port, int64_t timeout_ns)
 
     bool woken = zk_port_wake_consume(&u->c);
     bool block = timeout_ns != 0 && !woken && !u->c.ready.head
-                 && !cq_nonempty(u);
+                 && !cq_nonempty(u)
+                 && !(load_relaxed(u->sq_kflags) & IORING_SQ_CQ_OVERFLOW);
     int r = 0;
     if (!block) {
         unsigned pending = sq_pending(u);
@@ -438,9 +439,17 @@ static int u_process(zk_port *port)
 {
     uring_port *u = U(port);
     reap(u);
-    if (load_relaxed(u->sq_kflags) & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN)) {
-        flush(u, true);
-        reap(u);
+    /* Overflowed CQEs come back at most a ring's worth per enter; bound the
+     * loop so a flood cannot starve the caller (the next wait sees the flag
+     * and does not block). */
+    for (int i = 0; i < 8; i++) {
+        if (!(load_relaxed(u->sq_kflags)
+              & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN)))
+            break;
+        if (flush(u, true) < 0)
+            break;
+        if (!reap(u))
+            break;
     }
     if (u->wake_seen) {
         u->wake_seen = false;

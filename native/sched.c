@@ -36,6 +36,19 @@
 #define ZK_FAIRNESS_INTERVAL 61   /* ticks between inject/timer/IO checks */
 #define ZK_LIFO_MAX_POLLS 3
 #define ZK_INJECT_BATCH 32
+/* A searcher that found nothing spins this many rounds before parking:
+ * parking and unparking cost two syscalls and two context switches, more
+ * than a short burst of work takes to arrive. */
+#define ZK_SPIN_ROUNDS 64
+#define ZK_SPIN_PAUSES 32
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 
 enum { MAIL_CANCEL_TIMER = 1, MAIL_CANCEL_OP = 2 };
 
@@ -55,6 +68,8 @@ struct zk_worker {
     _Atomic int parked;            /* 1 while in the parked stack (idle_lock) */
     uint32_t rng;
     uint64_t tick;
+    PyObject *yield_obj;           /* this worker's YieldNow instance: created
+                                      here, so its refcount stays thread-local */
     zk_port *port;
     zk_timer_wheel wheel;
     int started;
@@ -521,6 +536,13 @@ static void worker_loop(zk_worker *w) {
             if (maintenance(w) > 0)
                 continue;
             t = steal_work(w);
+            for (int spin = 0; t == NULL && w->searching && spin < ZK_SPIN_ROUNDS; spin++) {
+                for (int k = 0; k < ZK_SPIN_PAUSES; k++)
+                    cpu_relax();
+                if (atomic_load_explicit(&s->stop, memory_order_relaxed))
+                    break;
+                t = steal_work(w);
+            }
         }
         if (t != NULL) {
             if (w->searching)
@@ -712,6 +734,9 @@ static PyObject *sched_run_worker(zk_sched *s, PyObject *args) {
         return NULL == r ? NULL : Py_NewRef(Py_None);
     }
     zk_current_worker = w;
+    w->yield_obj = PyType_GenericAlloc(s->st->YieldNowType, 0);
+    if (w->yield_obj == NULL)
+        PyErr_Clear();  /* yield_now() falls back to the shared instance */
     atomic_fetch_add(&s->workers_running, 1);
     PyObject *r = PyObject_CallOneArg(started, Py_None);
     if (r == NULL)
@@ -719,6 +744,7 @@ static PyObject *sched_run_worker(zk_sched *s, PyObject *args) {
     Py_XDECREF(r);
     worker_loop(w);
     worker_teardown(w);
+    Py_CLEAR(w->yield_obj);
     zk_current_worker = NULL;
     atomic_fetch_sub(&s->workers_running, 1);
     Py_RETURN_NONE;
@@ -974,6 +1000,11 @@ int zk_sched_type_init(PyObject *module, zk_state *st) {
     if (st->SchedulerType == NULL)
         return -1;
     return PyModule_AddObjectRef(module, "Scheduler", (PyObject *)st->SchedulerType);
+}
+
+PyObject *zk_current_yield_obj(void) {
+    zk_worker *w = zk_current_worker;
+    return (w != NULL && w->yield_obj != NULL) ? w->yield_obj : NULL;
 }
 
 zk_sched *zk_current_sched(void) {

@@ -12,14 +12,10 @@ JoinHandle = _native.JoinHandle
 Oneshot = _native.Oneshot
 
 
-def spawn(coro: Coroutine[Any, Any, T], *, name: Optional[str] = None) -> JoinHandle:
-    """Spawn ``coro`` as a new task on the current runtime."""
-    return _native.spawn(coro, name=name)
-
-
-def yield_now() -> Awaitable[None]:
-    """Let other tasks run: ``await zokio.yield_now()`` requeues this task."""
-    return _native.yield_now()
+# The hot entry points are the native functions themselves (no Python frame
+# per call); their signatures live in _native.pyi.
+spawn = _native.spawn
+yield_now = _native.yield_now
 
 
 def sleep(seconds: float) -> Awaitable[None]:
