@@ -370,6 +370,27 @@ def test_wait_zero_does_not_block(port, fds):
 
 
 @pytest.mark.timeout(30)
+def test_polling_with_zero_timeouts_sees_completions(port, fds):
+    # A scheduler that never blocks (busy) still gets its completions from
+    # wait(0) + process(): io_uring must enter with GETEVENTS when the kernel
+    # holds deferred task work (DEFER_TASKRUN), epoll must poll.
+    a, b = socketpair(fds)
+    r = port.submit_read(a.fileno(), 10)
+    port.wait(0)
+    assert port.process() == []
+    b.send(b"polled")
+    deadline = time.monotonic() + 5
+    while True:
+        assert time.monotonic() < deadline
+        port.wait(0)
+        recs = port.process()
+        if recs:
+            assert recs == [(r, 6, b"polled")]
+            break
+        time.sleep(0.001)
+
+
+@pytest.mark.timeout(30)
 def test_wait_with_pending_completion_does_not_block(port, fds):
     a, b = socketpair(fds)
     b.send(b"x")
