@@ -6,12 +6,12 @@
  * Awaiting a Task from another task makes the awaiter a waiter of the task.
  */
 #include "task.h"
-#include "structmember.h"
 
 _Thread_local zk_worker *zk_current_worker = NULL;
 _Thread_local zk_task *zk_current_task = NULL;
 _Thread_local int zk_coop_budget = 0;
 
+/* The outcome split by kind; only meaningful once complete. */
 int zk_task_is_complete(zk_task *t) {
     /* acquire: pairs with the release in transition_to_complete, so result
      * and exception are visible once COMPLETE is seen. */
@@ -41,22 +41,19 @@ zk_task *zk_task_new(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name) 
     /* Born NOTIFIED: the spawner queues it right away. */
     atomic_init(&t->state, ZK_NOTIFIED);
     t->exc_retrieved = 0;
-    t->has_result = 0;
+    t->failed = 0;
     t->yield_resume = 0;
     t->coro = Py_NewRef(coro);
     t->context = ctx;
     t->name = (name != NULL && name != Py_None) ? Py_NewRef(name) : NULL;
-    t->result = NULL;
-    t->exception = NULL;
+    t->outcome = NULL;
     t->waiting_on = NULL;
     t->st = st;
     t->sched = s;
     zk_mutex_init(&t->lock);
-    t->waiter = NULL;
-    t->more_waiters = NULL;
+    t->waiters = NULL;
     t->interrupt = NULL;
     t->owned_prev = t->owned_next = NULL;
-    t->weakreflist = NULL;
     PyObject_GC_Track((PyObject *)t);
     return t;
 }
@@ -75,19 +72,21 @@ int zk_task_add_waiter(zk_task *t, PyObject *waiter) {
     zk_mutex_lock(&t->lock);
     if (zk_task_is_complete(t)) {
         added = 0;
-    } else if (t->waiter == NULL) {
-        t->waiter = Py_NewRef(waiter);
-    } else {
-        if (t->more_waiters == NULL) {
-            /* PyList_New does not call back into Python; safe under lock. */
-            t->more_waiters = PyList_New(0);
-            if (t->more_waiters == NULL) {
-                zk_mutex_unlock(&t->lock);
-                return -1;
-            }
-        }
-        if (PyList_Append(t->more_waiters, waiter) < 0)
+    } else if (t->waiters == NULL) {
+        t->waiters = Py_NewRef(waiter);
+    } else if (PyList_CheckExact(t->waiters)) {
+        /* PyList_Append never calls back into Python: safe under the lock. */
+        if (PyList_Append(t->waiters, waiter) < 0)
             added = -1;
+    } else {
+        PyObject *list = PyList_New(2);
+        if (list == NULL) {
+            added = -1;
+        } else {
+            PyList_SET_ITEM(list, 0, t->waiters);  /* moves our reference */
+            PyList_SET_ITEM(list, 1, Py_NewRef(waiter));
+            t->waiters = list;
+        }
     }
     zk_mutex_unlock(&t->lock);
     return added;
@@ -96,15 +95,15 @@ int zk_task_add_waiter(zk_task *t, PyObject *waiter) {
 void zk_task_remove_waiter(zk_task *t, PyObject *waiter) {
     PyObject *drop = NULL;
     zk_mutex_lock(&t->lock);
-    if (t->waiter == waiter) {
-        drop = t->waiter;
-        t->waiter = NULL;
-    } else if (t->more_waiters != NULL) {
-        Py_ssize_t n = PyList_GET_SIZE(t->more_waiters);
+    if (t->waiters == waiter) {
+        drop = t->waiters;
+        t->waiters = NULL;
+    } else if (t->waiters != NULL && PyList_CheckExact(t->waiters)) {
+        Py_ssize_t n = PyList_GET_SIZE(t->waiters);
         for (Py_ssize_t i = 0; i < n; i++) {
-            if (PyList_GET_ITEM(t->more_waiters, i) == waiter) {
+            if (PyList_GET_ITEM(t->waiters, i) == waiter) {
                 drop = Py_NewRef(waiter);
-                PyList_SetSlice(t->more_waiters, i, i + 1, NULL);
+                PyList_SetSlice(t->waiters, i, i + 1, NULL);
                 break;
             }
         }
@@ -130,9 +129,8 @@ static void notify_waiter(zk_state *st, PyObject *waiter) {
  * shutdown thread for an abandoned task). */
 static void task_complete(zk_task *t, PyObject *result, PyObject *exc) {
     zk_state *st = t->st;
-    t->result = result;
-    t->exception = exc;
-    t->has_result = 1;
+    t->failed = exc != NULL;
+    t->outcome = exc != NULL ? exc : result;
     PyObject *coro = t->coro;
     PyObject *waiting = t->waiting_on;
     t->coro = NULL;
@@ -140,11 +138,9 @@ static void task_complete(zk_task *t, PyObject *result, PyObject *exc) {
     zk_transition_to_complete(t);
 
     zk_mutex_lock(&t->lock);
-    PyObject *first = t->waiter;
-    PyObject *more = t->more_waiters;
+    PyObject *waiters = t->waiters;
     PyObject *interrupt = t->interrupt;
-    t->waiter = NULL;
-    t->more_waiters = NULL;
+    t->waiters = NULL;
     t->interrupt = NULL;
     atomic_fetch_and_explicit(&t->state, ~ZK_INTERRUPT, memory_order_relaxed);
     zk_mutex_unlock(&t->lock);
@@ -152,15 +148,15 @@ static void task_complete(zk_task *t, PyObject *result, PyObject *exc) {
     Py_XDECREF(coro);
     Py_XDECREF(waiting);
     Py_XDECREF(interrupt);
-    if (first != NULL) {
-        notify_waiter(st, first);
-        Py_DECREF(first);
-    }
-    if (more != NULL) {
-        Py_ssize_t n = PyList_GET_SIZE(more);
-        for (Py_ssize_t i = 0; i < n; i++)
-            notify_waiter(st, PyList_GET_ITEM(more, i));
-        Py_DECREF(more);
+    if (waiters != NULL) {
+        if (PyList_CheckExact(waiters)) {
+            Py_ssize_t n = PyList_GET_SIZE(waiters);
+            for (Py_ssize_t i = 0; i < n; i++)
+                notify_waiter(st, PyList_GET_ITEM(waiters, i));
+        } else {
+            notify_waiter(st, waiters);
+        }
+        Py_DECREF(waiters);
     }
     zk_sched_task_finished(t->sched, t);
 }
@@ -381,31 +377,31 @@ void zk_task_abandon(zk_task *t) {
 
 static int is_cancelled_exc(zk_task *t) {
     zk_state *st = t->st;
-    return t->exception != NULL &&
-           PyObject_TypeCheck(t->exception, (PyTypeObject *)st->Cancelled);
+    return t->failed && t->outcome != NULL &&
+           PyObject_TypeCheck(t->outcome, (PyTypeObject *)st->Cancelled);
 }
 
 /* Produce the task's outcome as a return value or raised exception.
  * Precondition: complete. */
 static PyObject *task_outcome(zk_task *t) {
-    if (t->exception != NULL) {
+    if (t->failed) {
         t->exc_retrieved = 1;
-        zk_raise_instance(t->exception);
+        zk_raise_instance(t->outcome);
         return NULL;
     }
-    return Py_NewRef(t->result ? t->result : Py_None);
+    return Py_NewRef(t->outcome ? t->outcome : Py_None);
 }
 
 /* __next__ of `await handle`: the result once complete, else yield the handle
  * itself so the worker registers the awaiter as a waiter. */
 static PyObject *task_iternext(zk_task *self) {
     if (zk_task_is_complete(self) && zk_coop_budget-- > 0) {
-        if (self->exception != NULL) {
+        if (self->failed) {
             self->exc_retrieved = 1;
-            zk_raise_instance(self->exception);
+            zk_raise_instance(self->outcome);
             return NULL;
         }
-        PyObject *r = self->result;
+        PyObject *r = self->outcome;
         if (r == NULL || r == Py_None)
             return NULL;  /* StopIteration(None) */
         if (PyTuple_Check(r) || PyExceptionInstance_Check(r)) {
@@ -525,7 +521,7 @@ static PyObject *task_exception(zk_task *self, PyObject *Py_UNUSED(ignored)) {
         return NULL;
     }
     self->exc_retrieved = 1;
-    return Py_NewRef(self->exception ? self->exception : Py_None);
+    return Py_NewRef(self->failed ? self->outcome : Py_None);
 }
 
 static PyObject *task_get_name(zk_task *self, void *Py_UNUSED(closure)) {
@@ -538,7 +534,7 @@ static PyObject *task_repr(zk_task *self) {
     uint32_t s = atomic_load_explicit(&self->state, memory_order_acquire);
     const char *what = (s & ZK_COMPLETE)
                            ? (is_cancelled_exc(self) ? "cancelled"
-                              : self->exception ? "failed" : "finished")
+                              : self->failed ? "failed" : "finished")
                        : (s & ZK_RUNNING) ? "running" : "pending";
     PyObject *name = task_get_name(self, NULL);
     if (name == NULL)
@@ -552,11 +548,9 @@ static int task_traverse(zk_task *self, visitproc visit, void *arg) {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->coro);
     Py_VISIT(self->context);
-    Py_VISIT(self->result);
-    Py_VISIT(self->exception);
+    Py_VISIT(self->outcome);
     Py_VISIT(self->waiting_on);
-    Py_VISIT(self->waiter);
-    Py_VISIT(self->more_waiters);
+    Py_VISIT(self->waiters);
     Py_VISIT(self->interrupt);
     return 0;
 }
@@ -564,11 +558,9 @@ static int task_traverse(zk_task *self, visitproc visit, void *arg) {
 static int task_clear(zk_task *self) {
     Py_CLEAR(self->coro);
     Py_CLEAR(self->context);
-    Py_CLEAR(self->result);
-    Py_CLEAR(self->exception);
+    Py_CLEAR(self->outcome);
     Py_CLEAR(self->waiting_on);
-    Py_CLEAR(self->waiter);
-    Py_CLEAR(self->more_waiters);
+    Py_CLEAR(self->waiters);
     Py_CLEAR(self->interrupt);
     Py_CLEAR(self->name);
     return 0;
@@ -576,7 +568,7 @@ static int task_clear(zk_task *self) {
 
 /* An exception nobody awaited is logged when its task is dropped. */
 static void task_finalize(zk_task *self) {
-    if (self->exception == NULL || self->exc_retrieved || is_cancelled_exc(self))
+    if (!self->failed || self->exc_retrieved || is_cancelled_exc(self))
         return;
     PyObject *saved = zk_fetch_exception();
     PyObject *logging = PyImport_ImportModule("logging");
@@ -585,7 +577,7 @@ static void task_finalize(zk_task *self) {
         if (logger != NULL) {
             PyObject *msg = PyUnicode_FromFormat(
                 "Task exception was never retrieved: %R", (PyObject *)self);
-            PyObject *kw = Py_BuildValue("{s:O}", "exc_info", self->exception);
+            PyObject *kw = Py_BuildValue("{s:O}", "exc_info", self->outcome);
             PyObject *meth = PyObject_GetAttrString(logger, "error");
             if (msg && kw && meth) {
                 PyObject *a = PyTuple_Pack(1, msg);
@@ -613,8 +605,6 @@ static void task_dealloc(zk_task *self) {
         return;  /* resurrected */
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    if (self->weakreflist != NULL)
-        PyObject_ClearWeakRefs((PyObject *)self);
     task_clear(self);
     zk_mutex_destroy(&self->lock);
     tp->tp_free(self);
@@ -644,11 +634,6 @@ static PyGetSetDef task_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMemberDef task_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(zk_task, weakreflist), READONLY, NULL},
-    {NULL, 0, 0, 0, NULL},
-};
-
 static PyType_Slot task_slots[] = {
     {Py_tp_doc, "Handle of a spawned task: awaitable, cancellable."},
     {Py_tp_dealloc, task_dealloc},
@@ -661,7 +646,6 @@ static PyType_Slot task_slots[] = {
     {Py_am_await, task_await},
     {Py_tp_methods, task_methods},
     {Py_tp_getset, task_getset},
-    {Py_tp_members, task_members},
     {0, NULL},
 };
 

@@ -33,25 +33,25 @@ struct zk_task {
     PyObject_HEAD
     _Atomic uint32_t state;
     uint8_t exc_retrieved;      /* the exception reached someone */
-    uint8_t has_result;
+    uint8_t failed;             /* outcome is an exception instance */
     uint8_t yield_resume;       /* yield_now registered; next __next__ returns */
+    zk_mutex lock;              /* guards waiters and interrupt; on 3.13+ one
+                                   byte that fills the word with `state` */
     PyObject *coro;             /* owned until completion */
     PyObject *context;          /* contextvars.Context copy, owned */
     PyObject *name;             /* str or NULL */
-    PyObject *result;           /* valid once COMPLETE (acquire) */
-    PyObject *exception;        /* exception instance or NULL */
+    PyObject *outcome;          /* result or exception (see `failed`); valid
+                                   once COMPLETE is seen with acquire */
     PyObject *waiting_on;       /* leaf the coroutine yielded; only the
                                    thread holding RUNNING touches it */
     zk_state *st;               /* module state (lives as long as the module) */
     zk_sched *sched;            /* borrowed: outlives every task that is not
                                    complete (shutdown abandons the rest) */
-    zk_mutex lock;              /* guards waiters and interrupt */
-    PyObject *waiter;           /* first waiter (task or callable), owned */
-    PyObject *more_waiters;     /* list of further waiters, or NULL */
+    PyObject *waiters;          /* NULL, one waiter (a task to wake or a
+                                   callable to call), or a list of them */
     PyObject *interrupt;        /* exception to throw at the next poll */
-    zk_task *owned_prev;        /* live-task list of the scheduler */
+    zk_task *owned_prev;        /* live-task registry of the scheduler */
     zk_task *owned_next;
-    PyObject *weakreflist;
 };
 
 typedef enum {
