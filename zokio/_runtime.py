@@ -153,12 +153,12 @@ class Runtime:
         cannot be interrupted; the pool is joined within what is left of
         ``timeout``.
         """
+        if _native.current_scheduler() is self._core:
+            raise RuntimeError("Runtime.shutdown() cannot be called from one of its own tasks")
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        if _native.current_scheduler() is self._core:
-            raise RuntimeError("Runtime.shutdown() cannot be called from one of its own tasks")
         deadline = None if timeout is None else time.monotonic() + timeout
         self._core.cancel_all()
         delay = 0.0005
