@@ -536,12 +536,18 @@ static void worker_loop(zk_worker *w) {
             if (maintenance(w) > 0)
                 continue;
             t = steal_work(w);
-            for (int spin = 0; t == NULL && w->searching && spin < ZK_SPIN_ROUNDS; spin++) {
-                for (int k = 0; k < ZK_SPIN_PAUSES; k++)
-                    cpu_relax();
-                if (atomic_load_explicit(&s->stop, memory_order_relaxed))
-                    break;
-                t = steal_work(w);
+            if (t == NULL && w->searching) {
+                /* Spin detached: a stop-the-world pause (GC) must not wait
+                 * for a thread that is only looking for work. */
+                PyThreadState *ts = PyEval_SaveThread();
+                for (int spin = 0; t == NULL && spin < ZK_SPIN_ROUNDS; spin++) {
+                    for (int k = 0; k < ZK_SPIN_PAUSES; k++)
+                        cpu_relax();
+                    if (atomic_load_explicit(&s->stop, memory_order_relaxed))
+                        break;
+                    t = steal_work(w);  /* touches no Python object */
+                }
+                PyEval_RestoreThread(ts);
             }
         }
         if (t != NULL) {

@@ -7,9 +7,9 @@
  */
 #include "task.h"
 
-_Thread_local zk_worker *zk_current_worker = NULL;
-_Thread_local zk_task *zk_current_task = NULL;
-_Thread_local int zk_coop_budget = 0;
+ZK_TLS zk_worker *zk_current_worker = NULL;
+ZK_TLS zk_task *zk_current_task = NULL;
+ZK_TLS int zk_coop_budget = 0;
 
 /* The outcome split by kind; only meaningful once complete. */
 int zk_task_is_complete(zk_task *t) {
@@ -61,7 +61,9 @@ zk_task *zk_task_new(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name) 
 void zk_task_wake(zk_task *t) {
     if (zk_transition_to_notified(t) == ZK_WAKE_SUBMIT) {
         Py_INCREF(t);  /* the queue's reference */
-        zk_sched_schedule(t->sched, t, zk_current_task != NULL);
+        /* On a worker, a woken task runs next (LIFO slot): it is cache-hot
+         * and is usually what the waker's progress was waiting for. */
+        zk_sched_schedule(t->sched, t, 1);
     }
 }
 

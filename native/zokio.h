@@ -51,11 +51,14 @@ int64_t zk_monotonic_ns(void);
 /* The worker running on this thread (NULL on other threads) and the task it
  * is polling right now (NULL between polls).  Only the owning thread reads or
  * writes them. */
-extern _Thread_local zk_worker *zk_current_worker;
-extern _Thread_local zk_task *zk_current_task;
+/* initial-exec: the extension is loaded once, and the general-dynamic model
+ * would cost a __tls_get_addr call on every access on the hot path. */
+#define ZK_TLS _Thread_local __attribute__((tls_model("initial-exec")))
+extern ZK_TLS zk_worker *zk_current_worker;
+extern ZK_TLS zk_task *zk_current_task;
 /* Cooperative budget of the current poll: leaves that are already complete
  * return at once while this is positive, then force a yield (see leaf.c). */
-extern _Thread_local int zk_coop_budget;
+extern ZK_TLS int zk_coop_budget;
 #define ZK_COOP_BUDGET 128
 
 /* ---- timers ------------------------------------------------------------ */
