@@ -22,26 +22,35 @@ static zk_sched *require_sched(const char *what) {
     return s;
 }
 
-static PyObject *mod_spawn(PyObject *module, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"coro", "name", NULL};
-    PyObject *coro, *name = Py_None;
+/* spawn(coro, *, name=None): vectorcall, it is on the hot path. */
+static PyObject *mod_spawn(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames) {
     ZK_UNUSED(module);
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$O:spawn", kwlist, &coro, &name))
+    PyObject *name = Py_None;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "spawn() takes 1 positional argument (%zd given)", nargs);
         return NULL;
-    zk_sched *s = require_sched("zokio.spawn()");
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        if (!PyUnicode_Check(key) || PyUnicode_CompareWithASCIIString(key, "name") != 0) {
+            PyErr_Format(PyExc_TypeError, "spawn() got an unexpected keyword argument %R", key);
+            return NULL;
+        }
+        name = args[nargs + i];
+    }
+    PyObject *coro = args[0];
+    zk_sched *s = zk_current_sched();
     if (s == NULL) {
-        /* Do not leave an un-awaited coroutine warning on top of the error. */
+        /* Close it so the error is not followed by a "never awaited" warning. */
         if (PyCoro_CheckExact(coro)) {
             PyObject *r = PyObject_CallMethod(coro, "close", NULL);
-            Py_XDECREF(r);
             if (r == NULL)
                 PyErr_Clear();
-            PyErr_Format(PyExc_RuntimeError,
-                         "zokio.spawn() must be called from inside a zokio runtime "
-                         "(a task run by Runtime.block_on() or Runtime.spawn()), "
-                         "but no runtime is running on this thread");
+            Py_XDECREF(r);
         }
-        return NULL;
+        return require_sched("zokio.spawn()") == NULL ? NULL : NULL;
     }
     return zk_sched_spawn(s, coro, name);
 }
@@ -187,7 +196,9 @@ static PyObject *mod_resolve_backend(PyObject *module, PyObject *arg) {
 }
 
 static PyMethodDef module_methods[] = {
-    {"spawn", (PyCFunction)(void (*)(void))mod_spawn, METH_VARARGS | METH_KEYWORDS, NULL},
+    {"spawn", (PyCFunction)(void (*)(void))mod_spawn, METH_FASTCALL | METH_KEYWORDS,
+     "spawn(coro, *, name=None) -> JoinHandle: run coro as a new task on the "
+     "current runtime."},
     {"yield_now", mod_yield_now, METH_NOARGS, NULL},
     {"sleep", mod_sleep, METH_O, NULL},
     {"sleep_until", mod_sleep_until, METH_O, NULL},
