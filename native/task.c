@@ -305,13 +305,17 @@ int zk_task_cancel(zk_task *t) {
     if (zk_task_is_complete(t))
         return 0;
     zk_state *st = t->st;
+    /* Cancellation is delivered once: a second cancel() must not interrupt
+     * the cleanup (finally blocks that await) of the first. */
+    uint32_t prev = atomic_fetch_or_explicit(&t->state, ZK_CANCELLED, memory_order_acq_rel);
+    if (prev & (ZK_CANCELLED | ZK_COMPLETE))
+        return 0;
     PyObject *exc = PyObject_CallOneArg(st->Cancelled,
                                         t->name ? t->name : Py_None);
     if (exc == NULL) {
         PyErr_WriteUnraisable((PyObject *)t);
         return 0;
     }
-    atomic_fetch_or_explicit(&t->state, ZK_CANCELLED, memory_order_release);
     int placed = place_interrupt(t, exc, 1);
     Py_DECREF(exc);
     return placed;
@@ -616,7 +620,8 @@ static void task_dealloc(zk_task *self) {
 static PyMethodDef task_methods[] = {
     {"cancel", (PyCFunction)task_cancel, METH_NOARGS,
      "Request cancellation: zokio.Cancelled is raised in the task at its "
-     "current or next suspension point.  Returns False if it already finished."},
+     "current or next suspension point, once.  Returns False if the task "
+     "already finished or was already cancelled."},
     {"done", (PyCFunction)task_done, METH_NOARGS, "True once the task finished."},
     {"cancelled", (PyCFunction)task_cancelled, METH_NOARGS,
      "True if the task finished by cancellation."},
