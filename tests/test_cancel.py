@@ -357,3 +357,30 @@ def test_cancelled_exception_not_logged(rt, caplog):
     del h
     gc.collect()
     assert not [r for r in caplog.records if r.name == "zokio"]
+
+
+@pytest.mark.timeout(30)
+def test_cancel_unregisters_timers_repeatedly(rt):
+    """Many rounds of cross-worker cancellation: each round's wheel entries
+    must be gone promptly (a lost mailbox wake leaves them until the 10 s
+    timers would have fired)."""
+    async def main():
+        m = zokio.current_runtime().metrics
+        for rnd in range(40):
+            hs = [zokio.spawn(_forever()) for _ in range(20)]
+            await zokio.sleep(0.005)
+            for h in hs:
+                h.cancel()
+            for h in hs:
+                try:
+                    await h
+                except zokio.Cancelled:
+                    pass
+            t0 = time.monotonic()
+            while m()["timers_pending"] and time.monotonic() - t0 < 1.0:
+                await zokio.sleep(0.002)
+            if m()["timers_pending"]:
+                return rnd, m()["timers_pending"]
+        return None
+
+    assert rt.block_on(main()) is None

@@ -466,13 +466,11 @@ def test_wake_storm(port):
 
     fin = threading.Thread(target=finisher)
     fin.start()
-    loops = 0
+    # The wakers may all be done before the first check; then no wait runs.
     while not done.is_set():
         port.wait(None)
         port.process()
-        loops += 1
     fin.join()
-    assert loops >= 1
 
 
 # --------------------------------------------------------------------------
