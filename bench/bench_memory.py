@@ -7,7 +7,9 @@ preallocated byte as started and then park, wait until every task has
 started, ``gc.collect()``, read RSS again.  Bytes per task =
 (RSS after - RSS before) / N.  The figure covers everything a parked task
 holds: coroutine and frame, the runtime's task object, its timer entry or
-waiter, the handle kept in a list (8 B of it is the list slot).
+waiter, the handle kept in a list (8 B of it is the list slot).  Each task's
+int argument (its index) is created before the first reading, so it is not
+counted.
 
 Parking modes:
 * sleep: ``await <runtime>.sleep(3600)``;
@@ -15,6 +17,10 @@ Parking modes:
   created after the first RSS reading, so it is counted); asyncio/uvloop
   await ``event.wait()`` on one shared ``asyncio.Event``; trio awaits one
   shared ``trio.Event``.
+
+Two reference rows: zokio with the JoinHandles dropped instead of kept in a
+list, and the floor — N bare coroutines of the same shape suspended at an
+await and held in a list, with no runtime at all (what any runtime must pay).
 
 The process exits with ``os._exit`` right after measuring; the tasks are
 never released.  Bar: zokio <= 600 B per task.
@@ -43,6 +49,10 @@ def cases(quick: bool = False, repeat: int | None = None) -> list[C.Case]:
         for mode in ("sleep", "wait"):
             out.append(C.Case(WORKLOAD, "zokio", f"zokio threads={t} {mode}",
                               {"n": n, "threads": t, "mode": mode}, timeout=180, procs=procs))
+    out.append(C.Case(WORKLOAD, "zokio", "zokio threads=2 sleep, handles dropped",
+                      {"n": n, "threads": 2, "mode": "sleep", "drop": True}, timeout=180, procs=procs))
+    out.append(C.Case(WORKLOAD, "python", "floor: bare suspended coroutines",
+                      {"n": n, "mode": "floor"}, timeout=180, procs=procs))
     for rt in ("asyncio", "uvloop", "trio"):
         for mode in ("sleep", "wait"):
             out.append(C.Case(WORKLOAD, rt, f"{rt} {mode}", {"n": n, "mode": mode},
@@ -65,6 +75,7 @@ def _measure_zokio(p):
     zokio = C.require("zokio")
     n, mode = p["n"], p["mode"]
     started = bytearray(n)
+    ids = list(range(n))  # the tasks' int arguments exist before the baseline
     keep = {}
 
     async def sleeper(i):
@@ -79,11 +90,15 @@ def _measure_zokio(p):
         gc.collect()
         r0 = C.rss_bytes()
         t0 = time.perf_counter()
-        if mode == "sleep":
-            hs = [zokio.spawn(sleeper(i)) for i in range(n)]
+        if mode == "sleep" and p.get("drop"):
+            hs = None
+            for i in ids:
+                zokio.spawn(sleeper(i))
+        elif mode == "sleep":
+            hs = [zokio.spawn(sleeper(i)) for i in ids]
         else:
-            cells = [zokio.Oneshot() for _ in range(n)]
-            hs = [zokio.spawn(waiter(i, cells[i])) for i in range(n)]
+            cells = [zokio.Oneshot() for _ in ids]
+            hs = [zokio.spawn(waiter(i, cells[i])) for i in ids]
             keep["cells"] = cells
         await _wait_started(started, n, zokio.sleep)
         dt = time.perf_counter() - t0
@@ -101,6 +116,7 @@ def _measure_asyncio(p):
 
     n, mode = p["n"], p["mode"]
     started = bytearray(n)
+    ids = list(range(n))  # the tasks' int arguments exist before the baseline
     keep = {}
 
     async def sleeper(i):
@@ -117,9 +133,9 @@ def _measure_asyncio(p):
         r0 = C.rss_bytes()
         t0 = time.perf_counter()
         if mode == "sleep":
-            ts = [asyncio.create_task(sleeper(i)) for i in range(n)]
+            ts = [asyncio.create_task(sleeper(i)) for i in ids]
         else:
-            ts = [asyncio.create_task(waiter(i, ev)) for i in range(n)]
+            ts = [asyncio.create_task(waiter(i, ev)) for i in ids]
         await _wait_started(started, n, asyncio.sleep)
         dt = time.perf_counter() - t0
         keep["ts"] = ts
@@ -138,6 +154,7 @@ def _measure_trio(p):
     trio = C.require("trio")
     n, mode = p["n"], p["mode"]
     started = bytearray(n)
+    ids = list(range(n))  # the tasks' int arguments exist before the baseline
 
     async def sleeper(i):
         started[i] = 1
@@ -153,7 +170,7 @@ def _measure_trio(p):
         r0 = C.rss_bytes()
         t0 = time.perf_counter()
         async with trio.open_nursery() as nursery:
-            for i in range(n):
+            for i in ids:
                 if mode == "sleep":
                     nursery.start_soon(sleeper, i)
                 else:
@@ -162,15 +179,53 @@ def _measure_trio(p):
             dt = time.perf_counter() - t0
             gc.collect()
             r1 = C.rss_bytes()
-            nursery.cancel_scope.cancel()
+            # Cancelling 200k parked tasks takes trio longer than the whole
+            # measurement: report from here and end the process.
+            C.emit_and_exit(_result(p, r0, r1, dt))
         return r0, r1, dt
 
     return trio.run(main)
 
 
+class _Park:
+    """An awaitable that suspends its coroutine once and is never resumed."""
+
+    __slots__ = ()
+
+    def __await__(self):
+        yield self
+
+
+def _measure_floor(p):
+    """The pure-Python floor: N coroutines of the same shape, each suspended
+    at an await, held in a list; no runtime, no task object, no timer."""
+    n = p["n"]
+    started = bytearray(n)
+    ids = list(range(n))  # the tasks' int arguments exist before the baseline
+    park = _Park()
+
+    async def parked(i):
+        started[i] = 1
+        await park
+
+    gc.collect()
+    r0 = C.rss_bytes()
+    t0 = time.perf_counter()
+    coros = [parked(i) for i in ids]
+    for c in coros:
+        c.send(None)
+    dt = time.perf_counter() - t0
+    gc.collect()
+    r1 = C.rss_bytes()
+    assert started.count(1) == n
+    return r0, r1, dt
+
+
 def run_case(p):
     rt = p["runtime"]
-    if rt == "zokio":
+    if rt == "python":
+        r0, r1, dt = _measure_floor(p)
+    elif rt == "zokio":
         r0, r1, dt = _measure_zokio(p)
     elif rt in ("asyncio", "uvloop"):
         r0, r1, dt = _measure_asyncio(p)
@@ -178,6 +233,10 @@ def run_case(p):
         r0, r1, dt = _measure_trio(p)
     else:
         raise ValueError(rt)
+    return _result(p, r0, r1, dt)
+
+
+def _result(p, r0, r1, dt):
     return {"per_task": (r1 - r0) / p["n"], "rss_before": r0, "rss_after": r1,
             "park_seconds": dt}
 

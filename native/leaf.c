@@ -375,6 +375,8 @@ PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, PyObject *data,
     self->worker = NULL;
     self->submitted = 0;
     self->view_held = 0;
+    self->cancel_requested = 0;
+    self->ended_by_cancel = 0;
     self->op.opcode = opcode;
     self->op.fd = fd;
     self->op.offset = offset;
@@ -410,6 +412,7 @@ void zk_io_op_complete(zk_op *op, int64_t result) {
     zk_worker *w = self->worker;
     zk_state *st = zk_sched_state(zk_worker_sched(w));
     self->submitted = 0;
+    self->ended_by_cancel = (result == -ECANCELED);
     zk_worker_count_op(w);
     io_op_release_buffer(self);
     PyObject *value = NULL, *exc = NULL;
@@ -624,6 +627,20 @@ int zk_awaitable_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *o
                  "awaited on zokio (wrap blocking work in zokio.spawn_blocking)",
                  obj);
     return -1;
+}
+
+int zk_awaitable_interrupt_mode(zk_state *st, zk_worker *w, PyObject *obj) {
+    if (Py_TYPE(obj) != st->OpType)
+        return ZK_INTERRUPT_NOW;
+    zk_io_op *op = (zk_io_op *)obj;
+    if (!leaf_is_done(&op->leaf)) {
+        if (!op->cancel_requested) {
+            op->cancel_requested = 1;
+            zk_worker_cancel_op(w, op);
+        }
+        return ZK_INTERRUPT_WAIT;
+    }
+    return op->ended_by_cancel ? ZK_INTERRUPT_NOW : ZK_INTERRUPT_LATER;
 }
 
 void zk_awaitable_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {

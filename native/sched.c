@@ -373,6 +373,9 @@ static void mail_post(zk_worker *owner, int kind, PyObject *obj, zk_timer *timer
     owner->mail[owner->mail_len++] = (zk_mail){kind, Py_NewRef(obj), timer};
     atomic_fetch_add_explicit(&owner->mail_pending, 1, memory_order_release);
     zk_mutex_unlock(&owner->mail_lock);
+    /* Dekker pair with park(): we publish mail_pending, then read parked;
+     * the owner publishes parked, then reads mail_pending. */
+    atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&owner->parked, memory_order_relaxed))
         zk_port_wake(owner->port);
 }
@@ -490,6 +493,7 @@ static void park(zk_worker *w) {
         notify_parked(s);
 
     if (atomic_load_explicit(&w->parked, memory_order_relaxed) &&
+        atomic_load_explicit(&w->mail_pending, memory_order_relaxed) == 0 &&
         !atomic_load_explicit(&s->stop, memory_order_acquire)) {
         int64_t timeout = -1;
         uint64_t next = zk_wheel_next_expiration(&w->wheel);

@@ -206,7 +206,20 @@ void zk_task_run(zk_worker *w, zk_task *t) {
     }
 
     PyObject *interrupt = NULL;
-    if (atomic_load_explicit(&t->state, memory_order_acquire) & ZK_INTERRUPT) {
+    int resumed = 0;
+    int interrupted = (atomic_load_explicit(&t->state, memory_order_acquire) & ZK_INTERRUPT) != 0;
+    if (interrupted && t->waiting_on != NULL) {
+        switch (zk_awaitable_interrupt_mode(st, w, t->waiting_on)) {
+        case ZK_INTERRUPT_WAIT:
+            goto idle;            /* the op's completion wakes us again */
+        case ZK_INTERRUPT_LATER:
+            interrupted = 0;      /* resume with the op's result first */
+            break;
+        default:
+            break;
+        }
+    }
+    if (interrupted) {
         zk_mutex_lock(&t->lock);
         interrupt = t->interrupt;
         t->interrupt = NULL;
@@ -235,6 +248,7 @@ void zk_task_run(zk_worker *w, zk_task *t) {
     }
     zk_current_task = t;
     zk_coop_budget = ZK_COOP_BUDGET;
+    resumed = 1;
 
     PyObject *out = NULL;
     step_result step;
@@ -274,6 +288,10 @@ void zk_task_run(zk_worker *w, zk_task *t) {
     }
 
 idle:
+    /* An interrupt deferred past an op's completion (ZK_INTERRUPT_LATER) is
+     * still pending: make sure the task is polled again to deliver it. */
+    if (resumed && (atomic_load_explicit(&t->state, memory_order_acquire) & ZK_INTERRUPT))
+        zk_task_wake(t);
     if (zk_transition_to_idle(t) == ZK_IDLE_REQUEUE)
         zk_sched_schedule_yield(s, t);  /* hands over the queue reference */
     else

@@ -105,8 +105,10 @@ typedef struct zk_io_op {
     Py_buffer view;          /* pinned until the op's own completion */
     PyObject *read_buf;      /* bytearray for reads */
     zk_worker *worker;       /* port it was submitted to */
-    int submitted;
+    int submitted;           /* in flight; written by the owning worker */
     int view_held;
+    int cancel_requested;    /* an interrupt asked the port to cancel it */
+    int ended_by_cancel;     /* its completion was -ECANCELED */
 } zk_io_op;
 
 typedef struct zk_timeout_scope {
@@ -130,6 +132,17 @@ int zk_awaitable_ready(zk_state *st, PyObject *obj);
  * Returns 0, or -1 with an exception set that must be thrown into the
  * coroutine (e.g. a foreign awaitable). */
 int zk_awaitable_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj);
+
+/* A task with a pending interrupt is suspended on `obj`.  For an I/O op
+ * still in flight the interrupt must wait for the op's own completion, or
+ * data the kernel already moved would be lost.  Returns:
+ *   ZK_INTERRUPT_NOW    throw the interrupt now (not an op, or the op ended
+ *                       by cancellation)
+ *   ZK_INTERRUPT_WAIT   op cancel requested; stay suspended until it ends
+ *   ZK_INTERRUPT_LATER  the op completed with a real result: resume the
+ *                       coroutine with it, throw at the next suspension */
+enum { ZK_INTERRUPT_NOW = 0, ZK_INTERRUPT_WAIT = 1, ZK_INTERRUPT_LATER = 2 };
+int zk_awaitable_interrupt_mode(zk_state *st, zk_worker *w, PyObject *obj);
 
 /* Undo a registration because the task is being interrupted (cancel or
  * timeout).  Unregisters timers and cancels ops.  Attached. */

@@ -280,7 +280,7 @@ def test_plain_thread_wakes_interleaved_with_task_wakes(make_runtime):
 @pytest.mark.timeout(60)
 def test_cancel_races_wake(make_runtime, util):
     rt = make_runtime(4)
-    iterations, batch = 40, 25
+    iterations, batch = 120, 25
     rng = random.Random(11)
     totals = {"value": 0, "cancelled": 0}
     for it in range(iterations):
@@ -338,7 +338,7 @@ def test_cancel_races_completion(make_runtime, util):
     rt = make_runtime(4)
     rng = random.Random(5)
     seen = {"value": 0, "cancelled": 0, "false_cancel": 0}
-    for it in range(40):
+    for it in range(120):
         hs = []
 
         async def short(k):
@@ -368,14 +368,14 @@ def test_cancel_races_completion(make_runtime, util):
                     seen["false_cancel"] += 1
             assert h.done()
             assert h.cancel() is False       # finished now: always False
-    assert seen["value"] + seen["cancelled"] == 40 * 25
+    assert seen["value"] + seen["cancelled"] == 120 * 25
     assert util.wait_for(lambda: rt.metrics()["tasks_live"] == 0, timeout=5), rt.metrics()
 
 
 @pytest.mark.timeout(60)
 def test_cancel_races_join_from_tasks_and_threads(make_runtime, util):
     rt = make_runtime(4)
-    for it in range(30):
+    for it in range(100):
         gate = zokio.Oneshot()
 
         async def target(gate=gate):
@@ -435,7 +435,7 @@ def test_cancel_races_timer_and_timeout(make_runtime, util):
         except TimeoutError:
             return "timeout"
 
-    for _ in range(20):
+    for _ in range(50):
         hs = [rt.spawn(napper(rng.choice([0.0, 0.001, 0.002, 0.003]))) for _ in range(30)]
         time.sleep(rng.choice([0.0, 0.001, 0.002, 0.003]))
         for h in hs:
@@ -445,6 +445,6 @@ def test_cancel_races_timer_and_timeout(make_runtime, util):
                 outcomes[h.result(timeout=10)] += 1
             except zokio.Cancelled:
                 outcomes["cancelled"] += 1
-    assert sum(outcomes.values()) == 20 * 30
+    assert sum(outcomes.values()) == 50 * 30
     assert util.wait_for(lambda: rt.metrics()["tasks_live"] == 0, timeout=5)
     assert util.wait_for(lambda: rt.metrics()["timers_pending"] == 0, timeout=5), rt.metrics()

@@ -20,7 +20,7 @@ CHECK = textwrap.dedent("""
     import zokio, zokio._native
     print("after-import", sys._is_gil_enabled() if hasattr(sys, "_is_gil_enabled") else "n/a")
     async def main():
-        h = zokio.spawn(zokio.sleep(0) if False else child())
+        h = zokio.spawn(child())
         return await h
     async def child():
         await zokio.sleep(0.001)
@@ -49,18 +49,78 @@ def test_gil_disabled_in_this_process():
     assert sys._is_gil_enabled() is False
 
 
-def _spin(seconds):
-    end = time.thread_time() + seconds
-    x = 0
-    while time.thread_time() < end:
-        x += 1
-    return x
+def _handshake_and_spin(me, other, seconds):
+    """Announce ourselves, wait (without awaiting: we hog our worker) for the
+    other task, then spin for `seconds`, counting how often the other task's
+    counter moved between two of our iterations."""
+    me[0] = 1
+    deadline = time.monotonic() + 10
+    while other[0] == 0:
+        if time.monotonic() > deadline:
+            return None              # the other task never ran meanwhile
+    iters = changes = 0
+    last = other[0]
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        me[0] += 1
+        iters += 1
+        cur = other[0]
+        if cur != last:
+            changes += 1
+            last = cur
+    return iters, changes
+
+
+@pytest.mark.timeout(60)
+def test_hogging_task_does_not_block_a_runnable_one(make_runtime):
+    """Two tasks that never await: the second must be picked up by the other
+    worker while the first occupies its worker (any build)."""
+    rt = make_runtime(2)
+    a, b = [0], [0]
+
+    async def main():
+        h1 = zokio.spawn(_hog(a, b))
+        h2 = zokio.spawn(_hog(b, a))
+        return await h1, await h2
+
+    r1, r2 = rt.block_on(main())
+    assert r1 is not None and r2 is not None, "the two tasks never ran at the same time"
+
+
+async def _hog(me, other):
+    return _handshake_and_spin(me, other, 0.05)
+
+
+def _long_c_call(a, b):
+    """Wait for the counter task, then make one long C call (which holds a
+    GIL, if there is one, for its whole duration) and report how far the
+    counter task got meanwhile."""
+    a[0] = 1
+    deadline = time.monotonic() + 10
+    while b[0] == 0:
+        if time.monotonic() > deadline:
+            a[0] = -1
+            return None
+    c0 = b[0]
+    sum(range(20_000_000))
+    c1 = b[0]
+    a[0] = -1
+    return c1 - c0
+
+
+def _count_until(b, a):
+    b[0] = 1
+    while a[0] != -1:
+        b[0] += 1
 
 
 @pytest.mark.timeout(60)
 def test_cpu_bound_tasks_run_in_parallel(make_runtime):
-    """Two CPU-bound tasks on two workers: their CPU time adds up to more
-    than the wall time only if they truly ran at once (GIL off)."""
+    """While one task sits in a long C call, a task on the other worker keeps
+    running Python code -- only possible with the GIL off.  (With a GIL the
+    counter could advance by one switch interval at most, ~1e5 increments;
+    free-threaded it advances by millions.  Both tasks share the CPUs alike,
+    so machine load changes both durations, not the count.)"""
     if not FREE_THREADED:
         pytest.skip("parallel Python needs a free-threaded build")
     import os
@@ -68,21 +128,25 @@ def test_cpu_bound_tasks_run_in_parallel(make_runtime):
         pytest.skip("needs 2 CPUs")
     rt = make_runtime(2)
 
-    async def burn():
-        t0 = time.thread_time()
-        _spin(0.3)
-        return time.thread_time() - t0
+    async def hog(a, b):
+        return _long_c_call(a, b)
+
+    async def counter(b, a):
+        _count_until(b, a)
 
     async def main():
-        t0 = time.monotonic()
-        hs = [zokio.spawn(burn()) for _ in range(2)]
-        cpu = [await h for h in hs]
-        return sum(cpu), time.monotonic() - t0
+        a, b = [0], [0]
+        h1 = zokio.spawn(hog(a, b))
+        h2 = zokio.spawn(counter(b, a))
+        delta = await h1
+        await h2
+        return delta
 
-    best = 0.0
-    for _ in range(4):            # the machine is shared: retry a noisy run
-        cpu, wall = rt.block_on(main())
-        best = max(best, cpu / wall)
-        if best > 1.4:
+    best = 0
+    for _ in range(3):
+        delta = rt.block_on(main())
+        assert delta is not None, "the two tasks never ran at the same time"
+        best = max(best, delta)
+        if best > 500_000:
             break
-    assert best > 1.4, f"cpu/wall = {best:.2f}: tasks did not run in parallel"
+    assert best > 500_000, f"counter advanced only {best} during the other task's C call"

@@ -335,6 +335,37 @@ def test_cancelled_read_does_not_consume_later_data(make_runtime, closer):
     assert failures == []
 
 
+@pytest.mark.timeout(60)
+def test_fd_number_reuse_after_cancelled_read(make_runtime):
+    """Cancel pending reads, close the fds, open new ones (same numbers): the
+    new fds must work -- no stale registration or op of the old file may
+    linger on any worker's port."""
+    rt = make_runtime(2)
+    failures = []
+    for rnd in range(40):
+        x, y = socket.socketpair()
+        x.setblocking(False)
+        y.setblocking(False)
+        r, w = y.fileno(), x.fileno()
+        victims = [rt.spawn(_read(r, 64)) for _ in range(2)]
+        time.sleep(0.003)
+        for v in victims:
+            v.cancel()
+        for v in victims:
+            with pytest.raises(zokio.Cancelled):
+                v.result(timeout=5)
+        os.write(w, b"m")
+        try:
+            got = rt.spawn(_read(r, 64)).result(timeout=2)
+        except TimeoutError:
+            got = None
+        if got != b"m":
+            failures.append((rnd, got))
+        x.close()
+        y.close()
+    assert failures == []
+
+
 @pytest.mark.timeout(20)
 def test_cancel_pending_write(rt, sockpair):
     a, b = sockpair

@@ -18,22 +18,10 @@ spawn = _native.spawn
 yield_now = _native.yield_now
 
 
-def sleep(seconds: float) -> Awaitable[None]:
-    """Suspend the task for ``seconds`` (1 ms resolution, never early)."""
-    return _native.sleep(seconds)
-
-
-def sleep_until(deadline: float) -> Awaitable[None]:
-    """Suspend until ``zokio.monotonic() >= deadline``."""
-    return _native.sleep_until(deadline)
-
-
-monotonic: Callable[[], float] = _native.monotonic
-
-
-def spawn_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
-    """Run ``fn(*args, **kwargs)`` on the blocking pool; await its result."""
-    return _native.spawn_blocking(fn, *args, **kwargs)
+sleep = _native.sleep
+sleep_until = _native.sleep_until
+monotonic = _native.monotonic
+spawn_blocking = _native.spawn_blocking
 
 
 def current_runtime() -> Any:
