@@ -9,7 +9,10 @@ separate interpreter and passed to every case, so all cases do the same work).
   process, round by round, so drift hits both alike.  Speedup = median time at
   1 thread / median time at 2 threads.
 * threading (reference): the same 8 work items on 1 plain ``threading.Thread``
-  and split 4 + 4 over 2 threads — what the interpreter itself allows.
+  and split 4 + 4 over 2 threads — what the interpreter and the machine
+  allow.  It runs as its own case and, again, interleaved round by round
+  inside the zokio case, so that zokio can be compared with what the machine
+  gave at the same moments (these shared VMs do not always deliver 2 cores).
 * asyncio: 8 tasks on one loop; 1.0x by construction, its time is reported.
 
 Bar: zokio speedup >= 1.75x.  Run alone: ``python bench/bench_cpu.py``.
@@ -147,12 +150,21 @@ def run_case(p):
         rnd = lambda t: _threading_round(t, n)  # noqa: E731
     else:
         raise ValueError(rt)
-    t1s, t2s = [], []
+    t1s, t2s, r1s, r2s = [], [], [], []
     for _ in range(rep):
         t1s.append(rnd(1))
         t2s.append(rnd(2))
+        if rt == "zokio":
+            # the threading reference, interleaved round by round in the same
+            # process: what the machine allowed at the same moments
+            r1s.append(_threading_round(1, n))
+            r2s.append(_threading_round(2, n))
     t1, t2 = C.median(t1s), C.median(t2s)
-    return {"t1": t1, "t2": t2, "t1s": t1s, "t2s": t2s, "speedup": t1 / t2, "single": single}
+    out = {"t1": t1, "t2": t2, "t1s": t1s, "t2s": t2s, "speedup": t1 / t2, "single": single}
+    if r1s:
+        out.update(ref_t1=C.median(r1s), ref_t2=C.median(r2s), ref_t1s=r1s, ref_t2s=r2s,
+                   ref_speedup=C.median(r1s) / C.median(r2s))
+    return out
 
 
 def report(results):
@@ -165,14 +177,25 @@ def report(results):
         rows.append([r["label"], f"{r['t1']:.2f} s",
                      f"{r['t2']:.2f} s" if "t2" in r else "-",
                      C.fmt_ratio(r.get("speedup", 1.0)), C.bg_cell(r)])
+        if "ref_speedup" in r:
+            rows.append(["threading, interleaved with zokio", f"{r['ref_t1']:.2f} s",
+                         f"{r['ref_t2']:.2f} s", C.fmt_ratio(r["ref_speedup"]), C.bg_cell(r)])
     p = results[0]["params"] if results else {"repeat": 0, "n": 0}
     text = (f"### cpu: {NTASKS} tasks x pure-Python loop (n={p['n']:,}, ~{p.get('target', 0.3)} s each;"
             f" median of {p['repeat']} rounds)\n\n"
             + C.table(["runtime", "1 thread", "2 threads", "speedup", "bg load"], rows))
     z = C.value(results, "zokio", "speedup")
     th = C.value(results, "threading", "speedup")
+    ref = C.value(results, "zokio", "ref_speedup")
+    if z is not None and ref:
+        text += (f"\n\nzokio's speedup is {z / ref:.0%} of what plain threads reached in the same"
+                 f" process at the same moments ({C.fmt_ratio(z)} vs {C.fmt_ratio(ref)}). On these"
+                 " shared virtual machines the second core is not always fully available (2 plain"
+                 " threads or processes have been seen at 1.3-1.9x): read the bar against that"
+                 " reference.")
     bars = [C.bar("cpu: 8 CPU-bound tasks, threads=2 vs 1",
-                  f"threading {C.fmt_ratio(th)}, asyncio 1.00x", C.fmt_ratio(z), ">= 1.75x",
+                  f"threading {C.fmt_ratio(th)} (interleaved with zokio: {C.fmt_ratio(ref)}), "
+                  "asyncio 1.00x", C.fmt_ratio(z), ">= 1.75x",
                   None if z is None else z >= 1.75)]
     return {"text": text, "bars": bars}
 

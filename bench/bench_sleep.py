@@ -10,7 +10,12 @@ over the rounds.  A negative minimum would mean a task woke early.
 
 Lateness includes everything between the deadline and the task running
 again: timer granularity, timer-structure cost, and queueing behind the other
-tasks that are being started or woken at the same moment.
+tasks that are being started or woken at the same moment.  The main task
+spawns all N tasks in one loop without awaiting, which no runtime can
+preempt; "p99 after spawn" is the p99 over the sleeps whose deadline fell
+after that loop had ended (the bar is on the plain p99 over all N).
+"min" is the earliest wake (negative: woke before its deadline) and "early
+wakes" counts them.
 
 Bar: zokio (threads=2) p99 <= 2 ms.  Run alone: ``python bench/bench_sleep.py``.
 """
@@ -54,16 +59,19 @@ def _zokio(p, ds):
 
     async def bench():
         lat = [0.0] * n
+        dls = [0.0] * n
 
         async def sleeper(i, d):
             deadline = mono() + d
+            dls[i] = deadline
             await zokio.sleep(d)
             lat[i] = mono() - deadline
 
         hs = [zokio.spawn(sleeper(i, d)) for i, d in enumerate(ds)]
+        spawned = mono()
         for h in hs:
             await h
-        return lat
+        return lat, dls, spawned
 
     async def warm():
         await zokio.sleep(0.01)
@@ -81,16 +89,19 @@ def _asyncio(p, ds):
 
     async def bench():
         lat = [0.0] * n
+        dls = [0.0] * n
 
         async def sleeper(i, d):
             deadline = mono() + d
+            dls[i] = deadline
             await asyncio.sleep(d)
             lat[i] = mono() - deadline
 
         ts = [asyncio.create_task(sleeper(i, d)) for i, d in enumerate(ds)]
+        spawned = mono()
         for t in ts:
             await t
-        return lat
+        return lat, dls, spawned
 
     with C.asyncio_runner(p["runtime"]) as runner:
         return [runner.run(bench()) for _ in range(p["repeat"])]
@@ -103,16 +114,19 @@ def _trio(p, ds):
 
     async def bench():
         lat = [0.0] * n
+        dls = [0.0] * n
 
         async def sleeper(i, d):
             deadline = mono() + d
+            dls[i] = deadline
             await trio.sleep(d)
             lat[i] = mono() - deadline
 
         async with trio.open_nursery() as nursery:
             for i, d in enumerate(ds):
                 nursery.start_soon(sleeper, i, d)
-        return lat
+            spawned = mono()
+        return lat, dls, spawned
 
     return [trio.run(bench) for _ in range(p["repeat"])]
 
@@ -129,12 +143,17 @@ def run_case(p):
     else:
         raise ValueError(rt)
     per = []
-    for lat in rounds:
+    for lat, dls, spawned in rounds:
         s = sorted(x * 1e3 for x in lat)
+        # sleeps that became due only after the spawning loop had finished:
+        # lateness without the (unpreemptible) spawning loop in the way
+        steady = sorted(x * 1e3 for x, dl in zip(lat, dls) if dl > spawned)
         per.append({"p50": C.percentile(s, 50), "p90": C.percentile(s, 90),
                     "p99": C.percentile(s, 99), "max": s[-1], "min": s[0],
-                    "early": sum(1 for x in s if x < 0)})
-    out = {k: C.median(r[k] for r in per) for k in ("p50", "p90", "p99", "max", "min")}
+                    "early": sum(1 for x in s if x < 0),
+                    "p99_after_spawn": C.percentile(steady, 99), "n_after_spawn": len(steady)})
+    out = {k: C.median(r[k] for r in per)
+           for k in ("p50", "p90", "p99", "max", "min", "p99_after_spawn", "n_after_spawn")}
     out["early_min"] = min(r["min"] for r in per)
     out["early_count"] = max(r["early"] for r in per)
     out["rounds"] = per
@@ -146,14 +165,16 @@ def report(results):
     for r in results:
         cell = C.status_cell(r)
         if cell:
-            rows.append([r["label"], cell, "-", "-", "-", "-", C.bg_cell(r)])
+            rows.append([r["label"], cell, "-", "-", "-", "-", "-", C.bg_cell(r)])
             continue
         rows.append([r["label"], f"{r['p50']:.2f}", f"{r['p99']:.2f}", f"{r['max']:.2f}",
-                     f"{r['early_min']:.3f}", str(r["early_count"]), C.bg_cell(r)])
+                     f"{r['early_min']:.3f}", str(r["early_count"]),
+                     f"{r['p99_after_spawn']:.2f}", C.bg_cell(r)])
     p = results[0]["params"] if results else {"n": 0, "repeat": 0}
     text = (f"### sleep lateness ({p['n']:,} concurrent sleeps, d uniform in [0, 1) s, fixed seed;"
             f" ms; median over {p['repeat']} rounds)\n\n"
-            + C.table(["runtime", "p50 ms", "p99 ms", "max ms", "min ms", "early wakes", "bg load"], rows))
+            + C.table(["runtime", "p50 ms", "p99 ms", "max ms", "min ms", "early wakes",
+                       "p99 after spawn", "bg load"], rows))
     z = C.value(results, "zokio threads=2", "p99")
     peers = ", ".join(f"{rt} {C.value(results, rt, 'p99'):.1f} ms" if C.value(results, rt, "p99") is not None
                       else f"{rt} -" for rt in ("asyncio", "uvloop", "trio"))

@@ -54,6 +54,13 @@
  * timeout, re-sending cancels every second) until each op's own CQE came
  * back, and only then unmaps the rings and closes the fd.
  *
+ * Closing a ring interrupts its owner later.  After close(ring_fd) the
+ * kernel's io_ring_exit_work queues task work (TWA_SIGNAL) on every task that
+ * used the ring; it makes that thread's next interruptible sleep (an
+ * epoll_wait, a futex) return EINTR, some milliseconds after we returned.
+ * Harmless at worker exit; it is why the availability probe (port.c) runs on
+ * a throwaway thread, and why waits must treat EINTR as a spurious return.
+ *
  * user_data.  A CQE's user_data is the zk_op pointer.  Two tags that no
  * pointer can equal mark our own requests: 0 (cancel SQEs; their CQEs are
  * dropped) and 1 (the wake poll).

@@ -164,9 +164,14 @@ def make_runtime():
     yield factory
     for rt in made:
         rt.shutdown(timeout=10)
-    ok = wait_for(lambda: not zokio_threads(), timeout=5)
+
+    def mine_alive():
+        return [t.name for rt in made for t in getattr(rt, "_threads", ())
+                + list(getattr(rt, "_blocking_threads", ())) if t.is_alive()]
+
+    ok = wait_for(lambda: not mine_alive(), timeout=5)
     if not ok:
-        alive = [t.name for t in zokio_threads()]
+        alive = mine_alive()
         # Keep later tests isolated: force a real shutdown of any runtime
         # whose shutdown() returned without stopping its threads, then fail.
         for rt in made:
@@ -174,6 +179,25 @@ def make_runtime():
                 rt._closed = False
                 rt.shutdown(timeout=10)
         pytest.fail(f"zokio threads still alive after shutdown: {alive}")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_runtime():
+    """A test that fails before shutting down a Runtime it made directly must
+    not leave workers running into the next tests: shut it down here (using
+    zokio's registry of live runtimes) and report the leak."""
+    yield
+    registry = getattr(sys.modules.get("zokio._runtime"), "_owners", None)
+    if not registry:
+        return
+    leaked = []
+    for ref in list(registry.values()):
+        rt = ref()
+        if rt is not None and not rt.closed:
+            leaked.append(repr(rt))
+            rt.shutdown(timeout=10)
+    if leaked:
+        pytest.fail(f"test left runtimes running: {leaked}")
 
 
 @pytest.fixture

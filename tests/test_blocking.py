@@ -210,8 +210,8 @@ def test_blocking_thread_is_not_a_worker(rt):
 
 
 @pytest.mark.timeout(30)
-def test_shutdown_waits_for_running_blocking_call(util):
-    rt = zokio.Runtime(threads=1)
+def test_shutdown_waits_for_running_blocking_call(make_runtime, util):
+    rt = make_runtime(1)
     started = threading.Event()
     finished = []
 
@@ -232,8 +232,8 @@ def test_shutdown_waits_for_running_blocking_call(util):
 
 
 @pytest.mark.timeout(30)
-def test_shutdown_cancels_queued_blocking_jobs(util):
-    rt = zokio.Runtime(threads=1, blocking_threads=1)
+def test_shutdown_cancels_queued_blocking_jobs(make_runtime, util):
+    rt = make_runtime(1, blocking_threads=1)
     started = threading.Event()
     ran = []
 

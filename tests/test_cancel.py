@@ -76,7 +76,7 @@ def test_cancel_unregisters_timers(rt, util):
             h.result(timeout=5)
     # the wheel entries are gone now, not when the 10 s timers would fire
     assert util.wait_for(lambda: rt.metrics()["timers_pending"] == 0, timeout=3), rt.metrics()
-    assert rt.metrics()["tasks_live"] == 0
+    assert _settled(rt)["tasks_live"] == 0
 
 
 @pytest.mark.timeout(20)
@@ -156,8 +156,8 @@ def test_second_cancel_does_not_interrupt_cleanup(rt):
 
 
 @pytest.mark.timeout(20)
-def test_shutdown_after_cancel_lets_finally_await(util):
-    rt = zokio.Runtime(threads=2)
+def test_shutdown_after_cancel_lets_finally_await(make_runtime, util):
+    rt = make_runtime(2)
     log = []
     entered = threading.Event()
 
@@ -197,7 +197,7 @@ def test_cancel_before_first_run(rt1):
 
     assert rt1.block_on(main()) == ("cancelled", True)
     assert ran == []
-    assert rt1.metrics()["tasks_live"] == 0
+    assert _settled(rt1)["tasks_live"] == 0
 
 
 @pytest.mark.timeout(20)
@@ -384,3 +384,14 @@ def test_cancel_unregisters_timers_repeatedly(rt):
         return None
 
     assert rt.block_on(main()) is None
+
+
+def _settled(rt, timeout=5.0):
+    """metrics() once every task has been accounted as finished (a joiner is
+    woken just before its task is counted as completed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = rt.metrics()
+        if m["tasks_live"] == 0 or time.monotonic() > deadline:
+            return m
+        time.sleep(0.002)

@@ -249,7 +249,7 @@ def test_many_concurrent_ops(make_runtime, closer):
         return [await h for h in hs]
 
     assert rt.block_on(main()) == [20] * 64
-    m = rt.metrics()
+    m = _settled(rt)
     assert m["tasks_live"] == 0
 
 
@@ -406,11 +406,11 @@ def test_cancel_pending_write(rt, sockpair):
 
 
 @pytest.mark.timeout(20)
-def test_shutdown_with_pending_ops(util, fd_snapshot):
+def test_shutdown_with_pending_ops(make_runtime, util, fd_snapshot):
     before = fd_snapshot()
     r, w = os.pipe()
     os.set_blocking(r, False)
-    rt = zokio.Runtime(threads=2)
+    rt = make_runtime(2)
     hs = [rt.spawn(_read(r, 10)) for _ in range(5)]
     time.sleep(0.03)
     rt.shutdown(timeout=5)
@@ -576,3 +576,14 @@ def test_read_from_thread_reader_many_threads_writing(rt, sockpair):
     data = h.result(timeout=10)
     records = sorted(data[i:i + 8] for i in range(0, len(data), 8))
     assert records == sorted(f"{k:02d}:{i:04d}.".encode() for k in range(n_threads) for i in range(per))
+
+
+def _settled(rt, timeout=5.0):
+    """metrics() once every task has been accounted as finished (a joiner is
+    woken just before its task is counted as completed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = rt.metrics()
+        if m["tasks_live"] == 0 or time.monotonic() > deadline:
+            return m
+        time.sleep(0.002)

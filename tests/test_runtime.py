@@ -263,8 +263,8 @@ def test_spawn_name(rt):
 # ---- shutdown ----------------------------------------------------------------
 
 @pytest.mark.timeout(30)
-def test_shutdown_cancels_remaining_tasks_and_joins(util):
-    rt = zokio.Runtime(threads=2)
+def test_shutdown_cancels_remaining_tasks_and_joins(make_runtime, util):
+    rt = make_runtime(2)
     finals = []
     started = threading.Semaphore(0)
 
@@ -298,8 +298,8 @@ def test_shutdown_cancels_remaining_tasks_and_joins(util):
 
 
 @pytest.mark.timeout(30)
-def test_shutdown_timeout_closes_tasks_that_ignore_cancellation(util):
-    rt = zokio.Runtime(threads=2)
+def test_shutdown_timeout_closes_tasks_that_ignore_cancellation(make_runtime, util):
+    rt = make_runtime(2)
     closed = threading.Event()
     entered = threading.Event()
 
@@ -326,8 +326,8 @@ def test_shutdown_timeout_closes_tasks_that_ignore_cancellation(util):
 
 
 @pytest.mark.timeout(20)
-def test_shutdown_is_idempotent_and_spawn_after_shutdown_fails(util):
-    rt = zokio.Runtime(threads=1)
+def test_shutdown_is_idempotent_and_spawn_after_shutdown_fails(make_runtime, util):
+    rt = make_runtime(1)
     rt.shutdown()
     rt.shutdown()
     rt.shutdown(timeout=1)
@@ -356,7 +356,7 @@ def test_shutdown_from_inside_a_task_raises(rt):
 
 
 @pytest.mark.timeout(30)
-def test_shutdown_leaves_no_threads_and_no_fds(util, fd_snapshot):
+def test_shutdown_leaves_no_threads_and_no_fds(make_runtime, util, fd_snapshot):
     before_fds = fd_snapshot()
     before_threads = set(threading.enumerate())
     r, w = os.pipe()
@@ -366,7 +366,7 @@ def test_shutdown_leaves_no_threads_and_no_fds(util, fd_snapshot):
     a.setblocking(False)
     b.setblocking(False)
 
-    rt = zokio.Runtime(threads=3, blocking_threads=4)
+    rt = make_runtime(3, blocking_threads=4)
 
     async def main():
         # I/O ops on a pipe and a socketpair
@@ -382,6 +382,10 @@ def test_shutdown_leaves_no_threads_and_no_fds(util, fd_snapshot):
         # timers, one left pending
         await zokio.sleep(0.002)
         zokio.spawn(_sleeper(60))
+        for _ in range(500):
+            if zokio.current_runtime().metrics()["timers_pending"]:
+                break
+            await zokio.sleep(0.002)
         m = zokio.current_runtime().metrics()
         assert m["blocking_threads"] >= 1
         return m
@@ -449,7 +453,7 @@ def test_metrics_keys_and_counts(make_runtime):
         return [await h for h in hs]
 
     assert rt.block_on(main()) == list(range(100))
-    m = rt.metrics()
+    m = _settled(rt)
     assert m["tasks_spawned"] == 101
     assert m["tasks_completed"] == 101
     assert m["tasks_live"] == 0
@@ -582,3 +586,14 @@ def test_ctrl_c_finally_can_await(tmp_path, util):
     out, err = _run_ctrl_c(tmp_path, util, "await")
     assert "MAIN-FINALLY" in out, (out, err)
     assert out.index("MAIN-FINALLY") < out.index("KEYBOARD-INTERRUPT")
+
+
+def _settled(rt, timeout=5.0):
+    """metrics() once every task has been accounted as finished (a joiner is
+    woken just before its task is counted as completed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = rt.metrics()
+        if m["tasks_live"] == 0 or time.monotonic() > deadline:
+            return m
+        time.sleep(0.002)
