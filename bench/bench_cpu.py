@@ -190,9 +190,9 @@ def report(results):
     if z is not None and ref:
         text += (f"\n\nzokio's speedup is {z / ref:.0%} of what plain threads reached in the same"
                  f" process at the same moments ({C.fmt_ratio(z)} vs {C.fmt_ratio(ref)}). On these"
-                 " shared virtual machines the second core is not always fully available (2 plain"
-                 " threads or processes have been seen at 1.3-1.9x): read the bar against that"
-                 " reference.")
+                 " shared virtual machines the second core is not always fully available (with other"
+                 " work running, 2 plain threads have been seen as low as 1.0-1.4x): read the bar"
+                 " against that reference and the bg load column.")
     bars = [C.bar("cpu: 8 CPU-bound tasks, threads=2 vs 1",
                   f"threading {C.fmt_ratio(th)} (interleaved with zokio: {C.fmt_ratio(ref)}), "
                   "asyncio 1.00x", C.fmt_ratio(z), ">= 1.75x",

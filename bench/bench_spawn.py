@@ -161,6 +161,11 @@ def report(results):
                  + ", ".join(f"{t}: {C.fmt_num(v)}" for t, v in zip(ZOKIO_THREADS, curve))
                  + (f" — falls (>5%) at {', '.join(falls)}" if falls else " — does not fall")
                  + f". The machine has {os.cpu_count()} cores: threads > cores are oversubscribed.")
+    ranges = [f"threads={t}: {C.fmt_num(min(r['rates']))}-{C.fmt_num(max(r['rates']))}"
+              for t in ZOKIO_THREADS
+              for r in [C.find(results, f"zokio threads={t}")] if r and r.get("status") == "ok"]
+    if ranges:
+        text += "\n\nzokio per-round range (tasks/s): " + "; ".join(ranges) + "."
     mlines = []
     for t in ZOKIO_THREADS:
         r = C.find(results, f"zokio threads={t}")

@@ -38,6 +38,8 @@ def parse_args():
                    help="before each case wait up to this many seconds for the machine to go idle "
                         "(other processes using < 0.25 cores); default 0, or $ZOKIO_BENCH_SETTLE")
     p.add_argument("--doc", default=DOC, help="markdown file to write")
+    p.add_argument("--from-json", default=None,
+                   help="do not run anything: re-render the tables and the doc from a --json file")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--write", action="store_true", help="write the doc even for --quick or partial runs")
     g.add_argument("--no-write", action="store_true", help="do not write the doc")
@@ -52,7 +54,13 @@ def main() -> int:
         os.environ["ZOKIO_BENCH_SETTLE"] = str(args.settle)
     python = os.environ.get("ZOKIO_BENCH_PYTHON") or sys.executable
     os.environ["ZOKIO_BENCH_PYTHON"] = python
-    info = C.machine_info(python)
+    saved = None
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        args.quick = saved.get("quick", False)
+        args.write = True
+    info = saved["machine"] if saved else C.machine_info(python)
     print(f"interpreter: {python} ({info.get('python')}, free-threaded build: "
           f"{info.get('free_threaded_build')}, GIL enabled: {info.get('gil_enabled_at_start')})")
     if not info.get("free_threaded_build"):
@@ -69,17 +77,23 @@ def main() -> int:
             print(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}", file=sys.stderr)
             return 2
         mod = importlib.import_module(f"bench_{w}")
-        print(f"\n== {w} ==", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        results = C.run_cases(os.path.abspath(mod.__file__), mod.cases(quick=args.quick, repeat=args.repeat),
-                              args.only)
-        timings[w] = time.perf_counter() - t0
+        if saved:
+            if w not in saved["results"]:
+                continue
+            results = saved["results"][w]
+            timings[w] = saved["timings"][w]
+        else:
+            print(f"\n== {w} ==", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            results = C.run_cases(os.path.abspath(mod.__file__),
+                                  mod.cases(quick=args.quick, repeat=args.repeat), args.only)
+            timings[w] = time.perf_counter() - t0
         rep = mod.report(results)
         print("\n" + rep["text"] + "\n", flush=True)
         sections.append((w, rep["text"], results))
         bars.extend(rep.get("bars", []))
         raw[w] = results
-    total = time.perf_counter() - t_all
+    total = saved.get("total", sum(timings.values())) if saved else time.perf_counter() - t_all
 
     print("\n## Bars\n")
     print(bars_table(bars))
@@ -87,7 +101,8 @@ def main() -> int:
           + "(" + ", ".join(f"{w} {t:.0f} s" for w, t in timings.items()) + ")")
 
     if args.json:
-        C.write_json(args.json, {"machine": info, "quick": args.quick, "timings": timings, "results": raw})
+        C.write_json(args.json, {"machine": info, "quick": args.quick, "timings": timings,
+                                 "total": total, "results": raw})
     full = not args.quick and not args.only and list(wanted) == list(WORKLOADS) and not args.repeat
     if not args.no_write and (full or args.write):
         os.makedirs(os.path.dirname(os.path.abspath(args.doc)), exist_ok=True)
@@ -182,8 +197,8 @@ def render_doc(info, bars, sections, timings, total, args) -> str:
         "  allows (creating objects on fresh pages is several times slower than reusing freed ones).",
         "- The timed region is inside the runtime (`time.perf_counter()` around the work in the",
         "  main task), so runtime start-up and shutdown are not counted.",
-        "- Each figure is the median of the timed rounds stated in its table heading (5-7 for the",
-        "  cheap workloads, 3 for the 1M-yield runs); idle memory is the median of 3 fresh processes.",
+        "- Each figure is the median of the timed rounds stated in its table heading (5 to 21",
+        "  rounds; 3 for the 1M-yield runs); idle memory is the median of 3 fresh processes.",
         "  `spread` is (max - min) / median over the rounds.",
         "- Peers: asyncio on its stock loop via `asyncio.Runner`; uvloop via",
         "  `asyncio.Runner(loop_factory=uvloop.new_event_loop)`; trio via `trio.run`.",

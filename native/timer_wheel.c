@@ -175,7 +175,8 @@ static int next_slot(const zk_timer_wheel *w, uint64_t *start,
         /* Slots strictly after the current digit; by (a) there are no
          * others, except the overflow slot handled below.  cur == 63 would
          * make the shift 64 (undefined), and leaves no slot after it. */
-        uint64_t later = cur == 63 ? 0 : w->occupied[k] & (~(uint64_t)0 << (cur + 1));
+        uint64_t later =
+            cur == 63 ? 0 : w->occupied[k] & (~(uint64_t)0 << (cur + 1));
         if (later) {
             unsigned s = (unsigned)__builtin_ctzll(later);
             unsigned shift = ZK_SLOT_BITS * k;

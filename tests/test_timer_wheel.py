@@ -486,3 +486,42 @@ def test_dealloc_frees_linked_and_pending_entries():
             w.insert(i, 1 + i % 7 + (i % 3) * 10**6)
         w.poll_one(10)  # leave some on the pending list
         del w
+
+
+@pytest.mark.timeout(60)
+def test_wrapper_is_safe_to_share_between_threads():
+    # The wheel itself is single-threaded; the test wrapper serialises calls
+    # with a lock, so a shared instance must stay consistent (GIL off).
+    import threading
+
+    w = TW(0)
+    n_threads, per_thread = 4, 5000
+    fired = []
+    barrier = threading.Barrier(n_threads + 1)
+
+    def producer(t):
+        barrier.wait()
+        for i in range(per_thread):
+            tid = t * per_thread + i
+            if w.insert(tid, 1 + (tid * 7919) % 100_000):
+                if i % 5 == 0:
+                    w.remove(tid)
+
+    def poller():
+        barrier.wait()
+        for now in range(0, 100_001, 97):
+            fired.extend(w.poll(now))
+
+    threads = [threading.Thread(target=producer, args=(t,)) for t in range(n_threads)]
+    threads.append(threading.Thread(target=poller))
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    fired.extend(w.poll(U64))
+    assert len(w) == 0
+    ids = [tid for tid, _ in fired]
+    assert len(ids) == len(set(ids))
+    assert all(tid % per_thread % 5 != 0 for tid in ids)
+    deadlines = [d for _, d in fired]
+    assert deadlines == sorted(deadlines)
