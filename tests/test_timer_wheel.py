@@ -503,9 +503,13 @@ def test_wrapper_is_safe_to_share_between_threads():
         barrier.wait()
         for i in range(per_thread):
             tid = t * per_thread + i
-            if w.insert(tid, 1 + (tid * 7919) % 100_000):
-                if i % 5 == 0:
-                    w.remove(tid)
+            if i % 5 == 0:
+                # Beyond the poller's range, so it cannot fire before the
+                # remove below: removal must take it out for good.
+                assert w.insert(tid, 200_000 + tid)
+                assert w.remove(tid)
+            else:
+                w.insert(tid, 1 + (tid * 7919) % 100_000)
 
     def poller():
         barrier.wait()
