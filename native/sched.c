@@ -31,6 +31,7 @@
 #include "structmember.h"
 #include <time.h>
 #include <errno.h>
+#include <unistd.h>
 
 #define ZK_OWNED_SHARDS 16
 #define ZK_FAIRNESS_INTERVAL 61   /* ticks between inject/timer/IO checks */
@@ -40,6 +41,7 @@
  * parking and unparking cost two syscalls and two context switches, more
  * than a short burst of work takes to arrive. */
 #define ZK_SPIN_ROUNDS 64
+#define ZK_STEAL_MIN 2
 #define ZK_SPIN_PAUSES 32
 
 static inline void cpu_relax(void) {
@@ -89,6 +91,11 @@ struct zk_sched {
     int nworkers;
     zk_worker *workers;
     zk_backend backend;
+    int search_width;              /* at most half of this many searchers:
+                                      min(workers, CPUs), since searchers
+                                      beyond the cores only steal time */
+    int spin;                      /* spin before parking: only when every
+                                      worker can have a core of its own */
     int64_t base_ns;               /* timer ticks count from here */
     zk_inject_queue inject;
     _Atomic int num_searching;
@@ -228,12 +235,6 @@ static void notify_parked(zk_sched *s) {
         zk_port_wake(target->port);
 }
 
-static void transition_from_searching(zk_worker *w) {
-    w->searching = 0;
-    if (atomic_fetch_sub_explicit(&w->sched->num_searching, 1, memory_order_seq_cst) == 1)
-        notify_parked(w->sched);  /* last searcher found work: wake one more */
-}
-
 static int work_available(zk_sched *s) {
     if (zk_inject_len(&s->inject) > 0)
         return 1;
@@ -242,6 +243,15 @@ static int work_available(zk_sched *s) {
             return 1;
     return 0;
 }
+
+static void transition_from_searching(zk_worker *w) {
+    w->searching = 0;
+    /* The last searcher found work: wake one more if there is more. */
+    if (atomic_fetch_sub_explicit(&w->sched->num_searching, 1, memory_order_seq_cst) == 1 &&
+        work_available(w->sched))
+        notify_parked(w->sched);
+}
+
 
 /* ---- queues ---------------------------------------------------------------- */
 
@@ -254,8 +264,11 @@ static void push_local(zk_worker *w, zk_task *t) {
             PyErr_WriteUnraisable(NULL);
         }
     }
-    /* Work others could steal: wake a parked worker if nobody searches. */
-    if (atomic_load_explicit(&s->nparked, memory_order_relaxed) > 0)
+    /* Work others could steal: wake a parked worker if nobody searches.
+     * A lone task is not stealable (ZK_STEAL_MIN), so waking for it would
+     * only cost a park/unpark pair. */
+    if (atomic_load_explicit(&s->nparked, memory_order_relaxed) > 0 &&
+        zk_local_len(&w->queue) >= ZK_STEAL_MIN)
         notify_parked(s);
 }
 
@@ -336,7 +349,7 @@ static zk_task *steal_work(zk_worker *w) {
     zk_sched *s = w->sched;
     if (!w->searching) {
         int searching = atomic_load_explicit(&s->num_searching, memory_order_seq_cst);
-        if (2 * searching >= s->nworkers)
+        if (2 * searching >= s->search_width)
             return NULL;  /* enough searchers already: park instead */
         atomic_fetch_add_explicit(&s->num_searching, 1, memory_order_seq_cst);
         w->searching = 1;
@@ -346,6 +359,11 @@ static zk_task *steal_work(zk_worker *w) {
     for (int i = 0; i < n; i++) {
         int v = (start + i) % n;
         if (v == w->index)
+            continue;
+        /* Leave a victim's last task to its owner, which is about to pop
+         * it: stealing singletons made chains of spawns hop threads on every
+         * link and turned steals into a stream of one-task handoffs. */
+        if (zk_local_len(&s->workers[v].queue) < ZK_STEAL_MIN)
             continue;
         zk_task *t = (zk_task *)zk_local_steal_into(&s->workers[v].queue, &w->queue);
         if (t != NULL) {
@@ -540,7 +558,7 @@ static void worker_loop(zk_worker *w) {
             if (maintenance(w) > 0)
                 continue;
             t = steal_work(w);
-            if (t == NULL && w->searching) {
+            if (t == NULL && w->searching && s->spin) {
                 /* Spin detached: a stop-the-world pause (GC) must not wait
                  * for a thread that is only looking for work. */
                 PyThreadState *ts = PyEval_SaveThread();
@@ -635,6 +653,9 @@ static PyObject *sched_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     s->module = Py_NewRef(PyType_GetModule(type));
     s->nworkers = threads;
     s->backend = b;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    s->spin = ncpu > 0 && threads <= ncpu;
+    s->search_width = (ncpu > 0 && ncpu < threads) ? (int)ncpu : threads;
     s->base_ns = zk_monotonic_ns();
     atomic_init(&s->num_searching, 0);
     atomic_init(&s->nparked, 0);
@@ -770,11 +791,10 @@ static PyObject *do_spawn(zk_sched *s, PyObject *coro, PyObject *name) {
         return NULL;
     zk_sched_task_started(s, t);
     Py_INCREF(t);  /* the queue's reference */
-    zk_worker *w = zk_current_worker;
-    if (w != NULL && w->sched == s)
-        push_local(w, t);
-    else
-        zk_sched_schedule(s, t, 0);
+    /* From a running task the new task takes the LIFO slot (Tokio does
+     * the same): a spawned child usually matters to its parent, and the
+     * slot is not stealable, so a chain of spawns stays on one worker. */
+    zk_sched_schedule(s, t, zk_current_task != NULL);
     return (PyObject *)t;
 }
 
