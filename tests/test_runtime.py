@@ -597,3 +597,17 @@ def _settled(rt, timeout=5.0):
         if m["tasks_live"] == 0 or time.monotonic() > deadline:
             return m
         time.sleep(0.002)
+
+
+@pytest.mark.timeout(20)
+def test_block_on_accepts_a_zokio_awaitable(make_runtime):
+    """block_on takes any zokio awaitable, not only a coroutine object."""
+    rt = make_runtime(2)
+    t0 = time.monotonic()
+    assert rt.block_on(zokio.sleep(0.02)) is None
+    assert time.monotonic() - t0 >= 0.02
+    o = zokio.Oneshot()
+    o.set(5)
+    assert rt.block_on(o) == 5
+    with pytest.raises(TypeError):
+        rt.block_on(42)

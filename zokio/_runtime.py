@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+import types
 import weakref
-from typing import Any, Coroutine, Optional, TypeVar
+from typing import Any, Awaitable, Coroutine, Optional, TypeVar
 
 from . import _native
 
@@ -116,8 +117,8 @@ class Runtime:
         self._check_open(coro)
         return self._core.spawn(coro, name)
 
-    def block_on(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` as the main task and block this thread until it finishes.
+    def block_on(self, coro: Awaitable[T]) -> T:
+        """Run ``coro`` (a coroutine, or any zokio awaitable) as the main task and block this thread until it finishes.
 
         Ctrl-C cancels the main task, shuts the runtime down and re-raises
         KeyboardInterrupt.
@@ -129,6 +130,8 @@ class Runtime:
                 "would block a worker thread; use 'await' (or zokio.spawn) instead"
             )
         self._check_open(coro)
+        if not isinstance(coro, types.CoroutineType) and hasattr(coro, "__await__"):
+            coro = _await(coro)  # e.g. block_on(zokio.sleep(1))
         handle = self._core.spawn(coro, "main")
         try:
             return handle.result()
@@ -198,6 +201,10 @@ class Runtime:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"
         return f"<zokio.Runtime threads={self.threads} backend={self.backend} {state}>"
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _close_quietly(coro: Any) -> None:
