@@ -31,6 +31,8 @@ struct zk_blocking_pool {
     size_t threads;              /* started and not yet exited */
     size_t idle;                 /* waiting for work */
     size_t wakeups_pending;      /* signals sent not yet consumed */
+    size_t finishing;            /* threads handing back a result; each will
+                                    look at the queue before it waits */
     size_t cap;
     double keep_alive;
     int shutdown;
@@ -117,6 +119,10 @@ int zk_blocking_pool_submit(zk_blocking_pool *p, PyObject *fn, PyObject *args,
     if (p->idle > p->wakeups_pending) {
         p->wakeups_pending++;
         pthread_cond_signal(&p->work_cond);
+    } else if (p->queued <= p->finishing) {
+        /* A thread that is completing a job takes this one next: the
+         * awaiting task often submits again before that thread got back to
+         * the queue, and a new thread would be wasted. */
     } else if (p->threads < p->cap) {
         p->threads++;
         start_thread = 1;
@@ -145,6 +151,9 @@ int zk_blocking_pool_submit(zk_blocking_pool *p, PyObject *fn, PyObject *args,
 static void run_job(zk_blocking_pool *p, zk_job *job) {
     PyObject *r = job->kwargs ? PyObject_Call(job->fn, job->args, job->kwargs)
                               : PyObject_Call(job->fn, job->args, NULL);
+    pool_lock(p);
+    p->finishing++;
+    pthread_mutex_unlock(&p->lock);
     if (r != NULL)
         zk_leaf_complete(p->st, job->leaf, r, NULL);
     else
@@ -168,6 +177,7 @@ void zk_blocking_pool_thread_main(zk_blocking_pool *p) {
             pthread_mutex_unlock(&p->lock);
             run_job(p, job);
             pool_lock(p);
+            p->finishing--;
             continue;
         }
         if (p->shutdown)

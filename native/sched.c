@@ -41,7 +41,7 @@
  * parking and unparking cost two syscalls and two context switches, more
  * than a short burst of work takes to arrive. */
 #define ZK_SPIN_ROUNDS 64
-#define ZK_STEAL_MIN 2
+#define ZK_SPIN_STEAL_MIN 2
 #define ZK_SPIN_PAUSES 32
 
 static inline void cpu_relax(void) {
@@ -264,11 +264,8 @@ static void push_local(zk_worker *w, zk_task *t) {
             PyErr_WriteUnraisable(NULL);
         }
     }
-    /* Work others could steal: wake a parked worker if nobody searches.
-     * A lone task is not stealable (ZK_STEAL_MIN), so waking for it would
-     * only cost a park/unpark pair. */
-    if (atomic_load_explicit(&s->nparked, memory_order_relaxed) > 0 &&
-        zk_local_len(&w->queue) >= ZK_STEAL_MIN)
+    /* Work others could steal: wake a parked worker if nobody searches. */
+    if (atomic_load_explicit(&s->nparked, memory_order_relaxed) > 0)
         notify_parked(s);
 }
 
@@ -345,7 +342,12 @@ static zk_task *next_local_task(zk_worker *w) {
     return pop_inject(w);
 }
 
-static zk_task *steal_work(zk_worker *w) {
+/* min_len: skip victims holding fewer tasks.  The first attempt takes
+ * anything (a lone task behind a task that never yields must not be
+ * stranded); the spin phase leaves a victim's last task to its owner, which
+ * is about to pop it -- otherwise a spinning searcher grabs every task the
+ * moment it is queued and steals become a stream of one-task handoffs. */
+static zk_task *steal_work(zk_worker *w, size_t min_len) {
     zk_sched *s = w->sched;
     if (!w->searching) {
         int searching = atomic_load_explicit(&s->num_searching, memory_order_seq_cst);
@@ -360,10 +362,7 @@ static zk_task *steal_work(zk_worker *w) {
         int v = (start + i) % n;
         if (v == w->index)
             continue;
-        /* Leave a victim's last task to its owner, which is about to pop
-         * it: stealing singletons made chains of spawns hop threads on every
-         * link and turned steals into a stream of one-task handoffs. */
-        if (zk_local_len(&s->workers[v].queue) < ZK_STEAL_MIN)
+        if (zk_local_len(&s->workers[v].queue) < min_len)
             continue;
         zk_task *t = (zk_task *)zk_local_steal_into(&s->workers[v].queue, &w->queue);
         if (t != NULL) {
@@ -557,7 +556,7 @@ static void worker_loop(zk_worker *w) {
         if (t == NULL) {
             if (maintenance(w) > 0)
                 continue;
-            t = steal_work(w);
+            t = steal_work(w, 1);
             if (t == NULL && w->searching && s->spin) {
                 /* Spin detached: a stop-the-world pause (GC) must not wait
                  * for a thread that is only looking for work. */
@@ -567,7 +566,7 @@ static void worker_loop(zk_worker *w) {
                         cpu_relax();
                     if (atomic_load_explicit(&s->stop, memory_order_relaxed))
                         break;
-                    t = steal_work(w);  /* touches no Python object */
+                    t = steal_work(w, ZK_SPIN_STEAL_MIN);  /* touches no Python object */
                 }
                 PyEval_RestoreThread(ts);
             }
