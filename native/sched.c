@@ -244,11 +244,20 @@ static int work_available(zk_sched *s) {
     return 0;
 }
 
+/* Optional wake-ups (more stealable work appeared) are skipped once as many
+ * workers are awake as there are CPUs: on an oversubscribed machine an extra
+ * awake worker only adds context switches.  The re-check in park() and wakes
+ * from outside the runtime still notify unconditionally, so no task waits
+ * behind a worker that never yields. */
+static int saturated(zk_sched *s) {
+    return s->nworkers - atomic_load_explicit(&s->nparked, memory_order_relaxed) >= s->search_width;
+}
+
 static void transition_from_searching(zk_worker *w) {
     w->searching = 0;
     /* The last searcher found work: wake one more if there is more. */
     if (atomic_fetch_sub_explicit(&w->sched->num_searching, 1, memory_order_seq_cst) == 1 &&
-        work_available(w->sched))
+        !saturated(w->sched) && work_available(w->sched))
         notify_parked(w->sched);
 }
 
@@ -265,7 +274,7 @@ static void push_local(zk_worker *w, zk_task *t) {
         }
     }
     /* Work others could steal: wake a parked worker if nobody searches. */
-    if (atomic_load_explicit(&s->nparked, memory_order_relaxed) > 0)
+    if (atomic_load_explicit(&s->nparked, memory_order_relaxed) > 0 && !saturated(s))
         notify_parked(s);
 }
 
