@@ -33,6 +33,22 @@ static inline void zk_mutex_destroy(zk_mutex *m) { pthread_mutex_destroy(m); }
 #endif
 
 #define ZK_CACHELINE 64
+
+/* Make an object the calling thread just created immortal, on free-threaded
+ * builds: the objects every task touches (the task and leaf types, the
+ * yield_now instance) would otherwise have their reference counts bounced
+ * between workers -- atomic traffic on one cache line and, for an object
+ * owned by another thread, a trip through CPython's biased-refcount queue
+ * on each cross-thread decref.  Py_SET_REFCNT with a count above UINT32_MAX
+ * on the owning thread is CPython's own "make immortal" path.  They live as
+ * long as the module, which is never unloaded. */
+static inline void zk_immortalize(PyObject *obj) {
+#ifdef Py_GIL_DISABLED
+    Py_SET_REFCNT(obj, (Py_ssize_t)UINT32_MAX + 1);
+#else
+    (void)obj;
+#endif
+}
 #define ZK_UNUSED(x) ((void)(x))
 
 #endif

@@ -678,6 +678,11 @@ int zk_leaf_types_init(PyObject *module, zk_state *st) {
     st->yield_now = PyType_GenericAlloc(st->YieldNowType, 0);
     if (st->yield_now == NULL)
         return -1;
+    zk_immortalize((PyObject *)st->YieldNowType);
+    zk_immortalize((PyObject *)st->OneshotType);
+    zk_immortalize((PyObject *)st->SleepType);
+    zk_immortalize((PyObject *)st->OpType);
+    zk_immortalize(st->yield_now);
     if (PyModule_AddObjectRef(module, "Oneshot", (PyObject *)st->OneshotType) < 0 ||
         PyModule_AddObjectRef(module, "TimeoutScope", (PyObject *)st->TimeoutScopeType) < 0 ||
         PyModule_AddObjectRef(module, "yield_now_instance", st->yield_now) < 0)

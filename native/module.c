@@ -55,11 +55,8 @@ static PyObject *mod_spawn(PyObject *module, PyObject *const *args, Py_ssize_t n
     return zk_sched_spawn(s, coro, name);
 }
 
-PyObject *zk_current_yield_obj(void);
-
 static PyObject *mod_yield_now(PyObject *module, PyObject *Py_UNUSED(ignored)) {
-    PyObject *local = zk_current_yield_obj();
-    return Py_NewRef(local != NULL ? local : get_state(module)->yield_now);
+    return Py_NewRef(get_state(module)->yield_now);  /* immortal on 3.13t */
 }
 
 static int parse_seconds(PyObject *arg, double *out, const char *what) {

@@ -32,6 +32,7 @@
 #include <time.h>
 #include <errno.h>
 #include <unistd.h>
+#include <sched.h>
 
 #define ZK_OWNED_SHARDS 16
 #define ZK_FAIRNESS_INTERVAL 61   /* ticks between inject/timer/IO checks */
@@ -70,8 +71,6 @@ struct zk_worker {
     _Atomic int parked;            /* 1 while in the parked stack (idle_lock) */
     uint32_t rng;
     uint64_t tick;
-    PyObject *yield_obj;           /* this worker's YieldNow instance: created
-                                      here, so its refcount stays thread-local */
     zk_port *port;
     zk_timer_wheel wheel;
     int started;
@@ -79,6 +78,13 @@ struct zk_worker {
     zk_mail *mail;
     size_t mail_len, mail_cap;
     _Atomic size_t mail_pending;
+    /* Finished tasks spawned here whose registry reference another worker
+     * let go: a lock-free stack (push: CAS on head, any thread; drain:
+     * exchange, owner).  Dropping the reference here, on the thread that
+     * created the task, keeps the final decref thread-local; dropping it on
+     * the finishing worker would send every task through CPython's
+     * biased-refcount queue, whose lock the two threads then fight over. */
+    _Atomic(zk_task *) release_head;
     /* metrics: written by the owner, read by anyone (relaxed) */
     _Atomic uint64_t m_polls, m_steals, m_parks, m_timers_fired, m_ops;
     _Atomic size_t m_timers_pending;
@@ -104,6 +110,8 @@ struct zk_sched {
     int *parked_stack;
     int parked_len;
     _Atomic int stop;
+    _Atomic int stop_done;         /* stop() finished waking every port */
+    _Atomic int wakers_active;     /* threads inside wake_worker() */
     _Atomic int closing;           /* no new spawns */
     _Atomic int workers_running;
     zk_mutex owned_lock[ZK_OWNED_SHARDS];
@@ -154,6 +162,17 @@ static uint32_t next_rand(zk_worker *w) {
     return x;
 }
 
+/* Wake another worker's port from any thread.  A worker closes its port
+ * only after stop is set, stop() has woken everyone (stop_done) and no
+ * thread is inside this function, so the port cannot be closed under us:
+ * a caller that comes in after stop backs off. */
+static void wake_worker(zk_sched *s, zk_worker *target) {
+    atomic_fetch_add_explicit(&s->wakers_active, 1, memory_order_seq_cst);
+    if (!atomic_load_explicit(&s->stop, memory_order_seq_cst))
+        zk_port_wake(target->port);
+    atomic_fetch_sub_explicit(&s->wakers_active, 1, memory_order_release);
+}
+
 /* ---- live-task registry (for shutdown) ------------------------------------ */
 
 static int owned_shard(zk_task *t) {
@@ -162,6 +181,8 @@ static int owned_shard(zk_task *t) {
 
 void zk_sched_task_started(zk_sched *s, zk_task *t) {
     int sh = owned_shard(t);
+    zk_worker *w = zk_current_worker;
+    t->home = (w != NULL && w->sched == s) ? (int16_t)w->index : -1;
     Py_INCREF(t);  /* the registry's reference, dropped at completion */
     zk_mutex_lock(&s->owned_lock[sh]);
     t->owned_prev = NULL;
@@ -187,7 +208,42 @@ void zk_sched_task_finished(zk_sched *s, zk_task *t) {
     zk_mutex_unlock(&s->owned_lock[sh]);
     atomic_fetch_add_explicit(&s->completed, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&s->live, 1, memory_order_release);
+    zk_worker *cur = zk_current_worker;
+    if (t->home >= 0 && (cur == NULL || cur->index != t->home) &&
+        !atomic_load_explicit(&s->stop, memory_order_acquire)) {
+        zk_worker *home = &s->workers[t->home];
+        zk_task *head = atomic_load_explicit(&home->release_head, memory_order_relaxed);
+        do {
+            t->owned_next = head;
+            /* release: the home worker reads owned_next after its acquire */
+        } while (!atomic_compare_exchange_weak_explicit(&home->release_head, &head, t,
+                                                        memory_order_release,
+                                                        memory_order_relaxed));
+        /* First entry while the home worker sleeps: wake it so the memory
+         * does not wait for its next timer.  Dekker pair with park(). */
+        atomic_thread_fence(memory_order_seq_cst);
+        if (head == NULL && atomic_load_explicit(&home->parked, memory_order_relaxed))
+            wake_worker(s, home);
+        return;
+    }
     Py_DECREF(t);
+}
+
+/* Drop the registry references other workers handed back.  Owner thread,
+ * or any thread once the workers stopped. */
+static int drain_releases(zk_worker *w) {
+    if (atomic_load_explicit(&w->release_head, memory_order_relaxed) == NULL)
+        return 0;
+    zk_task *t = atomic_exchange_explicit(&w->release_head, NULL, memory_order_acquire);
+    int n = 0;
+    while (t != NULL) {
+        zk_task *next = t->owned_next;
+        t->owned_next = NULL;
+        Py_DECREF(t);
+        t = next;
+        n++;
+    }
+    return n;
 }
 
 /* Snapshot of live tasks (new references) for cancel_all/finalize. */
@@ -232,7 +288,7 @@ static void notify_parked(zk_sched *s) {
     }
     zk_mutex_unlock(&s->idle_lock);
     if (target != NULL)
-        zk_port_wake(target->port);
+        wake_worker(s, target);
 }
 
 static int work_available(zk_sched *s) {
@@ -292,8 +348,8 @@ void zk_sched_schedule(zk_sched *s, zk_task *t, int lifo) {
         return;
     }
     if (zk_inject_push(&s->inject, t) < 0) {
+        /* Out of memory: the task stays registered; shutdown finds it. */
         PyErr_Clear();
-        Py_DECREF(t);  /* cannot queue: drop; the task is still registered */
         return;
     }
     notify_parked(s);
@@ -403,7 +459,7 @@ static void mail_post(zk_worker *owner, int kind, PyObject *obj, zk_timer *timer
      * the owner publishes parked, then reads mail_pending. */
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&owner->parked, memory_order_relaxed))
-        zk_port_wake(owner->port);
+        wake_worker(owner->sched, owner);
 }
 
 static void remove_timer_here(zk_worker *w, zk_timer *timer) {
@@ -490,6 +546,7 @@ static int fire_timers(zk_worker *w) {
 /* Timers, I/O completions and mailbox, without blocking. */
 static int maintenance(zk_worker *w) {
     drain_mailbox(w);
+    drain_releases(w);
     int n = 0;
     if (zk_port_inflight(w->port) > 0) {
         zk_port_wait(w->port, 0);
@@ -520,6 +577,7 @@ static void park(zk_worker *w) {
 
     if (atomic_load_explicit(&w->parked, memory_order_relaxed) &&
         atomic_load_explicit(&w->mail_pending, memory_order_relaxed) == 0 &&
+        atomic_load_explicit(&w->release_head, memory_order_relaxed) == NULL &&
         !atomic_load_explicit(&s->stop, memory_order_acquire)) {
         int64_t timeout = -1;
         uint64_t next = zk_wheel_next_expiration(&w->wheel);
@@ -552,6 +610,7 @@ static void park(zk_worker *w) {
 
     zk_port_process(w->port);
     drain_mailbox(w);
+    drain_releases(w);
     fire_timers(w);
 }
 
@@ -597,6 +656,17 @@ static void worker_loop(zk_worker *w) {
 
 /* Worker exit, on its own thread: drop timers, cancel and drain I/O. */
 static void worker_teardown(zk_worker *w) {
+    zk_sched *s = w->sched;
+    /* Wait (detached) until nobody can still be waking our port. */
+    if (!atomic_load_explicit(&s->stop_done, memory_order_acquire) ||
+        atomic_load_explicit(&s->wakers_active, memory_order_acquire) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        while (!atomic_load_explicit(&s->stop_done, memory_order_acquire) ||
+               atomic_load_explicit(&s->wakers_active, memory_order_acquire) != 0)
+            sched_yield();
+        Py_END_ALLOW_THREADS
+    }
+    drain_releases(w);
     zk_timer_entry *e;
     while ((e = zk_wheel_poll(&w->wheel, ZK_WHEEL_NEVER - 1)) != NULL) {
         zk_timer *timer = (zk_timer *)e;
@@ -662,7 +732,7 @@ static PyObject *sched_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     s->nworkers = threads;
     s->backend = b;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    s->spin = ncpu > 0 && threads <= ncpu;
+    s->spin = getenv("ZOKIO_SPIN") ? atoi(getenv("ZOKIO_SPIN")) : (ncpu > 0 && threads <= ncpu);
     s->search_width = (ncpu > 0 && ncpu < threads) ? (int)ncpu : threads;
     s->base_ns = zk_monotonic_ns();
     atomic_init(&s->num_searching, 0);
@@ -703,18 +773,16 @@ static PyObject *sched_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     return (PyObject *)s;
 }
 
-/* Drop every queued reference.  Only after all workers stopped. */
+/* Empty every queue (entries are borrowed).  Only after all workers stopped. */
 static void drain_all_queues(zk_sched *s) {
     for (int i = 0; i < s->nworkers; i++) {
         zk_worker *w = &s->workers[i];
-        Py_CLEAR(w->lifo);
-        void *t;
-        while ((t = zk_local_pop(&w->queue)) != NULL)
-            Py_DECREF((PyObject *)t);
+        w->lifo = NULL;
+        while (zk_local_pop(&w->queue) != NULL)
+            ;
     }
-    void *t;
-    while ((t = zk_inject_pop(&s->inject)) != NULL)
-        Py_DECREF((PyObject *)t);
+    while (zk_inject_pop(&s->inject) != NULL)
+        ;
 }
 
 static void sched_dealloc(zk_sched *s) {
@@ -722,6 +790,8 @@ static void sched_dealloc(zk_sched *s) {
     PyObject_GC_UnTrack(s);
     if (s->workers != NULL) {
         drain_all_queues(s);
+        for (int i = 0; i < s->nworkers; i++)
+            drain_releases(&s->workers[i]);
         for (int i = 0; i < s->nworkers; i++) {
             zk_worker *w = &s->workers[i];
             for (size_t k = 0; k < w->mail_len; k++)
@@ -773,9 +843,6 @@ static PyObject *sched_run_worker(zk_sched *s, PyObject *args) {
         return NULL == r ? NULL : Py_NewRef(Py_None);
     }
     zk_current_worker = w;
-    w->yield_obj = PyType_GenericAlloc(s->st->YieldNowType, 0);
-    if (w->yield_obj == NULL)
-        PyErr_Clear();  /* yield_now() falls back to the shared instance */
     atomic_fetch_add(&s->workers_running, 1);
     PyObject *r = PyObject_CallOneArg(started, Py_None);
     if (r == NULL)
@@ -783,7 +850,6 @@ static PyObject *sched_run_worker(zk_sched *s, PyObject *args) {
     Py_XDECREF(r);
     worker_loop(w);
     worker_teardown(w);
-    Py_CLEAR(w->yield_obj);
     zk_current_worker = NULL;
     atomic_fetch_sub(&s->workers_running, 1);
     Py_RETURN_NONE;
@@ -798,7 +864,6 @@ static PyObject *do_spawn(zk_sched *s, PyObject *coro, PyObject *name) {
     if (t == NULL)
         return NULL;
     zk_sched_task_started(s, t);
-    Py_INCREF(t);  /* the queue's reference */
     /* From a running task the new task takes the LIFO slot (Tokio does
      * the same): a spawned child usually matters to its parent, and the
      * slot is not stealable, so a chain of spawns stays on one worker. */
@@ -841,6 +906,7 @@ static PyObject *sched_stop(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
     for (int i = 0; i < s->nworkers; i++)
         if (s->workers[i].port != NULL)
             zk_port_wake(s->workers[i].port);
+    atomic_store_explicit(&s->stop_done, 1, memory_order_release);
     Py_RETURN_NONE;
 }
 
@@ -855,6 +921,8 @@ static PyObject *sched_finalize(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
         Py_RETURN_NONE;
     s->finalized = 1;
     drain_all_queues(s);
+    for (int i = 0; i < s->nworkers; i++)
+        drain_releases(&s->workers[i]);
     for (int i = 0; i < s->nworkers; i++) {
         zk_worker *w = &s->workers[i];
         zk_mutex_lock(&w->mail_lock);
@@ -1038,11 +1106,6 @@ int zk_sched_type_init(PyObject *module, zk_state *st) {
     if (st->SchedulerType == NULL)
         return -1;
     return PyModule_AddObjectRef(module, "Scheduler", (PyObject *)st->SchedulerType);
-}
-
-PyObject *zk_current_yield_obj(void) {
-    zk_worker *w = zk_current_worker;
-    return (w != NULL && w->yield_obj != NULL) ? w->yield_obj : NULL;
 }
 
 zk_sched *zk_current_sched(void) {

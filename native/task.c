@@ -60,7 +60,7 @@ zk_task *zk_task_new(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name) 
 
 void zk_task_wake(zk_task *t) {
     if (zk_transition_to_notified(t) == ZK_WAKE_SUBMIT) {
-        Py_INCREF(t);  /* the queue's reference */
+        /* Queue entries borrow the task: see zk_sched_schedule. */
         /* On a worker, a woken task runs next (LIFO slot): it is cache-hot
          * and is usually what the waker's progress was waiting for. */
         zk_sched_schedule(t->sched, t, 1);
@@ -133,9 +133,12 @@ static void task_complete(zk_task *t, PyObject *result, PyObject *exc) {
     zk_state *st = t->st;
     t->failed = exc != NULL;
     t->outcome = exc != NULL ? exc : result;
-    PyObject *coro = t->coro;
+    /* The finished coroutine (its frame already cleared on return) stays
+     * until the handle itself dies: it was created by the spawner's thread,
+     * which usually drops the handle too, so freeing it there avoids a
+     * cross-thread free (a trip through CPython's biased-refcount queue,
+     * whose lock the two threads then fight over). */
     PyObject *waiting = t->waiting_on;
-    t->coro = NULL;
     t->waiting_on = NULL;
     zk_transition_to_complete(t);
 
@@ -147,7 +150,6 @@ static void task_complete(zk_task *t, PyObject *result, PyObject *exc) {
     atomic_fetch_and_explicit(&t->state, ~ZK_INTERRUPT, memory_order_relaxed);
     zk_mutex_unlock(&t->lock);
 
-    Py_XDECREF(coro);
     Py_XDECREF(waiting);
     Py_XDECREF(interrupt);
     if (waiters != NULL) {
@@ -200,10 +202,8 @@ static step_result send_into(PyObject *coro, PyObject **out) {
 void zk_task_run(zk_worker *w, zk_task *t) {
     zk_sched *s = t->sched;
     zk_state *st = t->st;
-    if (zk_transition_to_running(t) == ZK_RUN_DONE) {
-        Py_DECREF(t);
+    if (zk_transition_to_running(t) == ZK_RUN_DONE)
         return;
-    }
 
     PyObject *interrupt = NULL;
     int resumed = 0;
@@ -241,9 +241,8 @@ void zk_task_run(zk_worker *w, zk_task *t) {
     if (PyContext_Enter(t->context) < 0) {
         /* Only fails if the context is entered elsewhere, which our one-
          * runner rule excludes; report and treat as a task failure. */
-        task_complete(t, NULL, zk_fetch_exception());
         Py_XDECREF(interrupt);
-        Py_DECREF(t);
+        task_complete(t, NULL, zk_fetch_exception());  /* may free t */
         return;
     }
     zk_current_task = t;
@@ -277,13 +276,11 @@ void zk_task_run(zk_worker *w, zk_task *t) {
         PyErr_WriteUnraisable((PyObject *)t);
 
     if (step == STEP_RETURNED) {
-        task_complete(t, out, NULL);
-        Py_DECREF(t);
+        task_complete(t, out, NULL);  /* may free t */
         return;
     }
     if (step == STEP_RAISED) {
-        task_complete(t, NULL, zk_fetch_exception());
-        Py_DECREF(t);
+        task_complete(t, NULL, zk_fetch_exception());  /* may free t */
         return;
     }
 
@@ -293,9 +290,7 @@ idle:
     if (resumed && (atomic_load_explicit(&t->state, memory_order_acquire) & ZK_INTERRUPT))
         zk_task_wake(t);
     if (zk_transition_to_idle(t) == ZK_IDLE_REQUEUE)
-        zk_sched_schedule_yield(s, t);  /* hands over the queue reference */
-    else
-        Py_DECREF(t);
+        zk_sched_schedule_yield(s, t);
 }
 
 /* ---- interrupts (cancel, timeout) ---------------------------------------- */
@@ -685,5 +680,6 @@ int zk_task_type_init(PyObject *module, zk_state *st) {
     st->TaskType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &task_spec, NULL);
     if (st->TaskType == NULL)
         return -1;
+    zk_immortalize((PyObject *)st->TaskType);
     return PyModule_AddObjectRef(module, "JoinHandle", (PyObject *)st->TaskType);
 }

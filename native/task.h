@@ -6,8 +6,14 @@
  * thread polls a coroutine at a time: on 3.13t two threads sending into the
  * same coroutine can crash the interpreter (CPython gh-120321).
  *
- * Reference counting replaces Tokio's ref bits: every queue entry and every
- * registered waker owns one strong reference to the task.
+ * Reference counting replaces Tokio's ref bits.  The scheduler's live-task
+ * registry owns one strong reference from spawn until completion, and every
+ * registered waker owns one.  Queue entries borrow: a task is queued only
+ * while NOTIFIED and never after COMPLETE (completion happens under RUNNING,
+ * when no entry exists), so the registry keeps every queued task alive.
+ * Borrowing matters on 3.13t: a queue reference taken on the spawning thread
+ * and dropped on the worker that ran the task is a cross-thread decref, which
+ * goes through CPython's biased-refcount queue on every task.
  */
 #ifndef ZOKIO_TASK_H
 #define ZOKIO_TASK_H
@@ -32,9 +38,12 @@
 struct zk_task {
     PyObject_HEAD
     _Atomic uint32_t state;
-    uint8_t exc_retrieved;      /* the exception reached someone */
-    uint8_t failed;             /* outcome is an exception instance */
-    uint8_t yield_resume;       /* yield_now registered; next __next__ returns */
+    uint8_t exc_retrieved : 1;  /* the exception reached someone (set after
+                                   completion only) */
+    uint8_t failed : 1;         /* outcome is an exception instance */
+    uint8_t yield_resume : 1;   /* yield_now registered; next __next__ returns */
+    int16_t home;               /* worker that spawned it, or -1: the
+                                   registry's reference is dropped there */
     zk_mutex lock;              /* guards waiters and interrupt; on 3.13+ one
                                    byte that fills the word with `state` */
     PyObject *coro;             /* owned until completion */
@@ -51,7 +60,8 @@ struct zk_task {
                                    callable to call), or a list of them */
     PyObject *interrupt;        /* exception to throw at the next poll */
     zk_task *owned_prev;        /* live-task registry of the scheduler */
-    zk_task *owned_next;
+    zk_task *owned_next;        /* after completion: link in the home
+                                   worker's release stack */
 };
 
 typedef enum {

@@ -164,7 +164,7 @@ int zk_task_type_init(PyObject *module, zk_state *st);
 zk_task *zk_task_new(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name);
 /* Wake from any thread.  Borrowed reference. */
 void zk_task_wake(zk_task *t);
-/* Poll once on worker w; consumes the queue's reference to t. */
+/* Poll once on worker w (t comes from a queue; may be freed on return). */
 void zk_task_run(zk_worker *w, zk_task *t);
 /* Request cancellation (any thread).  Returns 1 if the request was new. */
 int zk_task_cancel(zk_task *t);
@@ -190,7 +190,8 @@ void zk_task_remove_waiter(zk_task *t, PyObject *waiter);
 /* ---- scheduler (sched.c) ------------------------------------------------ */
 
 int zk_sched_type_init(PyObject *module, zk_state *st);
-/* Queue a runnable task; `t` is a new reference the queue takes over.
+/* Queue a runnable task.  The entry borrows `t`: the live-task registry
+ * keeps every queued task alive (see task.h).
  * `lifo`: the running task woke it (cache-hot; use the LIFO slot). */
 void zk_sched_schedule(zk_sched *s, zk_task *t, int lifo);
 /* Queue a task that is yielding: to the back of a queue, never the LIFO slot. */
