@@ -857,6 +857,13 @@ static PyObject *sched_run_worker(zk_sched *s, PyObject *args) {
 
 static PyObject *do_spawn(zk_sched *s, PyObject *coro, PyObject *name) {
     if (atomic_load_explicit(&s->closing, memory_order_acquire)) {
+        /* Close it: the error is the message, not a "never awaited" warning. */
+        if (PyCoro_CheckExact(coro)) {
+            PyObject *r = PyObject_CallMethodNoArgs(coro, s->st->str_close);
+            if (r == NULL)
+                PyErr_Clear();
+            Py_XDECREF(r);
+        }
         PyErr_SetString(PyExc_RuntimeError, "cannot spawn: the zokio runtime is shut down");
         return NULL;
     }
