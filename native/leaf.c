@@ -307,8 +307,7 @@ PyObject *zk_sleep_new(zk_state *st, int64_t deadline_ns) {
         return NULL;
     leaf_init(&self->leaf);
     memset(&self->timer, 0, sizeof(self->timer));
-    self->timer.owner = (PyObject *)self;
-    self->timer.kind = ZK_TIMER_SLEEP;
+    self->timer.entry.tag = ZK_TIMER_SLEEP;
     self->timer.deadline_ns = deadline_ns;
     PyObject_GC_Track(self);
     return (PyObject *)self;
@@ -472,8 +471,7 @@ static PyObject *scope_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     if (self == NULL)
         return NULL;
     memset(&self->timer, 0, sizeof(self->timer));
-    self->timer.owner = (PyObject *)self;
-    self->timer.kind = ZK_TIMER_TIMEOUT;
+    self->timer.entry.tag = ZK_TIMER_TIMEOUT;
     double ns = deadline * 1e9;
     self->timer.deadline_ns = ns > 9.0e18 ? INT64_MAX : (int64_t)ns;
     self->task = NULL;
@@ -553,11 +551,11 @@ static PyType_Spec scope_spec = {
 /* ---- timers -------------------------------------------------------------- */
 
 void zk_timer_fire(zk_state *st, zk_timer *timer) {
-    if (timer->kind == ZK_TIMER_SLEEP) {
-        zk_sleep *s = (zk_sleep *)timer->owner;
+    if (timer->entry.tag == ZK_TIMER_SLEEP) {
+        zk_sleep *s = (zk_sleep *)zk_timer_owner(timer);
         zk_leaf_complete(st, &s->leaf, Py_NewRef(Py_None), NULL);
     } else {
-        zk_timeout_scope *sc = (zk_timeout_scope *)timer->owner;
+        zk_timeout_scope *sc = (zk_timeout_scope *)zk_timer_owner(timer);
         zk_task_fire_scope(sc->task, &sc->scope_state, sc->marker);
     }
 }

@@ -466,7 +466,7 @@ static void remove_timer_here(zk_worker *w, zk_timer *timer) {
     if (timer->entry.linked) {
         zk_wheel_remove(&w->wheel, &timer->entry);
         atomic_fetch_sub_explicit(&w->m_timers_pending, 1, memory_order_relaxed);
-        Py_DECREF(timer->owner);  /* the wheel's reference */
+        Py_DECREF(zk_timer_owner(timer));  /* the wheel's reference */
     }
 }
 
@@ -498,7 +498,7 @@ int zk_worker_add_timer(zk_worker *w, zk_timer *timer) {
     if (!zk_wheel_insert(&w->wheel, &timer->entry))
         return 0;
     timer->worker = w;
-    Py_INCREF(timer->owner);  /* the wheel's reference */
+    Py_INCREF(zk_timer_owner(timer));  /* the wheel's reference */
     atomic_fetch_add_explicit(&w->m_timers_pending, 1, memory_order_relaxed);
     return 1;
 }
@@ -510,7 +510,7 @@ void zk_worker_cancel_timer(zk_worker *current, zk_timer *timer) {
     if (owner == current)
         remove_timer_here(owner, timer);
     else
-        mail_post(owner, MAIL_CANCEL_TIMER, timer->owner, timer);
+        mail_post(owner, MAIL_CANCEL_TIMER, zk_timer_owner(timer), timer);
 }
 
 void zk_worker_cancel_op(zk_worker *current, zk_io_op *op) {
@@ -536,7 +536,7 @@ static int fire_timers(zk_worker *w) {
         zk_timer *timer = (zk_timer *)e;
         atomic_fetch_sub_explicit(&w->m_timers_pending, 1, memory_order_relaxed);
         zk_timer_fire(st, timer);
-        Py_DECREF(timer->owner);  /* the wheel's reference */
+        Py_DECREF(zk_timer_owner(timer));  /* the wheel's reference */
         n++;
     }
     atomic_fetch_add_explicit(&w->m_timers_fired, (uint64_t)n, memory_order_relaxed);
@@ -671,7 +671,7 @@ static void worker_teardown(zk_worker *w) {
     while ((e = zk_wheel_poll(&w->wheel, ZK_WHEEL_NEVER - 1)) != NULL) {
         zk_timer *timer = (zk_timer *)e;
         atomic_fetch_sub_explicit(&w->m_timers_pending, 1, memory_order_relaxed);
-        Py_DECREF(timer->owner);
+        Py_DECREF(zk_timer_owner(timer));
     }
     drain_mailbox(w);
     if (w->port != NULL) {

@@ -38,15 +38,17 @@
 struct zk_task {
     PyObject_HEAD
     _Atomic uint32_t state;
+    int16_t home;               /* worker that spawned it, or -1: the
+                                   registry's reference is dropped there */
     uint8_t exc_retrieved : 1;  /* the exception reached someone (set after
                                    completion only) */
     uint8_t failed : 1;         /* outcome is an exception instance */
     uint8_t yield_resume : 1;   /* yield_now registered; next __next__ returns */
-    int16_t home;               /* worker that spawned it, or -1: the
-                                   registry's reference is dropped there */
     zk_mutex lock;              /* guards waiters and interrupt; on 3.13+ one
-                                   byte that fills the word with `state` */
-    PyObject *coro;             /* owned until completion */
+                                   byte: with the fields above it fills the
+                                   word after PyObject_HEAD (keeps the task at
+                                   128 bytes, a mimalloc size class) */
+    PyObject *coro;             /* owned until the handle dies */
     PyObject *context;          /* contextvars.Context copy, owned */
     PyObject *name;             /* str or NULL */
     PyObject *outcome;          /* result or exception (see `failed`); valid
@@ -63,6 +65,12 @@ struct zk_task {
     zk_task *owned_next;        /* after completion: link in the home
                                    worker's release stack */
 };
+
+#if defined(Py_GIL_DISABLED) && PY_VERSION_HEX >= 0x030D0000
+/* Idle-task memory is a benchmarked figure: 128 bytes is a mimalloc size
+ * class, one byte more costs 16. */
+_Static_assert(sizeof(struct zk_task) <= 128, "zk_task grew past 128 bytes");
+#endif
 
 typedef enum {
     ZK_WAKE_DO_NOTHING = 0,  /* already queued, complete, or the poller will

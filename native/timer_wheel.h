@@ -23,6 +23,8 @@ typedef struct zk_timer_entry {
     uint8_t level;
     uint8_t slot;
     uint8_t linked;      /* 1 while the entry is in the wheel */
+    uint8_t tag;         /* the caller's; the wheel never reads or writes it
+                            (it fills padding, so it costs nothing) */
 } zk_timer_entry;
 
 typedef struct zk_timer_wheel {

@@ -71,13 +71,14 @@ typedef enum zk_timer_kind {
 /* A timer embedded in a Python object (Sleep leaf or TimeoutScope).  The wheel
  * holds a strong reference to `owner` while the entry is linked. */
 typedef struct zk_timer {
-    zk_timer_entry entry;   /* must stay first: the wheel hands it back */
-    PyObject *owner;        /* borrowed pointer to the containing object */
+    zk_timer_entry entry;   /* must stay first: the wheel hands it back;
+                               entry.tag holds the zk_timer_kind, which says
+                               which object contains the timer
+                               (zk_timer_owner) */
     zk_worker *worker;      /* wheel it was last filed in; written only by
                                that worker, read by others after a task-state
                                acquire (the poll that filed it released) */
     int64_t deadline_ns;    /* absolute, zk_monotonic_ns() clock */
-    uint8_t kind;
 } zk_timer;
 
 /* ---- leaves (leaf.c) ---------------------------------------------------- */
@@ -118,6 +119,18 @@ typedef struct zk_timeout_scope {
     PyObject *marker;        /* the Cancelled instance thrown on expiry */
     int scope_state;         /* ZK_SCOPE_*, under the task's lock */
 } zk_timeout_scope;
+
+#if defined(Py_GIL_DISABLED) && PY_VERSION_HEX >= 0x030D0000
+/* A sleeping task pays for its Sleep: 112 bytes is a mimalloc size class. */
+_Static_assert(sizeof(zk_sleep) <= 112, "zk_sleep grew past 112 bytes");
+#endif
+
+/* The Python object that embeds `timer` (a Sleep or a TimeoutScope). */
+static inline PyObject *zk_timer_owner(zk_timer *timer) {
+    size_t off = timer->entry.tag == ZK_TIMER_SLEEP ? offsetof(zk_sleep, timer)
+                                                    : offsetof(zk_timeout_scope, timer);
+    return (PyObject *)((char *)timer - off);
+}
 
 /* Complete a leaf with a value (stolen) or an exception (stolen) and wake the
  * task registered on it.  Any thread, attached.  Returns 0, or 1 if the leaf
