@@ -209,9 +209,13 @@ void zk_sched_task_finished(zk_sched *s, zk_task *t) {
     atomic_fetch_add_explicit(&s->completed, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&s->live, 1, memory_order_release);
     zk_worker *cur = zk_current_worker;
-    if (t->home >= 0 && (cur == NULL || cur->index != t->home) &&
+    zk_worker *home = t->home >= 0 ? &s->workers[t->home] : NULL;
+    /* A parked home would hold the memory until its next wake, and waking
+     * it only for this costs more than the cross-thread decref: drop the
+     * reference here then. */
+    if (home != NULL && home != cur &&
+        !atomic_load_explicit(&home->parked, memory_order_relaxed) &&
         !atomic_load_explicit(&s->stop, memory_order_acquire)) {
-        zk_worker *home = &s->workers[t->home];
         zk_task *head = atomic_load_explicit(&home->release_head, memory_order_relaxed);
         do {
             t->owned_next = head;
@@ -219,8 +223,8 @@ void zk_sched_task_finished(zk_sched *s, zk_task *t) {
         } while (!atomic_compare_exchange_weak_explicit(&home->release_head, &head, t,
                                                         memory_order_release,
                                                         memory_order_relaxed));
-        /* First entry while the home worker sleeps: wake it so the memory
-         * does not wait for its next timer.  Dekker pair with park(). */
+        /* It parked meanwhile (rare): wake it so the memory does not wait
+         * for its next timer.  Dekker pair with park(). */
         atomic_thread_fence(memory_order_seq_cst);
         if (head == NULL && atomic_load_explicit(&home->parked, memory_order_relaxed))
             wake_worker(s, home);
