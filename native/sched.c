@@ -1047,25 +1047,6 @@ PyObject *zk_sched_spawn_blocking(zk_sched *s, PyObject *fn, PyObject *args, PyO
     return leaf;
 }
 
-static PyObject *sched_spawn_blocking(zk_sched *s, PyObject *args, PyObject *kwargs) {
-    Py_ssize_t n = PyTuple_GET_SIZE(args);
-    if (n < 1) {
-        PyErr_SetString(PyExc_TypeError, "spawn_blocking() needs a callable");
-        return NULL;
-    }
-    PyObject *fn = PyTuple_GET_ITEM(args, 0);
-    if (!PyCallable_Check(fn)) {
-        PyErr_Format(PyExc_TypeError, "spawn_blocking() needs a callable, not %R", fn);
-        return NULL;
-    }
-    PyObject *rest = PyTuple_GetSlice(args, 1, n);
-    if (rest == NULL)
-        return NULL;
-    PyObject *r = zk_sched_spawn_blocking(s, fn, rest, kwargs);
-    Py_DECREF(rest);
-    return r;
-}
-
 static PyObject *sched_get_backend(zk_sched *s, void *Py_UNUSED(c)) {
     return PyUnicode_FromString(zk_port_backend_name(s->backend));
 }
@@ -1077,8 +1058,6 @@ static PyObject *sched_get_threads(zk_sched *s, void *Py_UNUSED(c)) {
 static PyMethodDef sched_methods[] = {
     {"run_worker", (PyCFunction)sched_run_worker, METH_VARARGS, NULL},
     {"spawn", (PyCFunction)(void (*)(void))sched_spawn, METH_VARARGS | METH_KEYWORDS, NULL},
-    {"spawn_blocking", (PyCFunction)(void (*)(void))sched_spawn_blocking,
-     METH_VARARGS | METH_KEYWORDS, NULL},
     {"cancel_all", (PyCFunction)sched_cancel_all, METH_NOARGS, NULL},
     {"live", (PyCFunction)sched_live, METH_NOARGS, NULL},
     {"stop", (PyCFunction)sched_stop, METH_NOARGS, NULL},
