@@ -327,10 +327,12 @@ static void transition_from_searching(zk_worker *w) {
 static void push_local(zk_worker *w, zk_task *t) {
     zk_sched *s = w->sched;
     if (zk_local_push_back(&w->queue, t, &s->inject) < 0) {
-        /* Out of memory for the overflow batch: run it from the inject queue
-         * later, or as a last resort keep it in the LIFO slot. */
+        /* Out of memory for the overflow batch: queue just this task. */
         if (zk_inject_push(&s->inject, t) < 0) {
-            PyErr_WriteUnraisable(NULL);
+            /* The task stays registered (shutdown still finds it) but is
+             * not runnable: say so rather than lose it silently. */
+            PyErr_NoMemory();
+            PyErr_WriteUnraisable((PyObject *)t);
         }
     }
     /* Work others could steal: wake a parked worker if nobody searches. */
@@ -710,9 +712,7 @@ static PyObject *sched_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         b = ZK_BACKEND_EPOLL;
     else {
         PyErr_Format(PyExc_ValueError,
-                     "backend must be 'auto', 'io_uring' or 'epoll', got %R",
-                     PyTuple_GET_SIZE(args) > 1 ? PyTuple_GET_ITEM(args, 1)
-                                                : PyUnicode_FromString(backend));
+                     "backend must be 'auto', 'io_uring' or 'epoll', got '%s'", backend);
         return NULL;
     }
     b = zk_port_resolve_backend(b);
