@@ -9,6 +9,7 @@ import time
 import pytest
 
 import zokio
+from _helpers import settled
 
 
 async def _forever():
@@ -76,7 +77,7 @@ def test_cancel_unregisters_timers(rt, util):
             h.result(timeout=5)
     # the wheel entries are gone now, not when the 10 s timers would fire
     assert util.wait_for(lambda: rt.metrics()["timers_pending"] == 0, timeout=3), rt.metrics()
-    assert _settled(rt)["tasks_live"] == 0
+    assert settled(rt)["tasks_live"] == 0
 
 
 @pytest.mark.timeout(20)
@@ -197,7 +198,7 @@ def test_cancel_before_first_run(rt1):
 
     assert rt1.block_on(main()) == ("cancelled", True)
     assert ran == []
-    assert _settled(rt1)["tasks_live"] == 0
+    assert settled(rt1)["tasks_live"] == 0
 
 
 @pytest.mark.timeout(20)
@@ -385,13 +386,3 @@ def test_cancel_unregisters_timers_repeatedly(rt):
 
     assert rt.block_on(main()) is None
 
-
-def _settled(rt, timeout=5.0):
-    """metrics() once every task has been accounted as finished (a joiner is
-    woken just before its task is counted as completed)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        m = rt.metrics()
-        if m["tasks_live"] == 0 or time.monotonic() > deadline:
-            return m
-        time.sleep(0.002)

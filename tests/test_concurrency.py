@@ -10,6 +10,7 @@ import time
 import pytest
 
 import zokio
+from _helpers import settled
 
 
 class Overlap(AssertionError):
@@ -159,7 +160,7 @@ def test_spawn_storm_from_16_threads(make_runtime):
         t.join()
     for k in range(16):
         assert results[k] == [k * 1000 + i for i in range(300)]
-    m = _settled(rt)
+    m = settled(rt)
     assert m["tasks_spawned"] == m["tasks_completed"] == 16 * 300
 
 
@@ -225,7 +226,7 @@ def test_100k_tasks_ring_of_oneshots_on_8_workers(make_runtime):
     assert completions == [1] * n
     assert sum(g.violations for g in guards) == 0
     assert not any(g.busy for g in guards)
-    m = _settled(rt)
+    m = settled(rt)
     assert m["tasks_spawned"] == m["tasks_completed"] == n + 1
     assert m["tasks_live"] == 0
     all_threads = set().union(*threads_seen)
@@ -449,13 +450,3 @@ def test_cancel_races_timer_and_timeout(make_runtime, util):
     assert util.wait_for(lambda: rt.metrics()["tasks_live"] == 0, timeout=5)
     assert util.wait_for(lambda: rt.metrics()["timers_pending"] == 0, timeout=5), rt.metrics()
 
-
-def _settled(rt, timeout=5.0):
-    """metrics() once every task has been accounted as finished (a joiner is
-    woken just before its task is counted as completed)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        m = rt.metrics()
-        if m["tasks_live"] == 0 or time.monotonic() > deadline:
-            return m
-        time.sleep(0.002)

@@ -13,6 +13,7 @@ import pytest
 
 import zokio
 from zokio._native import op_read, op_write
+from _helpers import settled
 
 
 @pytest.fixture
@@ -249,7 +250,7 @@ def test_many_concurrent_ops(make_runtime, closer):
         return [await h for h in hs]
 
     assert rt.block_on(main()) == [20] * 64
-    m = _settled(rt)
+    m = settled(rt)
     assert m["tasks_live"] == 0
 
 
@@ -577,13 +578,3 @@ def test_read_from_thread_reader_many_threads_writing(rt, sockpair):
     records = sorted(data[i:i + 8] for i in range(0, len(data), 8))
     assert records == sorted(f"{k:02d}:{i:04d}.".encode() for k in range(n_threads) for i in range(per))
 
-
-def _settled(rt, timeout=5.0):
-    """metrics() once every task has been accounted as finished (a joiner is
-    woken just before its task is counted as completed)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        m = rt.metrics()
-        if m["tasks_live"] == 0 or time.monotonic() > deadline:
-            return m
-        time.sleep(0.002)

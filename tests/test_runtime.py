@@ -15,6 +15,7 @@ import pytest
 
 import zokio
 from zokio import _native
+from _helpers import settled
 
 
 def _cpu_count():
@@ -453,7 +454,7 @@ def test_metrics_keys_and_counts(make_runtime):
         return [await h for h in hs]
 
     assert rt.block_on(main()) == list(range(100))
-    m = _settled(rt)
+    m = settled(rt)
     assert m["tasks_spawned"] == 101
     assert m["tasks_completed"] == 101
     assert m["tasks_live"] == 0
@@ -587,16 +588,6 @@ def test_ctrl_c_finally_can_await(tmp_path, util):
     assert "MAIN-FINALLY" in out, (out, err)
     assert out.index("MAIN-FINALLY") < out.index("KEYBOARD-INTERRUPT")
 
-
-def _settled(rt, timeout=5.0):
-    """metrics() once every task has been accounted as finished (a joiner is
-    woken just before its task is counted as completed)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        m = rt.metrics()
-        if m["tasks_live"] == 0 or time.monotonic() > deadline:
-            return m
-        time.sleep(0.002)
 
 
 @pytest.mark.timeout(20)

@@ -9,6 +9,7 @@ import time
 import pytest
 
 import zokio
+from _helpers import settled
 
 
 async def _ret(v):
@@ -176,7 +177,7 @@ def test_ten_thousand_tasks(make_runtime):
         return sum([await h for h in hs])
 
     assert rt.block_on(main()) == sum(range(10_000))
-    m = _settled(rt)
+    m = settled(rt)
     assert m["tasks_completed"] == 10_001 and m["tasks_live"] == 0
 
 
@@ -444,13 +445,3 @@ def test_ready_awaitables_do_not_starve_others(rt1):
 
     assert rt1.block_on(main()) > 0
 
-
-def _settled(rt, timeout=5.0):
-    """metrics() once every task has been accounted as finished (a joiner is
-    woken just before its task is counted as completed)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        m = rt.metrics()
-        if m["tasks_live"] == 0 or time.monotonic() > deadline:
-            return m
-        time.sleep(0.002)
