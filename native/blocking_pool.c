@@ -130,7 +130,9 @@ int zk_blocking_pool_submit(zk_blocking_pool *p, PyObject *fn, PyObject *args,
     pthread_mutex_unlock(&p->lock);
 
     if (start_thread) {
-        PyObject *r = PyObject_CallNoArgs(p->spawn_thread);
+        PyObject *r = p->spawn_thread != NULL ? PyObject_CallNoArgs(p->spawn_thread) : NULL;
+        if (r == NULL && !PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "the blocking pool cannot start threads");
         if (r == NULL) {
             /* The job stays queued for the threads we have. */
             pool_lock(p);
@@ -148,6 +150,23 @@ int zk_blocking_pool_submit(zk_blocking_pool *p, PyObject *fn, PyObject *args,
     return 0;
 }
 
+/* The exception a job raised, as the awaiting task will see it.  A
+ * StopIteration raised out of `await` would look like the awaitable
+ * returning (its value would become the await's result): turn it into a
+ * RuntimeError, as PEP 479 does for generators. */
+static PyObject *job_exception(zk_job *job) {
+    PyObject *exc = zk_fetch_exception();
+    if (exc == NULL || !PyErr_GivenExceptionMatches(exc, PyExc_StopIteration))
+        return exc;
+    PyErr_Format(PyExc_RuntimeError, "spawn_blocking: %R raised StopIteration", job->fn);
+    PyObject *wrapped = zk_fetch_exception();
+    if (wrapped == NULL)
+        return exc;
+    PyException_SetCause(wrapped, Py_NewRef(exc));
+    PyException_SetContext(wrapped, exc);  /* steals */
+    return wrapped;
+}
+
 static void run_job(zk_blocking_pool *p, zk_job *job) {
     PyObject *r = job->kwargs ? PyObject_Call(job->fn, job->args, job->kwargs)
                               : PyObject_Call(job->fn, job->args, NULL);
@@ -157,7 +176,7 @@ static void run_job(zk_blocking_pool *p, zk_job *job) {
     if (r != NULL)
         zk_leaf_complete(p->st, job->leaf, r, NULL);
     else
-        zk_leaf_complete(p->st, job->leaf, NULL, zk_fetch_exception());
+        zk_leaf_complete(p->st, job->leaf, NULL, job_exception(job));
     Py_DECREF(job->fn);
     Py_DECREF(job->args);
     Py_XDECREF(job->kwargs);
@@ -165,40 +184,58 @@ static void run_job(zk_blocking_pool *p, zk_job *job) {
     PyMem_RawFree(job);
 }
 
+/* Locking rule (both pool mutex paths):
+ *   - an attached thread takes the mutex with pool_lock(): try, and if it is
+ *     held, wait for it detached;
+ *   - a pool thread waits for work, and re-takes the mutex after running a
+ *     job, entirely detached, and releases it before re-attaching.
+ * So no thread ever holds the mutex while it waits to attach (for the GIL on
+ * GIL builds, for the end of a stop-the-world pause such as a GC on 3.13t),
+ * and no attached thread ever blocks on the mutex.  Either half alone
+ * deadlocks: metrics() polling the pool while jobs run hung within seconds
+ * when both were missing. */
 void zk_blocking_pool_thread_main(zk_blocking_pool *p) {
-    pool_lock(p);
+    int returning_from_job = 0;
     for (;;) {
-        if (p->head != NULL) {
-            zk_job *job = p->head;
-            p->head = job->next;
-            if (p->head == NULL)
-                p->tail = NULL;
-            p->queued--;
-            pthread_mutex_unlock(&p->lock);
-            run_job(p, job);
-            pool_lock(p);
-            p->finishing--;
-            continue;
-        }
-        if (p->shutdown)
-            break;
-        p->idle++;
-        struct timespec ts;
-        deadline_after(&ts, p->keep_alive);
-        int rc = 0;
+        zk_job *job = NULL;
         Py_BEGIN_ALLOW_THREADS
-        while (p->head == NULL && !p->shutdown && p->wakeups_pending == 0 && rc != ETIMEDOUT)
-            rc = pthread_cond_timedwait(&p->work_cond, &p->lock, &ts);
+        pthread_mutex_lock(&p->lock);
+        if (returning_from_job)
+            p->finishing--;
+        for (;;) {
+            if (p->head != NULL) {
+                job = p->head;
+                p->head = job->next;
+                if (p->head == NULL)
+                    p->tail = NULL;
+                p->queued--;
+                break;
+            }
+            if (p->shutdown)
+                break;
+            p->idle++;
+            struct timespec ts;
+            deadline_after(&ts, p->keep_alive);
+            int rc = 0;
+            while (p->head == NULL && !p->shutdown && p->wakeups_pending == 0 && rc != ETIMEDOUT)
+                rc = pthread_cond_timedwait(&p->work_cond, &p->lock, &ts);
+            p->idle--;
+            if (p->wakeups_pending > 0)
+                p->wakeups_pending--;
+            if (rc == ETIMEDOUT && p->head == NULL)
+                break;  /* idle past keep-alive */
+        }
+        if (job == NULL) {
+            p->threads--;
+            pthread_cond_broadcast(&p->exit_cond);
+        }
+        pthread_mutex_unlock(&p->lock);
         Py_END_ALLOW_THREADS
-        p->idle--;
-        if (p->wakeups_pending > 0)
-            p->wakeups_pending--;
-        if (rc == ETIMEDOUT && p->head == NULL)
-            break;  /* idle past keep-alive */
+        if (job == NULL)
+            return;  /* the pool may be freed from here on: touch nothing */
+        run_job(p, job);
+        returning_from_job = 1;
     }
-    p->threads--;
-    pthread_cond_broadcast(&p->exit_cond);
-    pthread_mutex_unlock(&p->lock);
 }
 
 void zk_blocking_pool_shutdown(zk_blocking_pool *p) {
@@ -245,11 +282,20 @@ int zk_blocking_pool_join(zk_blocking_pool *p, double timeout) {
 }
 
 void zk_blocking_pool_stats(zk_blocking_pool *p, size_t *threads, size_t *idle, size_t *queued) {
-    pthread_mutex_lock(&p->lock);  /* held for a few loads only */
+    pool_lock(p);
     *threads = p->threads;
     *idle = p->idle;
     *queued = p->queued;
     pthread_mutex_unlock(&p->lock);
+}
+
+int zk_blocking_pool_traverse(zk_blocking_pool *p, visitproc visit, void *arg) {
+    Py_VISIT(p->spawn_thread);
+    return 0;
+}
+
+void zk_blocking_pool_clear(zk_blocking_pool *p) {
+    Py_CLEAR(p->spawn_thread);
 }
 
 void zk_blocking_pool_free(zk_blocking_pool *p) {

@@ -1,9 +1,10 @@
 /* compat.h -- portability shims shared by every native file.
  *
  * zokio builds on free-threaded 3.13t (the target) and on GIL builds 3.11+.
- * PyMutex only exists from 3.13; older interpreters get a pthread mutex.  Our
- * critical sections never call back into Python while holding a zk_mutex, so
- * a plain pthread mutex cannot deadlock against the GIL there.
+ * PyMutex only exists from 3.13; older interpreters get a pthread mutex that
+ * is waited for detached, as PyMutex is.  The rule for every lock of ours:
+ * an attached thread never blocks on it without detaching (see also
+ * blocking_pool.c).
  */
 #ifndef ZOKIO_COMPAT_H
 #define ZOKIO_COMPAT_H
@@ -27,7 +28,21 @@ static inline void zk_mutex_destroy(zk_mutex *m) { (void)m; }
 #include <string.h>
 typedef pthread_mutex_t zk_mutex;
 static inline void zk_mutex_init(zk_mutex *m) { pthread_mutex_init(m, NULL); }
-static inline void zk_mutex_lock(zk_mutex *m) { pthread_mutex_lock(m); }
+/* Like PyMutex_Lock on 3.13+: a thread that must wait for the mutex while
+ * holding the GIL releases it first.  Otherwise a holder of the mutex that
+ * needs the GIL (a destructor that runs Python code, a wait to re-attach)
+ * and a GIL holder waiting for the mutex deadlock each other. */
+static inline void zk_mutex_lock(zk_mutex *m) {
+    if (pthread_mutex_trylock(m) == 0)
+        return;
+    if (PyGILState_Check()) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(m);
+        Py_END_ALLOW_THREADS
+    } else {
+        pthread_mutex_lock(m);
+    }
+}
 static inline void zk_mutex_unlock(zk_mutex *m) { pthread_mutex_unlock(m); }
 static inline void zk_mutex_destroy(zk_mutex *m) { pthread_mutex_destroy(m); }
 #endif

@@ -113,10 +113,14 @@ static PyObject *outside_task_error(PyObject *self) {
 /* __next__ shared by Oneshot, Sleep and Op: the outcome once done (while the
  * cooperative budget lasts), else yield the leaf to the worker. */
 static PyObject *leaf_iternext(zk_leaf *self) {
+    if (zk_current_task == NULL) {
+        /* Closing an abandoned task's coroutine: suspend (see task.c). */
+        if (zk_abandoning)
+            return Py_NewRef(self);
+        return outside_task_error((PyObject *)self);
+    }
     if (leaf_is_done(self) && zk_coop_budget-- > 0)
         return leaf_outcome(self);
-    if (zk_current_task == NULL)
-        return outside_task_error((PyObject *)self);
     return Py_NewRef(self);
 }
 
@@ -153,8 +157,11 @@ static PyObject *leaf_done_method(zk_leaf *self, PyObject *Py_UNUSED(ignored)) {
  * so yielding allocates nothing. */
 static PyObject *yield_iternext(PyObject *self) {
     zk_task *t = zk_current_task;
-    if (t == NULL)
+    if (t == NULL) {
+        if (zk_abandoning)
+            return Py_NewRef(self);
         return outside_task_error(self);
+    }
     if (t->yield_resume) {
         t->yield_resume = 0;
         return NULL;
@@ -222,6 +229,16 @@ static PyObject *oneshot_set_exception(zk_leaf *self, PyObject *exc) {
     } else {
         PyErr_Format(PyExc_TypeError, "set_exception() needs an exception, not %.100s",
                      Py_TYPE(exc)->tp_name);
+        return NULL;
+    }
+    if (PyErr_GivenExceptionMatches(exc, PyExc_StopIteration)) {
+        /* Raised out of `await`, it would end the awaiting coroutine's
+         * frame as a return (PEP 479 territory): refuse it, as asyncio's
+         * Future.set_exception does. */
+        Py_DECREF(exc);
+        PyErr_SetString(PyExc_TypeError,
+                        "StopIteration interacts badly with generators and cannot be "
+                        "raised into a Oneshot");
         return NULL;
     }
     int r = zk_leaf_complete(state_of_type(Py_TYPE(self)), self, NULL, exc);
@@ -498,7 +515,9 @@ static PyObject *scope_arm(zk_timeout_scope *self, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_RuntimeError, "this timeout scope was already entered");
         return NULL;
     }
+    static _Atomic uint64_t arm_counter;
     self->task = (zk_task *)Py_NewRef(t);
+    self->arm_seq = atomic_fetch_add_explicit(&arm_counter, 1, memory_order_relaxed);
     self->scope_state = ZK_SCOPE_ARMED;  /* not yet shared: no lock needed */
     if (!zk_worker_add_timer(w, &self->timer))
         zk_timer_fire(zk_sched_state(zk_worker_sched(w)), &self->timer);
@@ -512,7 +531,7 @@ static PyObject *scope_disarm(zk_timeout_scope *self, PyObject *Py_UNUSED(ignore
         return NULL;
     }
     zk_worker_cancel_timer(zk_current_worker, &self->timer);
-    int fired = zk_task_disarm_scope(self->task, &self->scope_state, self->marker);
+    int fired = zk_task_disarm_scope(self->task, self);
     return PyBool_FromLong(fired);
 }
 
@@ -556,7 +575,7 @@ void zk_timer_fire(zk_state *st, zk_timer *timer) {
         zk_leaf_complete(st, &s->leaf, Py_NewRef(Py_None), NULL);
     } else {
         zk_timeout_scope *sc = (zk_timeout_scope *)zk_timer_owner(timer);
-        zk_task_fire_scope(sc->task, &sc->scope_state, sc->marker);
+        zk_task_fire_scope(sc->task, sc);
     }
 }
 

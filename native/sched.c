@@ -816,6 +816,22 @@ static void sched_dealloc(zk_sched *s) {
 static int sched_traverse(zk_sched *s, visitproc visit, void *arg) {
     Py_VISIT(Py_TYPE(s));
     Py_VISIT(s->module);
+    /* The pool's thread-starting callable is a bound method of the Runtime
+     * that owns this scheduler: without this visit that cycle is invisible
+     * to the collector and no Runtime is ever freed. */
+    if (s->pool != NULL) {
+        int r = zk_blocking_pool_traverse(s->pool, visit, arg);
+        if (r != 0)
+            return r;
+    }
+    return 0;
+}
+
+static int sched_clear(zk_sched *s) {
+    /* Only reached for an unreachable scheduler: no worker, pool thread or
+     * spawner can use the pool any more. */
+    if (s->pool != NULL)
+        zk_blocking_pool_clear(s->pool);
     return 0;
 }
 
@@ -875,6 +891,18 @@ static PyObject *do_spawn(zk_sched *s, PyObject *coro, PyObject *name) {
     if (t == NULL)
         return NULL;
     zk_sched_task_started(s, t);
+    /* Shutdown may have begun since the check above.  cancel_all() sets
+     * `closing` before it snapshots the registry under the shard locks, and
+     * we registered under one of them: either its snapshot holds this task
+     * (it will be cancelled) or we see `closing` now.  Refuse it then --
+     * never queued, so nobody else runs it -- rather than leave a task that
+     * no cancel reaches. */
+    if (atomic_load_explicit(&s->closing, memory_order_acquire)) {
+        zk_task_refuse(t);
+        Py_DECREF(t);
+        PyErr_SetString(PyExc_RuntimeError, "cannot spawn: the zokio runtime is shut down");
+        return NULL;
+    }
     /* From a running task the new task takes the LIFO slot (Tokio does
      * the same): a spawned child usually matters to its parent, and the
      * slot is not stealable, so a chain of spawns stays on one worker. */
@@ -1079,6 +1107,7 @@ static PyType_Slot sched_slots[] = {
     {Py_tp_new, sched_new},
     {Py_tp_dealloc, sched_dealloc},
     {Py_tp_traverse, sched_traverse},
+    {Py_tp_clear, sched_clear},
     {Py_tp_methods, sched_methods},
     {Py_tp_getset, sched_getset},
     {0, NULL},

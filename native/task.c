@@ -10,6 +10,126 @@
 ZK_TLS zk_worker *zk_current_worker = NULL;
 ZK_TLS zk_task *zk_current_task = NULL;
 ZK_TLS int zk_coop_budget = 0;
+ZK_TLS int zk_abandoning = 0;
+
+/* ---- one runner per coroutine ---------------------------------------------
+ *
+ * The state word guarantees that one worker at a time polls a *task*.  But a
+ * coroutine object can be reached by other paths: the user spawns the same
+ * coroutine twice, or spawns it and also awaits it directly from another
+ * task.  On 3.13t two threads sending into one coroutine can crash the
+ * interpreter (gh-120321: the "already executing" check in genobject.c is
+ * not atomic).
+ *
+ * So while a task owns a coroutine and is not polling it, the coroutine's
+ * frame state reads FRAME_EXECUTING ("held").  Every other sender -- a
+ * second spawn, `await coro` in another task, coro.send() -- sees an
+ * executing coroutine and fails with an exception instead of entering it.
+ * spawn claims a fresh coroutine with one CAS (CREATED -> EXECUTING), so
+ * spawning it twice is refused with a clear error.  The poller restores the
+ * real state just before PyIter_Send/throw and re-holds it with a CAS right
+ * after; if that CAS fails, someone else entered the coroutine in the gap
+ * and the task fails at its next poll (ZK_CORO_LOST) rather than sending
+ * into it again.  What remains is the gap of a few instructions between our
+ * restore and genobject.c's own check, which only CPython's fix closes.
+ *
+ * The frame state field is in the public (non-limited) PyCoroObject layout
+ * of 3.11-3.13; its values are CPython's PyFrameState. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000
+#define ZK_CORO_HOLD 1
+#if PY_VERSION_HEX >= 0x030D0000
+enum { FS_CREATED = -3, FS_SUSPENDED = -2, FS_SUSPENDED_YIELD_FROM = -1 };
+#else
+enum { FS_CREATED = -2, FS_SUSPENDED = -1, FS_SUSPENDED_YIELD_FROM = -1 };
+#endif
+enum { FS_EXECUTING = 0, FS_COMPLETED = 1 };
+
+/* coro_saved values: what to restore before the next send. */
+enum { ZK_CORO_NOT_HELD = 0, ZK_CORO_CREATED = 1, ZK_CORO_SUSPENDED = 2,
+       ZK_CORO_SUSPENDED_YF = 3 };
+
+static inline int8_t *coro_frame_state(PyObject *coro) {
+    return &((PyCoroObject *)coro)->cr_frame_state;
+}
+
+static int8_t saved_to_frame_state(unsigned saved) {
+    return saved == ZK_CORO_CREATED ? FS_CREATED
+           : saved == ZK_CORO_SUSPENDED ? FS_SUSPENDED : FS_SUSPENDED_YIELD_FROM;
+}
+
+/* spawn: take a fresh coroutine.  Returns 0, or -1 with RuntimeError naming
+ * the mistake. */
+static int coro_claim(zk_task *t, PyObject *coro) {
+    int8_t expected = FS_CREATED;
+    if (__atomic_compare_exchange_n(coro_frame_state(coro), &expected, FS_EXECUTING, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        t->coro_saved = ZK_CORO_CREATED;
+        return 0;
+    }
+    if (expected == FS_EXECUTING)
+        PyErr_Format(PyExc_RuntimeError,
+                     "cannot spawn %R: it is already being run by another zokio task "
+                     "(or is executing right now); a coroutine object can be spawned or "
+                     "awaited only once -- call the async function again for a new one",
+                     coro);
+    else if (expected >= FS_COMPLETED)
+        PyErr_Format(PyExc_RuntimeError,
+                     "cannot spawn %R: it has already finished; a coroutine object can "
+                     "be spawned or awaited only once", coro);
+    else
+        PyErr_Format(PyExc_RuntimeError,
+                     "cannot spawn %R: it was already started (awaited or spawned "
+                     "elsewhere); a coroutine object can be spawned or awaited only once",
+                     coro);
+    return -1;
+}
+
+/* Before a send/throw by the task's runner. */
+static inline void coro_unhold(zk_task *t) {
+    if (t->coro_saved != ZK_CORO_NOT_HELD)
+        __atomic_store_n(coro_frame_state(t->coro), saved_to_frame_state(t->coro_saved),
+                         __ATOMIC_RELEASE);
+}
+
+/* After a send/throw that suspended the coroutine.  Returns 0, or -1 if
+ * someone else entered it in the gap (it is not held then). */
+static inline int coro_rehold(zk_task *t) {
+    int8_t cur = __atomic_load_n(coro_frame_state(t->coro), __ATOMIC_ACQUIRE);
+    if (cur == FS_SUSPENDED || cur == FS_SUSPENDED_YIELD_FROM) {
+        unsigned saved = cur == FS_SUSPENDED ? ZK_CORO_SUSPENDED : ZK_CORO_SUSPENDED_YF;
+        if (__atomic_compare_exchange_n(coro_frame_state(t->coro), &cur, FS_EXECUTING, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            t->coro_saved = saved;
+            return 0;
+        }
+    }
+    t->coro_saved = ZK_CORO_NOT_HELD;
+    return -1;
+}
+
+/* Give the coroutine back its real state (its task is done with it). */
+static inline void coro_release(zk_task *t) {
+    coro_unhold(t);
+    t->coro_saved = ZK_CORO_NOT_HELD;
+}
+
+/* A coroutine that refused to close (it swallowed GeneratorExit and awaited
+ * again) is marked finished, so that its finalizer does not run it again:
+ * its frame is cleared, without running, when it is freed. */
+static inline void coro_kill(PyObject *coro) {
+    int8_t cur = __atomic_load_n(coro_frame_state(coro), __ATOMIC_ACQUIRE);
+    if (cur < FS_COMPLETED)
+        __atomic_store_n(coro_frame_state(coro), (int8_t)FS_COMPLETED, __ATOMIC_RELEASE);
+}
+#else
+/* 3.14+: the frame state is not in the public layout; no hold. */
+#define ZK_CORO_NOT_HELD 0
+static int coro_claim(zk_task *t, PyObject *coro) { (void)t; (void)coro; return 0; }
+static inline void coro_unhold(zk_task *t) { (void)t; }
+static inline int coro_rehold(zk_task *t) { (void)t; return 0; }
+static inline void coro_release(zk_task *t) { (void)t; }
+static inline void coro_kill(PyObject *coro) { (void)coro; }
+#endif
 
 /* The outcome split by kind; only meaningful once complete. */
 int zk_task_is_complete(zk_task *t) {
@@ -40,10 +160,10 @@ zk_task *zk_task_new(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name) 
     }
     /* Born NOTIFIED: the spawner queues it right away. */
     atomic_init(&t->state, ZK_NOTIFIED);
-    t->exc_retrieved = 0;
     t->failed = 0;
     t->yield_resume = 0;
-    t->coro = Py_NewRef(coro);
+    t->coro_saved = ZK_CORO_NOT_HELD;
+    t->coro = NULL;
     t->context = ctx;
     t->name = (name != NULL && name != Py_None) ? Py_NewRef(name) : NULL;
     t->outcome = NULL;
@@ -54,6 +174,13 @@ zk_task *zk_task_new(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name) 
     t->waiters = NULL;
     t->interrupt = NULL;
     t->owned_prev = t->owned_next = NULL;
+    if (coro_claim(t, coro) < 0) {
+        /* Not tracked yet, holds no coroutine: a plain free. */
+        atomic_store_explicit(&t->state, ZK_COMPLETE, memory_order_relaxed);
+        Py_DECREF(t);
+        return NULL;
+    }
+    t->coro = Py_NewRef(coro);
     PyObject_GC_Track((PyObject *)t);
     return t;
 }
@@ -70,28 +197,38 @@ void zk_task_wake(zk_task *t) {
 /* ---- waiters ------------------------------------------------------------ */
 
 int zk_task_add_waiter(zk_task *t, PyObject *waiter) {
-    int added = 1;
-    zk_mutex_lock(&t->lock);
-    if (zk_task_is_complete(t)) {
-        added = 0;
-    } else if (t->waiters == NULL) {
-        t->waiters = Py_NewRef(waiter);
-    } else if (PyList_CheckExact(t->waiters)) {
-        /* PyList_Append never calls back into Python: safe under the lock. */
-        if (PyList_Append(t->waiters, waiter) < 0)
-            added = -1;
-    } else {
-        PyObject *list = PyList_New(2);
-        if (list == NULL) {
-            added = -1;
+    /* Nothing that can allocate a GC object (and so, on GIL builds, run a
+     * collection and arbitrary finalizers) happens under the lock: a second
+     * waiter's list is made before taking it. */
+    PyObject *spare = NULL;
+    for (;;) {
+        int added = 1, need_list = 0;
+        zk_mutex_lock(&t->lock);
+        if (zk_task_is_complete(t)) {
+            added = 0;
+        } else if (t->waiters == NULL) {
+            t->waiters = Py_NewRef(waiter);
+        } else if (PyList_CheckExact(t->waiters)) {
+            /* Resizing a list only reallocates its item array. */
+            if (PyList_Append(t->waiters, waiter) < 0)
+                added = -1;
+        } else if (spare != NULL) {
+            PyList_SET_ITEM(spare, 0, t->waiters);  /* moves our reference */
+            PyList_SET_ITEM(spare, 1, Py_NewRef(waiter));
+            t->waiters = spare;
+            spare = NULL;
         } else {
-            PyList_SET_ITEM(list, 0, t->waiters);  /* moves our reference */
-            PyList_SET_ITEM(list, 1, Py_NewRef(waiter));
-            t->waiters = list;
+            need_list = 1;
         }
+        zk_mutex_unlock(&t->lock);
+        if (!need_list) {
+            Py_XDECREF(spare);
+            return added;
+        }
+        spare = PyList_New(2);
+        if (spare == NULL)
+            return -1;
     }
-    zk_mutex_unlock(&t->lock);
-    return added;
 }
 
 void zk_task_remove_waiter(zk_task *t, PyObject *waiter) {
@@ -132,7 +269,21 @@ static void notify_waiter(zk_state *st, PyObject *waiter) {
 static void task_complete(zk_task *t, PyObject *result, PyObject *exc) {
     zk_state *st = t->st;
     t->failed = exc != NULL;
-    t->outcome = exc != NULL ? exc : result;
+    if (exc != NULL) {
+        /* Keep the traceback the task ended with beside the exception: the
+         * exception's own __traceback__ grows every time it is raised. */
+        PyObject *tb = PyException_GetTraceback(exc);
+        PyObject *pair = PyTuple_Pack(2, exc, tb ? tb : Py_None);
+        Py_XDECREF(tb);
+        if (pair == NULL) {
+            PyErr_WriteUnraisable((PyObject *)t);
+            pair = PyTuple_Pack(2, exc, Py_None);  /* cannot fail twice in practice */
+        }
+        Py_DECREF(exc);
+        t->outcome = pair;
+    } else {
+        t->outcome = result;
+    }
     /* The finished coroutine (its frame already cleared on return) stays
      * until the handle itself dies: it was created by the spawner's thread,
      * which usually drops the handle too, so freeing it there avoids a
@@ -207,7 +358,17 @@ void zk_task_run(zk_worker *w, zk_task *t) {
 
     PyObject *interrupt = NULL;
     int resumed = 0;
-    int interrupted = (atomic_load_explicit(&t->state, memory_order_acquire) & ZK_INTERRUPT) != 0;
+    uint32_t state_now = atomic_load_explicit(&t->state, memory_order_acquire);
+    if (state_now & ZK_CORO_LOST) {
+        Py_CLEAR(t->waiting_on);
+        PyErr_Format(PyExc_RuntimeError,
+                     "the coroutine of %R was resumed by someone else (awaited directly "
+                     "or sent into) while this task owned it; a coroutine object can be "
+                     "spawned or awaited only once", (PyObject *)t);
+        task_complete(t, NULL, zk_fetch_exception());  /* may free t */
+        return;
+    }
+    int interrupted = (state_now & ZK_INTERRUPT) != 0;
     if (interrupted && t->waiting_on != NULL) {
         switch (zk_awaitable_interrupt_mode(st, w, t->waiting_on)) {
         case ZK_INTERRUPT_WAIT:
@@ -225,6 +386,12 @@ void zk_task_run(zk_worker *w, zk_task *t) {
         t->interrupt = NULL;
         atomic_fetch_and_explicit(&t->state, ~ZK_INTERRUPT, memory_order_relaxed);
         zk_mutex_unlock(&t->lock);
+        if (interrupt != NULL && Py_TYPE(interrupt) == st->TimeoutScopeType) {
+            /* A timeout: throw the scope's marker. */
+            PyObject *marker = Py_NewRef(((zk_timeout_scope *)interrupt)->marker);
+            Py_DECREF(interrupt);
+            interrupt = marker;
+        }
     }
 
     if (t->waiting_on != NULL) {
@@ -251,6 +418,7 @@ void zk_task_run(zk_worker *w, zk_task *t) {
 
     PyObject *out = NULL;
     step_result step;
+    coro_unhold(t);
     if (interrupt != NULL) {
         step = throw_into(st, t->coro, interrupt, &out);
         Py_CLEAR(interrupt);
@@ -272,6 +440,15 @@ void zk_task_run(zk_worker *w, zk_task *t) {
     }
 
     zk_current_task = NULL;
+    if (step == STEP_YIELDED) {
+        if (coro_rehold(t) < 0) {
+            /* Poll again at once: that poll fails the task. */
+            atomic_fetch_or_explicit(&t->state, ZK_CORO_LOST, memory_order_relaxed);
+            zk_task_wake(t);
+        }
+    } else {
+        t->coro_saved = ZK_CORO_NOT_HELD;  /* finished: nothing to hold */
+    }
     if (PyContext_Exit(t->context) < 0)
         PyErr_WriteUnraisable((PyObject *)t);
 
@@ -334,35 +511,54 @@ int zk_task_cancel(zk_task *t) {
     return placed;
 }
 
-int zk_task_fire_scope(zk_task *t, int *scope_state, PyObject *marker) {
+/* Nested timeouts: when several scopes of one task have fired before the
+ * task is polled, the outermost one must be delivered.  If the inner one won,
+ * its __aexit__ would turn it into TimeoutError, the body could catch that
+ * and await again, and the outer deadline would be lost.  Delivered outer
+ * markers unwind through the inner scopes' __aexit__ untouched.  Scopes of
+ * one task are armed in nesting order, so the smaller arm sequence number is
+ * the outer scope.  The pending interrupt holds the scope itself (its marker
+ * is thrown), so a later scope can compare against it. */
+int zk_task_fire_scope(zk_task *t, zk_timeout_scope *scope) {
     int placed = 0;
+    PyObject *drop = NULL;
     zk_mutex_lock(&t->lock);
-    if (*scope_state == ZK_SCOPE_ARMED) {
-        *scope_state = ZK_SCOPE_FIRED;
-        /* A pending cancellation wins over the timeout. */
-        if (!zk_task_is_complete(t) && t->interrupt == NULL) {
-            t->interrupt = Py_NewRef(marker);
-            atomic_fetch_or_explicit(&t->state, ZK_INTERRUPT, memory_order_release);
-            placed = 1;
+    if (scope->scope_state == ZK_SCOPE_ARMED) {
+        scope->scope_state = ZK_SCOPE_FIRED;
+        if (!zk_task_is_complete(t)) {
+            PyObject *cur = t->interrupt;
+            if (cur == NULL) {
+                placed = 1;
+            } else if (Py_TYPE(cur) == t->st->TimeoutScopeType &&
+                       ((zk_timeout_scope *)cur)->arm_seq > scope->arm_seq) {
+                drop = cur;  /* an inner scope's pending expiry: outer wins */
+                placed = 1;
+            }
+            /* else: a pending cancellation or an outer expiry wins. */
+            if (placed) {
+                t->interrupt = Py_NewRef((PyObject *)scope);
+                atomic_fetch_or_explicit(&t->state, ZK_INTERRUPT, memory_order_release);
+            }
         }
     }
     zk_mutex_unlock(&t->lock);
+    Py_XDECREF(drop);
     if (placed)
         zk_task_wake(t);
     return placed;
 }
 
-int zk_task_disarm_scope(zk_task *t, int *scope_state, PyObject *marker) {
+int zk_task_disarm_scope(zk_task *t, zk_timeout_scope *scope) {
     int fired;
     PyObject *drop = NULL;
     zk_mutex_lock(&t->lock);
-    if (*scope_state == ZK_SCOPE_ARMED) {
-        *scope_state = ZK_SCOPE_DISARMED;
+    if (scope->scope_state == ZK_SCOPE_ARMED) {
+        scope->scope_state = ZK_SCOPE_DISARMED;
         fired = 0;
     } else {
-        fired = (*scope_state == ZK_SCOPE_FIRED);
-        *scope_state = ZK_SCOPE_DISARMED;
-        if (t->interrupt == marker) {
+        fired = (scope->scope_state == ZK_SCOPE_FIRED);
+        scope->scope_state = ZK_SCOPE_DISARMED;
+        if (t->interrupt == (PyObject *)scope) {
             /* Fired but never delivered: the body finished first. */
             drop = t->interrupt;
             t->interrupt = NULL;
@@ -374,17 +570,34 @@ int zk_task_disarm_scope(zk_task *t, int *scope_state, PyObject *marker) {
     return fired;
 }
 
+/* Close the coroutine of a task that will never be polled again.  A
+ * coroutine that swallows GeneratorExit and awaits again cannot be closed:
+ * while we close it, zokio awaitables suspend it (zk_abandoning) instead of
+ * raising -- a raise would be swallowed too, and the coroutine could loop
+ * forever -- so close() returns with "coroutine ignored GeneratorExit",
+ * which is reported, and the coroutine is marked finished so that its
+ * finalizer does not run it again. */
+static void close_abandoned(zk_task *t) {
+    zk_state *st = t->st;
+    if (t->coro == NULL)
+        return;
+    coro_release(t);
+    zk_abandoning++;
+    PyObject *r = PyObject_CallMethodNoArgs(t->coro, st->str_close);
+    zk_abandoning--;
+    if (r == NULL) {
+        PyErr_WriteUnraisable(t->coro);
+        coro_kill(t->coro);
+    }
+    Py_XDECREF(r);
+}
+
 void zk_task_abandon(zk_task *t) {
     if (zk_task_is_complete(t))
         return;
     zk_state *st = t->st;
     atomic_fetch_or_explicit(&t->state, ZK_RUNNING | ZK_CANCELLED, memory_order_acq_rel);
-    if (t->coro != NULL) {
-        PyObject *r = PyObject_CallMethodNoArgs(t->coro, st->str_close);
-        if (r == NULL)
-            PyErr_WriteUnraisable(t->coro);
-        Py_XDECREF(r);
-    }
+    close_abandoned(t);
     PyObject *exc = PyObject_CallOneArg(st->Cancelled,
                                         t->name ? t->name : Py_None);
     if (exc == NULL)
@@ -392,20 +605,134 @@ void zk_task_abandon(zk_task *t) {
     task_complete(t, NULL, exc);
 }
 
+int zk_task_refuse(zk_task *t) {
+    /* Never queued, never polled: nobody else can be running it. */
+    atomic_fetch_or_explicit(&t->state, ZK_RUNNING | ZK_CANCELLED, memory_order_acq_rel);
+    coro_release(t);
+    if (t->coro != NULL) {
+        PyObject *r = PyObject_CallMethodNoArgs(t->coro, t->st->str_close);
+        if (r == NULL)
+            PyErr_Clear();
+        Py_XDECREF(r);
+    }
+    PyObject *exc = PyObject_CallOneArg(t->st->Cancelled, t->name ? t->name : Py_None);
+    if (exc == NULL)
+        exc = zk_fetch_exception();
+    task_complete(t, NULL, exc);
+    /* Nobody will ever retrieve it: no "never retrieved" log. */
+    atomic_fetch_or_explicit(&t->state, ZK_EXC_RETRIEVED, memory_order_relaxed);
+    return 0;
+}
+
 /* ---- Python type: JoinHandle ------------------------------------------- */
 
+/* The exception a failed task ended with (borrowed); NULL unless failed. */
+static inline PyObject *task_exc(zk_task *t) {
+    return t->failed && t->outcome != NULL ? PyTuple_GET_ITEM(t->outcome, 0) : NULL;
+}
+
 static int is_cancelled_exc(zk_task *t) {
-    zk_state *st = t->st;
-    return t->failed && t->outcome != NULL &&
-           PyObject_TypeCheck(t->outcome, (PyTypeObject *)st->Cancelled);
+    PyObject *exc = task_exc(t);
+    return exc != NULL && PyObject_TypeCheck(exc, (PyTypeObject *)t->st->Cancelled);
+}
+
+/* The nearest built-in (static) type at or above tp: its tp_init parses the
+ * arguments into the C fields of built-in exceptions (errno, filename,
+ * lineno...) without running user code. */
+static PyTypeObject *builtin_base(PyTypeObject *tp) {
+    while (tp != NULL && (tp->tp_flags & Py_TPFLAGS_HEAPTYPE))
+        tp = tp->tp_base;
+    return tp;
+}
+
+/* A copy of `exc` for one more joiner: same type, args, attributes
+ * (__dict__, notes included), cause and context, with traceback `tb`.
+ * NULL with no error set if the type cannot be rebuilt from its args. */
+static PyObject *copy_exception(PyObject *exc, PyObject *tb) {
+    PyTypeObject *tp = Py_TYPE(exc);
+    PyObject *args = PyObject_GetAttrString(exc, "args");
+    if (args == NULL || !PyTuple_Check(args)) {
+        Py_XDECREF(args);
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *copy = tp->tp_new(tp, args, NULL);
+    if (copy == NULL || !PyExceptionInstance_Check(copy)) {
+        Py_XDECREF(copy);
+        Py_DECREF(args);
+        PyErr_Clear();
+        return NULL;
+    }
+    PyTypeObject *base = builtin_base(tp);
+    if (base != NULL && base->tp_init != NULL && base->tp_init(copy, args, NULL) < 0)
+        PyErr_Clear();  /* the fields stay as tp_new left them */
+    Py_DECREF(args);
+    PyObject *dict = PyObject_GetAttrString(exc, "__dict__");
+    if (dict != NULL && PyDict_Check(dict) && PyDict_GET_SIZE(dict) > 0) {
+        PyObject *cdict = PyObject_GetAttrString(copy, "__dict__");
+        if (cdict == NULL || !PyDict_Check(cdict) || PyDict_Update(cdict, dict) < 0)
+            PyErr_Clear();
+        Py_XDECREF(cdict);
+    }
+    Py_XDECREF(dict);
+    PyErr_Clear();
+    /* Fields of built-in exceptions that their args do not carry (they are
+     * keyword arguments or set apart from args). */
+    static const char *const kw_fields[] = {"filename", "filename2", "name", "path",
+                                            "obj", NULL};
+    for (int i = 0; kw_fields[i] != NULL; i++) {
+        PyObject *v = PyObject_GetAttrString(exc, kw_fields[i]);
+        if (v != NULL && v != Py_None)
+            (void)PyObject_SetAttrString(copy, kw_fields[i], v);
+        Py_XDECREF(v);
+        PyErr_Clear();
+    }
+    PyException_SetCause(copy, PyException_GetCause(exc));      /* steals */
+    PyException_SetContext(copy, PyException_GetContext(exc));  /* steals */
+    PyObject *suppress = PyObject_GetAttrString(exc, "__suppress_context__");
+    if (suppress == NULL || PyObject_SetAttrString(copy, "__suppress_context__", suppress) < 0)
+        PyErr_Clear();
+    Py_XDECREF(suppress);
+    if (PyException_SetTraceback(copy, tb) < 0)
+        PyErr_Clear();
+    return copy;
+}
+
+/* Raise a failed task's exception to one joiner.  Precondition: complete
+ * and failed.
+ *
+ * Joiners may be many, on several threads at once, and a raised exception
+ * is not read-only: each frame it unwinds through prepends a traceback entry
+ * to its __traceback__.  One object unwinding on two threads at once ends
+ * with a corrupt (even cyclic) traceback, and one object raised again and
+ * again grows without bound.  So the first joiner gets the exception object
+ * itself, with the traceback the task ended with; every later joiner gets a
+ * copy (copy_exception) carrying that same traceback.  Only a type that
+ * cannot be rebuilt from its args falls back to the object itself, with its
+ * traceback reset. */
+static void raise_task_exception(zk_task *t) {
+    PyObject *exc = PyTuple_GET_ITEM(t->outcome, 0);
+    PyObject *tb = PyTuple_GET_ITEM(t->outcome, 1);
+    uint32_t prev = atomic_fetch_or_explicit(&t->state, ZK_EXC_RETRIEVED | ZK_EXC_RAISED,
+                                             memory_order_acq_rel);
+    if (prev & ZK_EXC_RAISED) {
+        PyObject *copy = copy_exception(exc, tb);
+        if (copy != NULL) {
+            zk_raise_instance(copy);
+            Py_DECREF(copy);
+            return;
+        }
+        if (PyException_SetTraceback(exc, tb) < 0)
+            PyErr_Clear();
+    }
+    zk_raise_instance(exc);
 }
 
 /* Produce the task's outcome as a return value or raised exception.
  * Precondition: complete. */
 static PyObject *task_outcome(zk_task *t) {
     if (t->failed) {
-        t->exc_retrieved = 1;
-        zk_raise_instance(t->outcome);
+        raise_task_exception(t);
         return NULL;
     }
     return Py_NewRef(t->outcome ? t->outcome : Py_None);
@@ -414,10 +741,18 @@ static PyObject *task_outcome(zk_task *t) {
 /* __next__ of `await handle`: the result once complete, else yield the handle
  * itself so the worker registers the awaiter as a waiter. */
 static PyObject *task_iternext(zk_task *self) {
+    if (zk_current_task == NULL) {
+        if (zk_abandoning)
+            return Py_NewRef(self);  /* closing an abandoned task: suspend */
+        PyErr_Format(PyExc_RuntimeError,
+                     "%R must be awaited inside a zokio task (no zokio runtime is "
+                     "running this coroutine); from a plain thread use "
+                     "JoinHandle.result()", (PyObject *)self);
+        return NULL;
+    }
     if (zk_task_is_complete(self) && zk_coop_budget-- > 0) {
         if (self->failed) {
-            self->exc_retrieved = 1;
-            zk_raise_instance(self->outcome);
+            raise_task_exception(self);
             return NULL;
         }
         PyObject *r = self->outcome;
@@ -539,8 +874,10 @@ static PyObject *task_exception(zk_task *self, PyObject *Py_UNUSED(ignored)) {
         PyErr_SetString(PyExc_RuntimeError, "the task has not finished");
         return NULL;
     }
-    self->exc_retrieved = 1;
-    return Py_NewRef(self->failed ? self->outcome : Py_None);
+    if (!self->failed)
+        Py_RETURN_NONE;
+    atomic_fetch_or_explicit(&self->state, ZK_EXC_RETRIEVED, memory_order_relaxed);
+    return Py_NewRef(task_exc(self));
 }
 
 static PyObject *task_get_name(zk_task *self, void *Py_UNUSED(closure)) {
@@ -575,6 +912,8 @@ static int task_traverse(zk_task *self, visitproc visit, void *arg) {
 }
 
 static int task_clear(zk_task *self) {
+    if (self->coro != NULL)
+        coro_release(self);
     Py_CLEAR(self->coro);
     Py_CLEAR(self->context);
     Py_CLEAR(self->outcome);
@@ -587,34 +926,47 @@ static int task_clear(zk_task *self) {
 
 /* An exception nobody awaited is logged when its task is dropped. */
 static void task_finalize(zk_task *self) {
-    if (!self->failed || self->exc_retrieved || is_cancelled_exc(self))
+    if (!self->failed || is_cancelled_exc(self) ||
+        (atomic_load_explicit(&self->state, memory_order_acquire) & ZK_EXC_RETRIEVED))
         return;
     PyObject *saved = zk_fetch_exception();
-    PyObject *logging = PyImport_ImportModule("logging");
+    int logged = -1;
+    PyObject *name = PyUnicode_FromString("logging");
+    PyObject *logging = name ? PyImport_GetModule(name) : NULL;
+    Py_XDECREF(name);
+    PyErr_Clear();
     if (logging != NULL) {
         PyObject *logger = PyObject_CallMethod(logging, "getLogger", "s", "zokio");
-        if (logger != NULL) {
-            PyObject *msg = PyUnicode_FromFormat(
-                "Task exception was never retrieved: %R", (PyObject *)self);
-            PyObject *kw = Py_BuildValue("{s:O}", "exc_info", self->outcome);
-            PyObject *meth = PyObject_GetAttrString(logger, "error");
-            if (msg && kw && meth) {
-                PyObject *a = PyTuple_Pack(1, msg);
-                if (a != NULL) {
-                    PyObject *r = PyObject_Call(meth, a, kw);
-                    Py_XDECREF(r);
-                    Py_DECREF(a);
-                }
+        PyObject *msg = PyUnicode_FromFormat("Task exception was never retrieved: %R",
+                                             (PyObject *)self);
+        PyObject *kw = Py_BuildValue("{s:O}", "exc_info", task_exc(self));
+        PyObject *meth = logger ? PyObject_GetAttrString(logger, "error") : NULL;
+        if (msg && kw && meth) {
+            PyObject *a = PyTuple_Pack(1, msg);
+            if (a != NULL) {
+                PyObject *r = PyObject_Call(meth, a, kw);
+                logged = r != NULL ? 0 : -1;
+                Py_XDECREF(r);
+                Py_DECREF(a);
             }
-            Py_XDECREF(meth);
-            Py_XDECREF(kw);
-            Py_XDECREF(msg);
-            Py_DECREF(logger);
         }
+        Py_XDECREF(meth);
+        Py_XDECREF(kw);
+        Py_XDECREF(msg);
+        Py_XDECREF(logger);
         Py_DECREF(logging);
+        PyErr_Clear();
     }
-    if (PyErr_Occurred())
+    if (logged < 0) {
+        /* No logging (not imported, or the interpreter is shutting down):
+         * print the task's own exception and traceback to stderr. */
+        PyObject *exc = task_exc(self);
+        PyObject *tb = PyTuple_GET_ITEM(self->outcome, 1);
+        if (tb != Py_None && PyException_SetTraceback(exc, tb) < 0)
+            PyErr_Clear();
+        zk_raise_instance(exc);
         PyErr_WriteUnraisable((PyObject *)self);
+    }
     if (saved != NULL)
         zk_raise_instance(saved), Py_DECREF(saved);
 }

@@ -34,16 +34,31 @@
 /* An interrupt (Cancelled or a timeout marker) waits in `interrupt` to be
  * thrown at the next poll.  Set under the task's lock, cleared by the poller. */
 #define ZK_INTERRUPT ((uint32_t)1u << 4)
+/* The task failed and its exception reached someone (await, result(),
+ * exception()): no "never retrieved" log when the handle dies.  Set after
+ * completion by any joiner; never unset. */
+#define ZK_EXC_RETRIEVED ((uint32_t)1u << 5)
+/* The exception object itself was raised to one joiner.  Every later joiner
+ * gets a copy carrying the task's own traceback (see task.c: a raised
+ * exception's __traceback__ grows as it unwinds, so one object must never
+ * unwind on two threads at once).  Set once by an atomic fetch_or. */
+#define ZK_EXC_RAISED ((uint32_t)1u << 6)
+/* The coroutine was resumed by someone other than this task while the task
+ * owned it (see "one runner per coroutine" in task.c).  The task fails with
+ * RuntimeError at its next poll instead of sending into it.  Runner only. */
+#define ZK_CORO_LOST ((uint32_t)1u << 7)
 
 struct zk_task {
     PyObject_HEAD
     _Atomic uint32_t state;
     int16_t home;               /* worker that spawned it, or -1: the
                                    registry's reference is dropped there */
-    uint8_t exc_retrieved : 1;  /* the exception reached someone (set after
-                                   completion only) */
-    uint8_t failed : 1;         /* outcome is an exception instance */
+    uint8_t failed : 1;         /* outcome is (exception, traceback); written
+                                   once, before COMPLETE is published */
     uint8_t yield_resume : 1;   /* yield_now registered; next __next__ returns */
+    uint8_t coro_saved : 2;     /* frame state to restore before the next
+                                   send while the task holds its coroutine
+                                   (ZK_CORO_* in task.c); runner only */
     zk_mutex lock;              /* guards waiters and interrupt; on 3.13+ one
                                    byte: with the fields above it fills the
                                    word after PyObject_HEAD (keeps the task at
@@ -51,8 +66,9 @@ struct zk_task {
     PyObject *coro;             /* owned until the handle dies */
     PyObject *context;          /* contextvars.Context copy, owned */
     PyObject *name;             /* str or NULL */
-    PyObject *outcome;          /* result or exception (see `failed`); valid
-                                   once COMPLETE is seen with acquire */
+    PyObject *outcome;          /* result, or (exception, traceback at
+                                   completion) if `failed`; valid once
+                                   COMPLETE is seen with acquire */
     PyObject *waiting_on;       /* leaf the coroutine yielded; only the
                                    thread holding RUNNING touches it */
     zk_state *st;               /* module state (lives as long as the module) */

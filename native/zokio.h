@@ -59,6 +59,9 @@ extern ZK_TLS zk_task *zk_current_task;
 /* Cooperative budget of the current poll: leaves that are already complete
  * return at once while this is positive, then force a yield (see leaf.c). */
 extern ZK_TLS int zk_coop_budget;
+/* Nonzero while this thread closes the coroutine of an abandoned task:
+ * zokio awaitables then suspend instead of raising (task.c). */
+extern ZK_TLS int zk_abandoning;
 #define ZK_COOP_BUDGET 128
 
 /* ---- timers ------------------------------------------------------------ */
@@ -118,6 +121,8 @@ typedef struct zk_timeout_scope {
     zk_task *task;           /* strong; the task this scope interrupts */
     PyObject *marker;        /* the Cancelled instance thrown on expiry */
     int scope_state;         /* ZK_SCOPE_*, under the task's lock */
+    uint64_t arm_seq;        /* order of arming: an outer scope of a task
+                                has the smaller number (task.c) */
 } zk_timeout_scope;
 
 #if defined(Py_GIL_DISABLED) && PY_VERSION_HEX >= 0x030D0000
@@ -188,11 +193,14 @@ int zk_task_cancel(zk_task *t);
  * that was placed but not yet delivered is taken back.  disarm returns 1 if
  * the scope had fired. */
 enum { ZK_SCOPE_IDLE = 0, ZK_SCOPE_ARMED = 1, ZK_SCOPE_FIRED = 2, ZK_SCOPE_DISARMED = 3 };
-int zk_task_fire_scope(zk_task *t, int *scope_state, PyObject *marker);
-int zk_task_disarm_scope(zk_task *t, int *scope_state, PyObject *marker);
+int zk_task_fire_scope(zk_task *t, zk_timeout_scope *scope);
+int zk_task_disarm_scope(zk_task *t, zk_timeout_scope *scope);
 /* After the scheduler stopped: close the coroutine of a task that never
  * finished and complete it as cancelled.  No worker may be running. */
 void zk_task_abandon(zk_task *t);
+/* A spawn that lost the race with shutdown: the task was registered but
+ * never queued.  Close its coroutine and complete it as cancelled. */
+int zk_task_refuse(zk_task *t);
 int zk_task_is_complete(zk_task *t);
 /* Add `waiter` (a task to wake, or a callable to call with the task) to run
  * when t completes.  Returns 1 if added, 0 if t is already complete, -1 on
@@ -243,6 +251,9 @@ void zk_blocking_pool_shutdown(zk_blocking_pool *p);
  * Detached while waiting.  Returns 1 if all exited. */
 int zk_blocking_pool_join(zk_blocking_pool *p, double timeout);
 void zk_blocking_pool_free(zk_blocking_pool *p);
+/* GC support: the pool owns the Runtime's thread-starting callable. */
+int zk_blocking_pool_traverse(zk_blocking_pool *p, visitproc visit, void *arg);
+void zk_blocking_pool_clear(zk_blocking_pool *p);
 void zk_blocking_pool_stats(zk_blocking_pool *p, size_t *threads, size_t *idle, size_t *queued);
 
 #endif

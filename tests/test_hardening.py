@@ -1,0 +1,533 @@
+"""Regressions of kernel defects found by testing as a hostile user would
+(issue 5): one coroutine driven by two tasks, one failed handle awaited by
+many tasks, metrics() against the blocking pool, spawn racing shutdown,
+nested timeouts that expire together, Runtime objects that were never freed,
+StopIteration crossing an await, and coroutines that refuse to close."""
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import traceback
+import weakref
+
+import pytest
+
+import zokio
+from zokio import _native
+
+
+def tb_length(tb, bound=100_000):
+    """Entries of a traceback chain; fails on a cycle (which printing would
+    never finish)."""
+    seen = set()
+    n = 0
+    while tb is not None:
+        assert id(tb) not in seen, "traceback chain has a cycle"
+        seen.add(id(tb))
+        n += 1
+        assert n < bound, "traceback chain is unbounded"
+        tb = tb.tb_next
+    return n
+
+
+# ---- 1. one runner per coroutine ----------------------------------------------
+
+async def _work(n):
+    await zokio.sleep(0.001)
+    await zokio.yield_now()
+    return n
+
+
+@pytest.mark.timeout(30)
+def test_spawning_one_coroutine_twice_is_refused(make_runtime):
+    rt = make_runtime(8)
+
+    async def main():
+        c = _work(7)
+        first = zokio.spawn(c)
+        with pytest.raises(RuntimeError, match="spawned or awaited only once"):
+            zokio.spawn(c)
+        return await first
+
+    assert rt.block_on(main()) == 7
+
+
+@pytest.mark.timeout(60)
+def test_a_list_holding_one_coroutine_twice_on_8_workers(make_runtime):
+    """The storm that crashed 3.13t: every round spawns [c, c, d, d, ...]."""
+    rt = make_runtime(8)
+
+    async def main():
+        refused = 0
+        results = []
+        for _ in range(200):
+            coros = [_work(i) for i in range(4)]
+            handles = []
+            for c in coros + coros:
+                try:
+                    handles.append(zokio.spawn(c))
+                except RuntimeError as e:
+                    assert "only once" in str(e)
+                    refused += 1
+            results.append(sorted([await h for h in handles]))
+        return refused, results
+
+    refused, results = rt.block_on(main())
+    assert refused == 200 * 4
+    assert all(r == [0, 1, 2, 3] for r in results)
+
+
+@pytest.mark.timeout(60)
+def test_spawned_coroutine_awaited_directly_fails_in_the_awaiter(make_runtime):
+    rt = make_runtime(8)
+
+    async def awaiter(c):
+        try:
+            await c
+        except (RuntimeError, ValueError) as e:
+            return type(e).__name__
+        return "ran it"
+
+    async def main():
+        outcomes = []
+        for i in range(300):
+            c = _work(i)
+            h = zokio.spawn(c)
+            a = zokio.spawn(awaiter(c))
+            outcomes.append((await h, await a))
+        return outcomes
+
+    for i, (value, how) in enumerate(rt.block_on(main())):
+        assert value == i            # the task that owns it ran it to the end
+        assert how != "ran it"       # the direct await was refused
+
+
+@pytest.mark.timeout(30)
+def test_spawning_a_started_or_finished_coroutine_is_refused(rt):
+    async def one():
+        return 1
+
+    c = one()
+    with pytest.raises(StopIteration):
+        c.send(None)
+    with pytest.raises(RuntimeError, match="finished"):
+        rt.spawn(c)
+
+
+@pytest.mark.timeout(30)
+def test_refused_spawn_leaves_no_task_behind(rt):
+    async def main():
+        c = _work(1)
+        h = zokio.spawn(c)
+        for _ in range(100):
+            with pytest.raises(RuntimeError):
+                zokio.spawn(c)
+        return await h
+
+    assert rt.block_on(main()) == 1
+    from _helpers import settled
+    m = settled(rt)
+    assert m["tasks_live"] == 0
+
+
+# ---- 2. one failed handle, many joiners ----------------------------------------
+
+async def _sleep(s):
+    await zokio.sleep(s)
+
+
+class AppError(Exception):
+    def __init__(self, code):
+        super().__init__(f"failed with {code}")
+        self.code = code
+
+
+async def _fail():
+    await zokio.sleep(0.005)
+    raise AppError(42)
+
+
+@pytest.mark.timeout(60)
+def test_failed_handle_awaited_by_16_tasks_on_8_workers(make_runtime):
+    rt = make_runtime(8)
+
+    async def joiner(h, start):
+        await start
+        try:
+            await h
+        except AppError as e:
+            return e
+        raise AssertionError("no exception")
+
+    async def main():
+        got = []
+        for _ in range(30):
+            h = zokio.spawn(_fail())
+            start = zokio.spawn(_sleep(0.01))
+            js = [zokio.spawn(joiner(h, start)) for _ in range(16)]
+            got.append([await j for j in js])
+        return got
+
+    for excs in rt.block_on(main()):
+        # One exception object must never unwind on several threads at once:
+        # the first joiner gets the task's exception, the others copies.
+        assert len({id(e) for e in excs}) == 16
+        for e in excs:
+            assert isinstance(e, AppError) and e.code == 42 and e.args == ("failed with 42",)
+            tb_length(e.__traceback__)
+            text = "".join(traceback.format_exception(e))
+            assert "raise AppError(42)" in text   # the task's own frame
+
+
+@pytest.mark.timeout(120)
+def test_reawaiting_a_failed_handle_does_not_grow_its_traceback(rt):
+    async def main():
+        h = zokio.spawn(_fail())
+        lengths = []
+        for i in range(20_000):
+            try:
+                await h
+            except AppError as e:
+                if i < 3 or i % 5000 == 0:
+                    lengths.append(tb_length(e.__traceback__))
+        return lengths, h
+
+    lengths, h = rt.block_on(main())
+    assert len(set(lengths[1:])) == 1, lengths      # later joiners: no growth
+    assert tb_length(h.exception().__traceback__) <= lengths[0]
+
+
+@pytest.mark.timeout(30)
+def test_joiner_copies_keep_attributes_cause_and_notes(rt):
+    async def fail():
+        try:
+            raise KeyError("inner")
+        except KeyError as inner:
+            err = OSError(2, "No such file", "/nope")
+            err.add_note("while loading")
+            err.extra = "x"
+            raise err from inner
+
+    async def main():
+        h = zokio.spawn(fail())
+        out = []
+        for _ in range(3):
+            try:
+                await h
+            except OSError as e:
+                out.append(e)
+        return out
+
+    excs = rt.block_on(main())
+    for e in excs:
+        assert isinstance(e, FileNotFoundError)
+        assert (e.errno, e.strerror, e.filename) == (2, "No such file", "/nope")
+        assert e.__notes__ == ["while loading"] and e.extra == "x"
+        assert isinstance(e.__cause__, KeyError)
+
+
+@pytest.mark.timeout(30)
+def test_result_from_many_plain_threads_on_a_failed_task(rt):
+    h = rt.spawn(_fail())
+    errors = []
+
+    def waiter():
+        try:
+            h.result(timeout=10)
+        except AppError as e:
+            errors.append(e)
+
+    ts = [threading.Thread(target=waiter) for _ in range(16)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert len(errors) == 16
+    for e in errors:
+        tb_length(e.__traceback__)
+        "".join(traceback.format_exception(e))
+
+
+# ---- 3. metrics() against the blocking pool ------------------------------------
+
+@pytest.mark.timeout(60)
+def test_metrics_polled_while_blocking_jobs_run_and_gc_runs(make_runtime):
+    rt = make_runtime(2, blocking_keep_alive=0.001)
+    stop = time.monotonic() + 3.0
+
+    def job(i):
+        if i % 5 == 0:
+            gc.collect()
+        return i
+
+    async def main():
+        n = 0
+        while time.monotonic() < stop:
+            hs = [zokio.spawn_blocking(job, i) for i in range(4)]
+            for h in hs:
+                n += await h
+        return n
+
+    def collector():
+        while time.monotonic() < stop:
+            gc.collect()
+
+    polls = [0, 0]
+
+    def poller(k):
+        while time.monotonic() < stop:
+            assert rt.metrics()["blocking_threads"] >= 0
+            polls[k] += 1
+
+    hs = [rt.spawn(main()) for _ in range(2)]
+    ts = [threading.Thread(target=collector)] + [
+        threading.Thread(target=poller, args=(k,)) for k in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for h in hs:
+        h.result(timeout=10)
+    assert min(polls) > 10
+
+
+# ---- 4. spawn racing shutdown ----------------------------------------------------
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("round_", range(5))
+def test_spawn_from_plain_threads_racing_shutdown(round_):
+    rt = zokio.Runtime(threads=4)
+    handles = []
+    lock = threading.Lock()
+    go = threading.Barrier(5)
+
+    async def forever():
+        while True:
+            await zokio.sleep(0.001)
+
+    def spawner():
+        go.wait()
+        while True:
+            try:
+                h = rt.spawn(forever())
+            except RuntimeError:
+                return
+            with lock:
+                handles.append(h)
+
+    ts = [threading.Thread(target=spawner) for _ in range(4)]
+    for t in ts:
+        t.start()
+    go.wait()
+    time.sleep(0.02 * (round_ + 1))
+    t0 = time.monotonic()
+    rt.shutdown(timeout=20)
+    assert time.monotonic() - t0 < 15, "shutdown waited for a task no cancel reached"
+    for t in ts:
+        t.join()
+    assert handles
+    assert all(h.done() and h.cancelled() for h in handles)
+
+
+# ---- 5. nested timeouts expiring together --------------------------------------
+
+@pytest.mark.timeout(30)
+def test_nested_timeouts_both_expired_before_the_next_poll(rt):
+    async def main():
+        caught_inner = False
+        try:
+            async with zokio.timeout(0.05):          # outer
+                try:
+                    async with zokio.timeout(0.02):  # inner
+                        time.sleep(0.15)             # both deadlines pass here
+                        await zokio.sleep(0)
+                except TimeoutError:
+                    caught_inner = True
+                await zokio.sleep(5)                 # must not run unbounded
+                return "ran past the outer deadline"
+        except TimeoutError:
+            return ("outer", caught_inner)
+
+    t0 = time.monotonic()
+    assert rt.block_on(main()) == ("outer", False)
+    assert time.monotonic() - t0 < 2
+
+
+@pytest.mark.timeout(30)
+def test_nested_timeouts_inner_first_then_outer(rt):
+    async def main():
+        try:
+            async with zokio.timeout(0.2):
+                try:
+                    async with zokio.timeout(0.02):
+                        await zokio.sleep(5)
+                except TimeoutError:
+                    pass
+                await zokio.sleep(5)
+        except TimeoutError:
+            return "outer"
+
+    t0 = time.monotonic()
+    assert rt.block_on(main()) == "outer"
+    assert time.monotonic() - t0 < 2
+
+
+@pytest.mark.timeout(60)
+def test_nested_timeouts_under_load(make_runtime):
+    rt = make_runtime(2)
+
+    async def busy():
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            await zokio.yield_now()
+
+    async def nested(i):
+        try:
+            async with zokio.timeout(0.01 + (i % 3) * 0.001):
+                try:
+                    async with zokio.timeout(0.005):
+                        await zokio.sleep(1)
+                except TimeoutError:
+                    pass
+                await zokio.sleep(1)
+        except TimeoutError:
+            return True
+        return False
+
+    async def main():
+        hogs = [zokio.spawn(busy()) for _ in range(4)]
+        res = [zokio.spawn(nested(i)) for i in range(200)]
+        out = [await r for r in res]
+        for h in hogs:
+            await h
+        return out
+
+    t0 = time.monotonic()
+    assert all(rt.block_on(main()))
+    assert time.monotonic() - t0 < 10
+
+
+# ---- 6. a Runtime is freed -------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_a_shut_down_runtime_is_freed():
+    refs = []
+    for _ in range(3):
+        rt = zokio.Runtime(threads=4)
+
+        async def main():
+            return await zokio.spawn_blocking(lambda: 5)
+
+        assert rt.block_on(main()) == 5
+        rt.shutdown()
+        refs.append(weakref.ref(rt))
+        del rt, main
+    gc.collect()
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
+
+
+# ---- 7. StopIteration never crosses an await as a return ----------------------
+
+@pytest.mark.timeout(30)
+def test_spawn_blocking_raising_stopiteration(rt):
+    async def main():
+        with pytest.raises(RuntimeError, match="StopIteration") as info:
+            await zokio.spawn_blocking(next, iter([]))
+        return info.value
+
+    err = rt.block_on(main())
+    assert isinstance(err.__cause__, StopIteration)
+
+
+@pytest.mark.timeout(30)
+def test_oneshot_refuses_stopiteration():
+    o = zokio.Oneshot()
+    with pytest.raises(TypeError, match="StopIteration"):
+        o.set_exception(StopIteration("x"))
+    with pytest.raises(TypeError, match="StopIteration"):
+        o.set_exception(StopIteration)
+    assert not o.done()
+    assert o.set(1)
+
+
+# ---- 8. shutdown(timeout) against a task that will not die -------------------
+
+@pytest.mark.timeout(60)
+def test_shutdown_timeout_with_a_task_that_swallows_cancellation(make_runtime):
+    rt = make_runtime(2)
+    finally_runs = []
+
+    async def stubborn():
+        while True:
+            try:
+                await zokio.sleep(0.01)
+            except BaseException:
+                finally_runs.append(1)
+
+    async def main():
+        zokio.spawn(stubborn())
+        await zokio.sleep(0.05)
+
+    rt.block_on(main())
+    reported = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: reported.append(u)
+    try:
+        t0 = time.monotonic()
+        rt.shutdown(timeout=0.2)
+        assert time.monotonic() - t0 < 3
+    finally:
+        sys.unraisablehook = old_hook
+    assert finally_runs  # it did see the cancellation
+    # The coroutine that refused to close is reported, not silently dropped.
+    assert any("ignored GeneratorExit" in str(u.exc_value) for u in reported)
+
+
+# ---- 9. awaiting outside a task, unretrieved failures at exit ------------------
+
+@pytest.mark.timeout(30)
+def test_awaiting_a_join_handle_outside_a_zokio_task(rt):
+    import asyncio
+
+    async def one():
+        return 1
+
+    h = rt.spawn(one())
+    assert h.result(timeout=5) == 1
+
+    async def in_asyncio():
+        return await h
+
+    with pytest.raises(RuntimeError, match="inside a zokio task"):
+        asyncio.run(in_asyncio())
+
+    c = in_asyncio()
+    with pytest.raises(RuntimeError, match="inside a zokio task"):
+        c.send(None)
+
+
+@pytest.mark.timeout(60)
+def test_unretrieved_failure_at_interpreter_exit_shows_the_real_error(util):
+    script = textwrap.dedent("""
+        import zokio
+        async def boom():
+            raise ValueError("the real error 1234")
+        rt = zokio.Runtime(threads=2)
+        HANDLE = rt.spawn(boom())
+        while not HANDLE.done():
+            pass
+        rt.shutdown()
+        # HANDLE stays referenced by this module until interpreter exit
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=util.subprocess_env(),
+                          capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    assert "the real error 1234" in proc.stderr
+    assert "ImportError" not in proc.stderr
+    assert "meta_path" not in proc.stderr
