@@ -22,6 +22,19 @@
  *   - a parked worker blocks inside its own completion port (detached), with
  *     its next timer deadline as the timeout, so I/O, timers and cross-thread
  *     wakes all arrive through one path.
+ * Stranded work (the monitor): a worker stuck in one long poll -- CPU-bound
+ * Python, the very workload a free-threaded runtime is for -- cannot fire
+ * its due timers or run the task in its LIFO slot.  A monitor thread
+ * (run_monitor) samples every worker each ZK_MONITOR_TICK_NS without
+ * attaching; a worker that is inside a poll whose poll counter did not move
+ * for ZK_MONITOR_STUCK_TICKS ticks is stuck, and the monitor takes over what
+ * it cannot serve: it fires the due timers of its wheel (wheels are locked
+ * for this) and moves its LIFO task (an atomic slot) to the inject queue, and
+ * wakes a parked worker for that and for the stuck worker's local queue.
+ * The hot path pays one exchange per LIFO push/pop, an uncontended lock per
+ * timer operation and two plain stores per poll.  When every worker is
+ * parked the monitor sleeps until one unparks.
+ *
  * Lost-wake argument: the waker publishes the task (queue push) before it
  * reads num_searching / the parked list (seq_cst fence); the parker registers
  * as parked under idle_lock and *then* re-checks every queue.  Either the
@@ -33,6 +46,8 @@
 #include <errno.h>
 #include <unistd.h>
 #include <sched.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 
 #define ZK_OWNED_SHARDS 16
 #define ZK_FAIRNESS_INTERVAL 61   /* ticks between inject/timer/IO checks */
@@ -44,6 +59,12 @@
 #define ZK_SPIN_ROUNDS 64
 #define ZK_SPIN_STEAL_MIN 2
 #define ZK_SPIN_PAUSES 32
+/* Monitor: sampling period, and how many periods without a new poll make a
+ * worker inside a poll "stuck".  A timer on a stuck worker fires at most
+ * about (1 + STUCK_TICKS) ticks late. */
+#define ZK_MONITOR_TICK_NS 2000000
+#define ZK_MONITOR_STUCK_TICKS 2
+#define ZK_TIMER_BATCH 32
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -53,26 +74,31 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-enum { MAIL_CANCEL_TIMER = 1, MAIL_CANCEL_OP = 2 };
+enum { MAIL_CANCEL_OP = 2 };
 
 typedef struct zk_mail {
     int kind;
-    PyObject *obj;       /* strong reference to the timer's owner / the op */
-    zk_timer *timer;
+    PyObject *obj;       /* strong reference to the op */
 } zk_mail;
 
 struct zk_worker {
     zk_local_queue queue;          /* first: cache-line heavy */
     zk_sched *sched;
     int index;
-    zk_task *lifo;                 /* owner only */
+    /* LIFO slot: the owner pushes and pops with an exchange; the monitor
+     * takes a task out of a stuck owner's slot the same way. */
+    _Atomic(zk_task *) lifo;
     int lifo_polls;
+    _Atomic int polling;           /* 1 while zk_task_run runs (monitor) */
     int searching;                 /* owner only; mirrored in num_searching */
     _Atomic int parked;            /* 1 while in the parked stack (idle_lock) */
     uint32_t rng;
     uint64_t tick;
     zk_port *port;
-    zk_timer_wheel wheel;
+    zk_timer_wheel wheel;          /* under wheel_lock: the owner files and
+                                      fires, the monitor fires due timers of
+                                      a stuck owner, any thread cancels */
+    zk_mutex wheel_lock;
     int started;
     zk_mutex mail_lock;
     zk_mail *mail;
@@ -87,6 +113,7 @@ struct zk_worker {
     _Atomic(zk_task *) release_head;
     /* metrics: written by the owner, read by anyone (relaxed) */
     _Atomic uint64_t m_polls, m_steals, m_parks, m_timers_fired, m_ops;
+    _Atomic uint64_t m_rescued;    /* tasks and timers the monitor took over */
     _Atomic size_t m_timers_pending;
 };
 
@@ -120,6 +147,11 @@ struct zk_sched {
     _Atomic uint64_t spawned, completed;
     zk_blocking_pool *pool;
     int finalized;
+    /* monitor (run_monitor): futex word bumped to wake it; idle while every
+     * worker is parked */
+    _Atomic uint32_t monitor_seq;
+    _Atomic int monitor_idle;
+    _Atomic int monitor_running;
 };
 
 zk_state *zk_sched_state(zk_sched *s) { return s->st; }
@@ -344,8 +376,7 @@ void zk_sched_schedule(zk_sched *s, zk_task *t, int lifo) {
     zk_worker *w = zk_current_worker;
     if (w != NULL && w->sched == s) {
         if (lifo) {
-            zk_task *prev = w->lifo;
-            w->lifo = t;
+            zk_task *prev = atomic_exchange_explicit(&w->lifo, t, memory_order_acq_rel);
             if (prev == NULL)
                 return;
             t = prev;
@@ -388,18 +419,18 @@ static zk_task *pop_inject(zk_worker *w) {
 }
 
 static zk_task *next_local_task(zk_worker *w) {
-    if (w->lifo != NULL) {
-        if (w->lifo_polls < ZK_LIFO_MAX_POLLS) {
-            zk_task *t = w->lifo;
-            w->lifo = NULL;
-            w->lifo_polls++;
-            return t;
+    if (atomic_load_explicit(&w->lifo, memory_order_relaxed) != NULL) {
+        /* The monitor may have taken it meanwhile: exchange, then look. */
+        zk_task *t = atomic_exchange_explicit(&w->lifo, NULL, memory_order_acq_rel);
+        if (t != NULL) {
+            if (w->lifo_polls < ZK_LIFO_MAX_POLLS) {
+                w->lifo_polls++;
+                return t;
+            }
+            /* LIFO cap reached: the slot's task goes to the back, so a pair
+             * of tasks waking each other cannot starve the queue. */
+            push_local(w, t);
         }
-        /* LIFO cap reached: the slot's task goes to the back, so a pair of
-         * tasks waking each other cannot starve the queue. */
-        zk_task *t = w->lifo;
-        w->lifo = NULL;
-        push_local(w, t);
     }
     w->lifo_polls = 0;
     if (w->tick % ZK_FAIRNESS_INTERVAL == 0) {
@@ -446,19 +477,19 @@ static zk_task *steal_work(zk_worker *w, size_t min_len) {
 
 /* ---- mailbox, timers, I/O ---------------------------------------------- */
 
-static void mail_post(zk_worker *owner, int kind, PyObject *obj, zk_timer *timer) {
+static void mail_post(zk_worker *owner, int kind, PyObject *obj) {
     zk_mutex_lock(&owner->mail_lock);
     if (owner->mail_len == owner->mail_cap) {
         size_t cap = owner->mail_cap ? owner->mail_cap * 2 : 16;
         zk_mail *m = PyMem_RawRealloc(owner->mail, cap * sizeof(zk_mail));
         if (m == NULL) {
             zk_mutex_unlock(&owner->mail_lock);
-            return;  /* the resource is released when its timer fires / op ends */
+            return;  /* the op is released when it ends by itself */
         }
         owner->mail = m;
         owner->mail_cap = cap;
     }
-    owner->mail[owner->mail_len++] = (zk_mail){kind, Py_NewRef(obj), timer};
+    owner->mail[owner->mail_len++] = (zk_mail){kind, Py_NewRef(obj)};
     atomic_fetch_add_explicit(&owner->mail_pending, 1, memory_order_release);
     zk_mutex_unlock(&owner->mail_lock);
     /* Dekker pair with park(): we publish mail_pending, then read parked;
@@ -466,14 +497,6 @@ static void mail_post(zk_worker *owner, int kind, PyObject *obj, zk_timer *timer
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&owner->parked, memory_order_relaxed))
         wake_worker(owner->sched, owner);
-}
-
-static void remove_timer_here(zk_worker *w, zk_timer *timer) {
-    if (timer->entry.linked) {
-        zk_wheel_remove(&w->wheel, &timer->entry);
-        atomic_fetch_sub_explicit(&w->m_timers_pending, 1, memory_order_relaxed);
-        Py_DECREF(zk_timer_owner(timer));  /* the wheel's reference */
-    }
 }
 
 static void drain_mailbox(zk_worker *w) {
@@ -487,9 +510,7 @@ static void drain_mailbox(zk_worker *w) {
     atomic_store_explicit(&w->mail_pending, 0, memory_order_relaxed);
     zk_mutex_unlock(&w->mail_lock);
     for (size_t i = 0; i < n; i++) {
-        if (items[i].kind == MAIL_CANCEL_TIMER) {
-            remove_timer_here(w, items[i].timer);
-        } else if (items[i].kind == MAIL_CANCEL_OP) {
+        if (items[i].kind == MAIL_CANCEL_OP) {
             zk_io_op *op = (zk_io_op *)items[i].obj;
             if (op->submitted && w->port != NULL)
                 zk_port_cancel(w->port, &op->op);
@@ -499,24 +520,54 @@ static void drain_mailbox(zk_worker *w) {
     PyMem_RawFree(items);
 }
 
-int zk_worker_add_timer(zk_worker *w, zk_timer *timer) {
-    timer->entry.deadline = ns_to_tick_ceil(w->sched, timer->deadline_ns);
-    if (!zk_wheel_insert(&w->wheel, &timer->entry))
+/* ---- timers: per-worker wheels under wheel_lock ------------------------ */
+
+/* Is the timer linked in the wheel it was last filed in?  Any thread. */
+static int timer_is_filed(zk_timer *timer) {
+    zk_worker *owner = atomic_load_explicit(&timer->worker, memory_order_acquire);
+    if (owner == NULL)
         return 0;
-    timer->worker = w;
-    Py_INCREF(zk_timer_owner(timer));  /* the wheel's reference */
+    zk_mutex_lock(&owner->wheel_lock);
+    int linked = atomic_load_explicit(&timer->worker, memory_order_relaxed) == owner &&
+                 timer->entry.linked;
+    zk_mutex_unlock(&owner->wheel_lock);
+    return linked;
+}
+
+int zk_worker_add_timer(zk_worker *w, zk_timer *timer) {
+    if (timer_is_filed(timer))
+        return 1;  /* awaited again while still filed: it fires as it is */
+    zk_mutex_lock(&w->wheel_lock);
+    timer->entry.deadline = ns_to_tick_ceil(w->sched, timer->deadline_ns);
+    if (!zk_wheel_insert(&w->wheel, &timer->entry)) {
+        zk_mutex_unlock(&w->wheel_lock);
+        return 0;
+    }
+    atomic_store_explicit(&timer->worker, w, memory_order_release);
+    /* The wheel's reference, taken before the lock is released: the monitor
+     * may fire the timer (and drop it) right after. */
+    Py_INCREF(zk_timer_owner(timer));
     atomic_fetch_add_explicit(&w->m_timers_pending, 1, memory_order_relaxed);
+    zk_mutex_unlock(&w->wheel_lock);
     return 1;
 }
 
 void zk_worker_cancel_timer(zk_worker *current, zk_timer *timer) {
-    zk_worker *owner = timer->worker;
+    ZK_UNUSED(current);
+    zk_worker *owner = atomic_load_explicit(&timer->worker, memory_order_acquire);
     if (owner == NULL)
         return;
-    if (owner == current)
-        remove_timer_here(owner, timer);
-    else
-        mail_post(owner, MAIL_CANCEL_TIMER, zk_timer_owner(timer), timer);
+    int removed = 0;
+    zk_mutex_lock(&owner->wheel_lock);
+    if (atomic_load_explicit(&timer->worker, memory_order_relaxed) == owner &&
+        timer->entry.linked) {
+        zk_wheel_remove(&owner->wheel, &timer->entry);
+        atomic_fetch_sub_explicit(&owner->m_timers_pending, 1, memory_order_relaxed);
+        removed = 1;
+    }
+    zk_mutex_unlock(&owner->wheel_lock);
+    if (removed)
+        Py_DECREF(zk_timer_owner(timer));  /* the wheel's reference */
 }
 
 void zk_worker_cancel_op(zk_worker *current, zk_io_op *op) {
@@ -526,27 +577,52 @@ void zk_worker_cancel_op(zk_worker *current, zk_io_op *op) {
     if (owner == current)
         zk_port_cancel(owner->port, &op->op);
     else
-        mail_post(owner, MAIL_CANCEL_OP, (PyObject *)op, NULL);
+        mail_post(owner, MAIL_CANCEL_OP, (PyObject *)op);
+}
+
+/* Fire the due timers of w's wheel.  Runs on w, or on the monitor when w is
+ * stuck.  Entries are taken out in batches under the lock and fired outside
+ * it (firing wakes tasks and drops references: arbitrary code). */
+static int fire_due_timers(zk_worker *w) {
+    if (atomic_load_explicit(&w->m_timers_pending, memory_order_relaxed) == 0)
+        return 0;
+    zk_state *st = w->sched->st;
+    uint64_t now = zk_worker_now_ms(w);
+    int n = 0;
+    for (;;) {
+        zk_timer *batch[ZK_TIMER_BATCH];
+        int k = 0;
+        zk_mutex_lock(&w->wheel_lock);
+        if (zk_wheel_next_expiration(&w->wheel) <= now) {
+            zk_timer_entry *e;
+            while (k < ZK_TIMER_BATCH && (e = zk_wheel_poll(&w->wheel, now)) != NULL)
+                batch[k++] = (zk_timer *)e;
+            atomic_fetch_sub_explicit(&w->m_timers_pending, (size_t)k, memory_order_relaxed);
+        }
+        zk_mutex_unlock(&w->wheel_lock);
+        for (int i = 0; i < k; i++) {
+            zk_timer_fire(st, batch[i]);
+            Py_DECREF(zk_timer_owner(batch[i]));  /* the wheel's reference */
+        }
+        n += k;
+        if (k < ZK_TIMER_BATCH)
+            break;
+    }
+    if (n > 0)
+        atomic_fetch_add_explicit(&w->m_timers_fired, (uint64_t)n, memory_order_relaxed);
+    return n;
 }
 
 static int fire_timers(zk_worker *w) {
-    if (w->wheel.count == 0)
-        return 0;
-    uint64_t now = zk_worker_now_ms(w);
-    if (zk_wheel_next_expiration(&w->wheel) > now)
-        return 0;
-    zk_state *st = w->sched->st;
-    int n = 0;
-    zk_timer_entry *e;
-    while ((e = zk_wheel_poll(&w->wheel, now)) != NULL) {
-        zk_timer *timer = (zk_timer *)e;
-        atomic_fetch_sub_explicit(&w->m_timers_pending, 1, memory_order_relaxed);
-        zk_timer_fire(st, timer);
-        Py_DECREF(zk_timer_owner(timer));  /* the wheel's reference */
-        n++;
-    }
-    atomic_fetch_add_explicit(&w->m_timers_fired, (uint64_t)n, memory_order_relaxed);
-    return n;
+    return fire_due_timers(w);
+}
+
+/* Next timer deadline of w's wheel in ticks, or ZK_WHEEL_NEVER. */
+static uint64_t next_timer_tick(zk_worker *w) {
+    zk_mutex_lock(&w->wheel_lock);
+    uint64_t next = zk_wheel_next_expiration(&w->wheel);
+    zk_mutex_unlock(&w->wheel_lock);
+    return next;
 }
 
 /* Timers, I/O completions and mailbox, without blocking. */
@@ -560,6 +636,107 @@ static int maintenance(zk_worker *w) {
     }
     n += fire_timers(w);
     return n;
+}
+
+/* ---- monitor: taking over what a stuck worker cannot serve --------------- */
+
+static long futex_op(_Atomic uint32_t *word, int op, uint32_t val, const struct timespec *ts) {
+    return syscall(SYS_futex, (uint32_t *)word, op, val, ts, NULL, 0);
+}
+
+/* Wake the monitor (any thread, no lock, no Python). */
+static void monitor_kick(zk_sched *s) {
+    atomic_fetch_add_explicit(&s->monitor_seq, 1, memory_order_seq_cst);
+    futex_op(&s->monitor_seq, FUTEX_WAKE_PRIVATE, 1, NULL);
+}
+
+/* Sleep (detached) for one tick, or -- while every worker is parked, when
+ * no worker can be stuck -- until a worker unparks (it kicks us). */
+static void monitor_sleep(zk_sched *s) {
+    uint32_t seq = atomic_load_explicit(&s->monitor_seq, memory_order_seq_cst);
+    struct timespec tick = {0, ZK_MONITOR_TICK_NS};
+    struct timespec idle = {1, 0};
+    const struct timespec *ts = &tick;
+    if (atomic_load_explicit(&s->nparked, memory_order_relaxed) >= s->nworkers) {
+        atomic_store_explicit(&s->monitor_idle, 1, memory_order_seq_cst);
+        /* Dekker pair with park(): a worker stores its unparked state, then
+         * reads monitor_idle; we store monitor_idle, then re-read nparked. */
+        atomic_thread_fence(memory_order_seq_cst);
+        if (atomic_load_explicit(&s->nparked, memory_order_seq_cst) >= s->nworkers)
+            ts = &idle;
+    }
+    if (!atomic_load_explicit(&s->stop, memory_order_acquire))
+        futex_op(&s->monitor_seq, FUTEX_WAIT_PRIVATE, seq, ts);
+    atomic_store_explicit(&s->monitor_idle, 0, memory_order_relaxed);
+}
+
+/* Has stuck worker w anything others could run?  Detached, no Python. */
+static int stranded(zk_worker *w, uint64_t now_ms) {
+    if (atomic_load_explicit(&w->lifo, memory_order_relaxed) != NULL)
+        return 1;
+    if (zk_local_len(&w->queue) > 0 && atomic_load_explicit(&w->sched->nparked, memory_order_relaxed) > 0)
+        return 1;
+    if (atomic_load_explicit(&w->m_timers_pending, memory_order_relaxed) > 0 &&
+        next_timer_tick(w) <= now_ms)
+        return 1;
+    return 0;
+}
+
+/* Attached, on the monitor thread.  Wakes land in the inject queue (this is
+ * no worker's thread) and notify a parked worker. */
+static void rescue(zk_worker *w) {
+    zk_sched *s = w->sched;
+    uint64_t n = 0;
+    zk_task *t = atomic_exchange_explicit(&w->lifo, NULL, memory_order_acq_rel);
+    if (t != NULL) {
+        zk_sched_schedule(s, t, 0);
+        n++;
+    }
+    n += (uint64_t)fire_due_timers(w);
+    if (zk_local_len(&w->queue) > 0)
+        notify_parked(s);
+    if (n > 0)
+        atomic_fetch_add_explicit(&w->m_rescued, n, memory_order_relaxed);
+}
+
+static PyObject *sched_run_monitor(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&s->monitor_running, &expected, 1)) {
+        PyErr_SetString(PyExc_RuntimeError, "this scheduler's monitor is already running");
+        return NULL;
+    }
+    int n = s->nworkers;
+    uint64_t *last_polls = PyMem_RawCalloc((size_t)n, sizeof(uint64_t));
+    int *quiet_ticks = PyMem_RawCalloc((size_t)n, sizeof(int));
+    if (last_polls == NULL || quiet_ticks == NULL) {
+        PyMem_RawFree(last_polls);
+        PyMem_RawFree(quiet_ticks);
+        return PyErr_NoMemory();
+    }
+    PyThreadState *ts = PyEval_SaveThread();
+    while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
+        monitor_sleep(s);
+        uint64_t now_ms = ns_to_tick_floor(s, zk_monotonic_ns());
+        for (int i = 0; i < n; i++) {
+            zk_worker *w = &s->workers[i];
+            uint64_t polls = atomic_load_explicit(&w->m_polls, memory_order_relaxed);
+            if (!atomic_load_explicit(&w->polling, memory_order_relaxed) || polls != last_polls[i]) {
+                last_polls[i] = polls;
+                quiet_ticks[i] = 0;
+                continue;
+            }
+            if (++quiet_ticks[i] < ZK_MONITOR_STUCK_TICKS || !stranded(w, now_ms))
+                continue;
+            PyEval_RestoreThread(ts);
+            if (!atomic_load_explicit(&s->stop, memory_order_acquire))
+                rescue(w);
+            ts = PyEval_SaveThread();
+        }
+    }
+    PyEval_RestoreThread(ts);
+    PyMem_RawFree(last_polls);
+    PyMem_RawFree(quiet_ticks);
+    Py_RETURN_NONE;
 }
 
 static void park(zk_worker *w) {
@@ -578,7 +755,8 @@ static void park(zk_worker *w) {
     /* Re-check after registering (pairs with the fence in notify_parked):
      * a task queued before we were visible as parked is found here. */
     atomic_thread_fence(memory_order_seq_cst);
-    if (work_available(s) || (w->lifo != NULL) || zk_local_len(&w->queue) > 0)
+    if (work_available(s) || atomic_load_explicit(&w->lifo, memory_order_relaxed) != NULL ||
+        zk_local_len(&w->queue) > 0)
         notify_parked(s);
 
     if (atomic_load_explicit(&w->parked, memory_order_relaxed) &&
@@ -586,7 +764,7 @@ static void park(zk_worker *w) {
         atomic_load_explicit(&w->release_head, memory_order_relaxed) == NULL &&
         !atomic_load_explicit(&s->stop, memory_order_acquire)) {
         int64_t timeout = -1;
-        uint64_t next = zk_wheel_next_expiration(&w->wheel);
+        uint64_t next = next_timer_tick(w);
         if (next != ZK_WHEEL_NEVER) {
             int64_t deadline = s->base_ns + (int64_t)next * 1000000;
             int64_t now = zk_monotonic_ns();
@@ -613,6 +791,11 @@ static void park(zk_worker *w) {
         w->searching = 1;  /* notify_parked counted us as a searcher */
     }
     zk_mutex_unlock(&s->idle_lock);
+    /* The monitor sleeps while every worker is parked: tell it one is not.
+     * seq_cst pairs with the fence in monitor_sleep_while_idle(). */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&s->monitor_idle, memory_order_relaxed))
+        monitor_kick(s);
 
     zk_port_process(w->port);
     drain_mailbox(w);
@@ -649,7 +832,9 @@ static void worker_loop(zk_worker *w) {
             if (w->searching)
                 transition_from_searching(w);
             atomic_fetch_add_explicit(&w->m_polls, 1, memory_order_relaxed);
+            atomic_store_explicit(&w->polling, 1, memory_order_relaxed);
             zk_task_run(w, t);
+            atomic_store_explicit(&w->polling, 0, memory_order_relaxed);
             continue;
         }
         park(w);
@@ -673,11 +858,15 @@ static void worker_teardown(zk_worker *w) {
         Py_END_ALLOW_THREADS
     }
     drain_releases(w);
-    zk_timer_entry *e;
-    while ((e = zk_wheel_poll(&w->wheel, ZK_WHEEL_NEVER - 1)) != NULL) {
-        zk_timer *timer = (zk_timer *)e;
-        atomic_fetch_sub_explicit(&w->m_timers_pending, 1, memory_order_relaxed);
-        Py_DECREF(zk_timer_owner(timer));
+    for (;;) {
+        zk_mutex_lock(&w->wheel_lock);
+        zk_timer_entry *e = zk_wheel_poll(&w->wheel, ZK_WHEEL_NEVER - 1);
+        if (e != NULL)
+            atomic_fetch_sub_explicit(&w->m_timers_pending, 1, memory_order_relaxed);
+        zk_mutex_unlock(&w->wheel_lock);
+        if (e == NULL)
+            break;
+        Py_DECREF(zk_timer_owner((zk_timer *)e));
     }
     drain_mailbox(w);
     if (w->port != NULL) {
@@ -767,6 +956,7 @@ static PyObject *sched_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         w->index = i;
         w->rng = 0x9E3779B9u * (uint32_t)(i + 1);
         zk_mutex_init(&w->mail_lock);
+        zk_mutex_init(&w->wheel_lock);
         zk_wheel_init(&w->wheel, 0);
     }
     s->pool = zk_blocking_pool_new(s->st, s, (size_t)blocking_threads, keep_alive, spawn_thread);
@@ -781,7 +971,7 @@ static PyObject *sched_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 static void drain_all_queues(zk_sched *s) {
     for (int i = 0; i < s->nworkers; i++) {
         zk_worker *w = &s->workers[i];
-        w->lifo = NULL;
+        atomic_store_explicit(&w->lifo, NULL, memory_order_relaxed);
         while (zk_local_pop(&w->queue) != NULL)
             ;
     }
@@ -946,6 +1136,7 @@ static PyObject *sched_stop(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
         if (s->workers[i].port != NULL)
             zk_port_wake(s->workers[i].port);
     atomic_store_explicit(&s->stop_done, 1, memory_order_release);
+    monitor_kick(s);
     Py_RETURN_NONE;
 }
 
@@ -986,7 +1177,7 @@ static PyObject *sched_finalize(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *sched_metrics(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
-    uint64_t polls = 0, steals = 0, parks = 0, fired = 0, ops = 0;
+    uint64_t polls = 0, steals = 0, parks = 0, fired = 0, ops = 0, rescued = 0;
     size_t timers = 0, local = 0;
     PyObject *per = PyList_New(0);
     if (per == NULL)
@@ -1000,11 +1191,13 @@ static PyObject *sched_metrics(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
         uint64_t o = atomic_load_explicit(&w->m_ops, memory_order_relaxed);
         size_t tp = atomic_load_explicit(&w->m_timers_pending, memory_order_relaxed);
         size_t lq = zk_local_len(&w->queue);
+        uint64_t rs = atomic_load_explicit(&w->m_rescued, memory_order_relaxed);
         polls += p; steals += st; parks += pk; fired += f; ops += o; timers += tp; local += lq;
-        PyObject *d = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:n,s:n}", "polls", p, "steals", st,
+        rescued += rs;
+        PyObject *d = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:n,s:n,s:K}", "polls", p, "steals", st,
                                     "parks", pk, "timers_fired", f, "ops_completed", o,
                                     "timers_pending", (Py_ssize_t)tp, "local_queue_depth",
-                                    (Py_ssize_t)lq);
+                                    (Py_ssize_t)lq, "stranded_rescued", rs);
         if (d == NULL || PyList_Append(per, d) < 0) {
             Py_XDECREF(d);
             Py_DECREF(per);
@@ -1028,6 +1221,12 @@ static PyObject *sched_metrics(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
         "timers_fired", (unsigned long long)fired, "ops_completed", (unsigned long long)ops,
         "blocking_threads", (Py_ssize_t)bthreads, "blocking_idle", (Py_ssize_t)bidle,
         "blocking_queue_depth", (Py_ssize_t)bqueued, "per_worker", per);
+    if (r != NULL) {
+        PyObject *v = PyLong_FromUnsignedLongLong(rescued);
+        if (v == NULL || PyDict_SetItemString(r, "stranded_rescued", v) < 0)
+            Py_CLEAR(r);
+        Py_XDECREF(v);
+    }
     Py_DECREF(per);
     return r;
 }
@@ -1085,6 +1284,9 @@ static PyObject *sched_get_threads(zk_sched *s, void *Py_UNUSED(c)) {
 
 static PyMethodDef sched_methods[] = {
     {"run_worker", (PyCFunction)sched_run_worker, METH_VARARGS, NULL},
+    {"run_monitor", (PyCFunction)sched_run_monitor, METH_NOARGS,
+     "Body of the monitor thread: takes over the due timers and the LIFO task "
+     "of a worker stuck in one long poll.  Returns once stop() was called."},
     {"spawn", (PyCFunction)(void (*)(void))sched_spawn, METH_VARARGS | METH_KEYWORDS, NULL},
     {"cancel_all", (PyCFunction)sched_cancel_all, METH_NOARGS, NULL},
     {"live", (PyCFunction)sched_live, METH_NOARGS, NULL},

@@ -26,8 +26,9 @@ ZK_TLS int zk_abandoning = 0;
  * second spawn, `await coro` in another task, coro.send() -- sees an
  * executing coroutine and fails with an exception instead of entering it.
  * spawn claims a fresh coroutine with one CAS (CREATED -> EXECUTING), so
- * spawning it twice is refused with a clear error.  The poller restores the
- * real state just before PyIter_Send/throw and re-holds it with a CAS right
+ * spawning it twice is refused with a clear error (CREATED is never seen
+ * again after a claim: see coro_unhold).  The poller restores the real
+ * state just before PyIter_Send/throw and re-holds it with a CAS right
  * after; if that CAS fails, someone else entered the coroutine in the gap
  * and the task fails at its next poll (ZK_CORO_LOST) rather than sending
  * into it again.  What remains is the gap of a few instructions between our
@@ -84,11 +85,18 @@ static int coro_claim(zk_task *t, PyObject *coro) {
     return -1;
 }
 
-/* Before a send/throw by the task's runner. */
+/* Before a send/throw by the task's runner.  A coroutine that never ran is
+ * let through as SUSPENDED, not CREATED: CREATED must never be seen again
+ * once a task claimed it, or a second spawn's claim CAS could succeed in the
+ * gap before genobject.c marks it executing.  For a coroutine whose frame
+ * has not started, SUSPENDED and CREATED differ in genobject.c only by the
+ * refusal to send a non-None value, and we send None (or throw). */
 static inline void coro_unhold(zk_task *t) {
-    if (t->coro_saved != ZK_CORO_NOT_HELD)
-        __atomic_store_n(coro_frame_state(t->coro), saved_to_frame_state(t->coro_saved),
-                         __ATOMIC_RELEASE);
+    if (t->coro_saved != ZK_CORO_NOT_HELD) {
+        int8_t fs = t->coro_saved == ZK_CORO_CREATED ? (int8_t)FS_SUSPENDED
+                                                     : saved_to_frame_state(t->coro_saved);
+        __atomic_store_n(coro_frame_state(t->coro), fs, __ATOMIC_RELEASE);
+    }
 }
 
 /* After a send/throw that suspended the coroutine.  Returns 0, or -1 if
@@ -107,9 +115,13 @@ static inline int coro_rehold(zk_task *t) {
     return -1;
 }
 
-/* Give the coroutine back its real state (its task is done with it). */
+/* Give the coroutine back its real state (its task is done with it): a
+ * coroutine that never ran is CREATED again, so close() finishes it without
+ * running it. */
 static inline void coro_release(zk_task *t) {
-    coro_unhold(t);
+    if (t->coro_saved != ZK_CORO_NOT_HELD)
+        __atomic_store_n(coro_frame_state(t->coro), saved_to_frame_state(t->coro_saved),
+                         __ATOMIC_RELEASE);
     t->coro_saved = ZK_CORO_NOT_HELD;
 }
 

@@ -78,9 +78,8 @@ typedef struct zk_timer {
                                entry.tag holds the zk_timer_kind, which says
                                which object contains the timer
                                (zk_timer_owner) */
-    zk_worker *worker;      /* wheel it was last filed in; written only by
-                               that worker, read by others after a task-state
-                               acquire (the poll that filed it released) */
+    _Atomic(zk_worker *) worker;  /* wheel it was last filed in; set under
+                               that wheel's lock (sched.c) */
     int64_t deadline_ns;    /* absolute, zk_monotonic_ns() clock */
 } zk_timer;
 
@@ -225,8 +224,8 @@ zk_port *zk_worker_port(zk_worker *w);
 /* File a timer in w's wheel (w must be the current worker).  Returns 1 if
  * filed, 0 if already due (caller fires it). */
 int zk_worker_add_timer(zk_worker *w, zk_timer *timer);
-/* Remove a timer from whichever wheel holds it; from another thread the
- * request goes through the owning worker's mailbox. */
+/* Remove a timer from whichever wheel holds it (any thread: wheels are
+ * locked). */
 void zk_worker_cancel_timer(zk_worker *current, zk_timer *timer);
 /* Cancel an op in flight on its owning worker's port. */
 void zk_worker_cancel_op(zk_worker *current, zk_io_op *op);

@@ -531,3 +531,77 @@ def test_unretrieved_failure_at_interpreter_exit_shows_the_real_error(util):
     assert "the real error 1234" in proc.stderr
     assert "ImportError" not in proc.stderr
     assert "meta_path" not in proc.stderr
+
+
+# ---- no stranded work ---------------------------------------------------------
+
+def _hog(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.timeout(60)
+def test_timer_of_a_worker_stuck_in_a_long_poll_fires(make_runtime):
+    """A sleep filed on a worker that then runs a 1 s poll ends while that
+    poll still runs: the monitor fires the stuck worker's due timers."""
+    rt = make_runtime(2)
+    hog_done = threading.Event()
+
+    async def sleeper(out):
+        await zokio.sleep(0.01)
+        out.append(hog_done.is_set())
+
+    async def stuck():
+        out = []
+        zokio.spawn(sleeper(out))   # LIFO: runs on this worker, files its timer here
+        await zokio.yield_now()     # ... now, before this task hogs the worker
+        _hog(1.0)
+        hog_done.set()
+        return out
+
+    async def main():
+        out = await zokio.spawn(stuck())
+        while not out:
+            await zokio.sleep(0.01)
+        return out
+
+    assert rt.block_on(main()) == [False]
+    assert rt.metrics()["stranded_rescued"] >= 1
+
+
+@pytest.mark.timeout(60)
+def test_lifo_task_of_a_worker_stuck_in_a_long_poll_runs(make_runtime):
+    rt = make_runtime(2)
+    hog_done = threading.Event()
+
+    async def child(out):
+        out.append(hog_done.is_set())
+
+    async def stuck(out):
+        zokio.spawn(child(out))     # into this worker's LIFO slot
+        _hog(1.0)
+        hog_done.set()
+
+    async def main():
+        out = []
+        await zokio.spawn(stuck(out))
+        while not out:
+            await zokio.sleep(0.01)
+        return out
+
+    assert rt.block_on(main()) == [False]
+    assert rt.metrics()["stranded_rescued"] >= 1
+
+
+@pytest.mark.timeout(60)
+def test_monitor_idles_and_stops_with_the_runtime(make_runtime):
+    rt = make_runtime(2)
+
+    async def main():
+        await zokio.sleep(0.05)
+
+    rt.block_on(main())
+    assert any(t.name == "zokio-monitor" and t.is_alive() for t in threading.enumerate())
+    rt.shutdown()
+    assert not any(t.name == "zokio-monitor" and t.is_alive() for t in threading.enumerate())

@@ -83,6 +83,9 @@ class Runtime:
             self._threads.append(t)
         for _ in range(threads):
             started.acquire()
+        self._monitor = threading.Thread(
+            target=self._core.run_monitor, name="zokio-monitor", daemon=True)
+        self._monitor.start()
         if errors:
             self.shutdown()
             raise errors[0]
@@ -173,6 +176,7 @@ class Runtime:
         self._core.stop()
         for t in self._threads:
             t.join()
+        self._monitor.join()
         self._core.finalize()
         self._core.blocking_shutdown()
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
