@@ -14,6 +14,9 @@ T = TypeVar("T")
 
 _BACKENDS = ("auto", "io_uring", "epoll")
 
+# The native Scheduler refuses more worker threads than this.
+MAX_THREADS = 1024
+
 
 def _default_threads() -> int:
     try:
@@ -44,6 +47,9 @@ class Runtime:
             raise TypeError(f"threads must be an int, not {type(threads).__name__}")
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        if threads > MAX_THREADS:
+            raise ValueError(
+                f"threads must be <= {MAX_THREADS} (zokio's cap on worker threads), got {threads}")
         if isinstance(blocking_threads, bool) or not isinstance(blocking_threads, int):
             raise TypeError("blocking_threads must be an int")
         if blocking_threads < 1:
