@@ -128,3 +128,31 @@ def test_result_in_done_callback_on_worker_returns_outcome(rt):
     name, value = seen[0]
     assert value == 41
     assert name.startswith("zokio-worker-")
+
+
+# ---- block_on: the main task's own KeyboardInterrupt ---------------------------
+
+@pytest.mark.timeout(20)
+def test_main_task_raising_keyboard_interrupt_propagates_without_shutdown(rt):
+    other_finals = []
+
+    async def other():
+        try:
+            await zokio.sleep(0.05)
+            return "other done"
+        finally:
+            other_finals.append("finally")
+
+    async def main():
+        await zokio.yield_now()
+        raise KeyboardInterrupt("from the task")
+
+    h_other = rt.spawn(other())
+    with pytest.raises(KeyboardInterrupt, match="from the task"):
+        rt.block_on(main())
+    # not treated as Ctrl-C: nothing shut down, nothing cancelled
+    assert not rt.closed
+    assert h_other.result(timeout=5) == "other done"
+    assert not h_other.cancelled()
+    assert other_finals == ["finally"]
+    assert rt.block_on(_ret(3)) == 3

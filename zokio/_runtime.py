@@ -126,8 +126,10 @@ class Runtime:
     def block_on(self, coro: Awaitable[T]) -> T:
         """Run ``coro`` (a coroutine, or any zokio awaitable) as the main task and block this thread until it finishes.
 
-        Ctrl-C cancels the main task, shuts the runtime down and re-raises
-        KeyboardInterrupt.
+        Ctrl-C while waiting cancels the main task, shuts the runtime down
+        and re-raises KeyboardInterrupt.  A KeyboardInterrupt raised by the
+        main task itself propagates like any other exception (the runtime
+        stays up).
         """
         if _native.current_scheduler() is not None:
             _close_quietly(coro)
@@ -142,6 +144,11 @@ class Runtime:
         try:
             return handle.result()
         except KeyboardInterrupt:
+            if (handle.done() and not handle.cancelled()
+                    and isinstance(handle.exception(), KeyboardInterrupt)):
+                # The main task raised it itself: an exception like any other.
+                raise
+            # Ctrl-C while waiting.
             handle.cancel()
             self.shutdown()
             raise
