@@ -17,6 +17,17 @@ _BACKENDS = ("auto", "io_uring", "epoll")
 # The native Scheduler refuses more worker threads than this.
 MAX_THREADS = 1024
 
+# After shutdown's deadline, how long workers still get to leave their current
+# poll before the rest of the shutdown is left to a background thread.
+_STOP_GRACE = 1.0
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    """Seconds left until ``deadline`` (None: no limit), never negative."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
 
 def _default_threads() -> int:
     try:
@@ -59,7 +70,9 @@ class Runtime:
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         self._lock = threading.Lock()
-        self._closed = False
+        self._closed = False            # shutdown() was called
+        self._stopping = False          # a shutdown() call is doing the work
+        self._shutdown_done = threading.Event()   # that work is finished
         self._blocking_threads: list[threading.Thread] = []
         self._core = _native.Scheduler(
             threads,
@@ -164,37 +177,92 @@ class Runtime:
         """Cancel every task still alive, stop the workers and join every
         thread this runtime started.
 
-        Cancelled tasks get until ``timeout`` seconds (None: no limit) to
-        unwind; coroutines still alive then are closed.  Blocking-pool calls
-        cannot be interrupted; the pool is joined within what is left of
-        ``timeout``.
+        ``timeout`` (seconds, None: no limit) bounds the whole call: every
+        wait inside it (cancelled tasks unwinding, the workers stopping, the
+        blocking pool) takes what is left of one deadline.  Coroutines still
+        alive at the deadline are closed.  Blocking-pool calls cannot be
+        interrupted; those still running are left to finish on their own.
+        A worker still busy in one long poll after the deadline (plus a short
+        grace) is left to a background thread that completes the shutdown
+        when the poll returns.
+
+        Idempotent.  A call made while another thread's call is running
+        waits (up to its own ``timeout``) for that shutdown to finish.
         """
         if _native.current_scheduler() is self._core:
             raise RuntimeError("Runtime.shutdown() cannot be called from one of its own tasks")
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._core.cancel_all()
+        with self._lock:
+            done = self._shutdown_done
+            if done.is_set():
+                return
+            running = self._stopping
+            self._stopping = self._closed = True
+        if running:
+            # Another call is shutting down: wait for the same end.  Not on
+            # one of our blocking-pool threads: that call may be waiting for
+            # this very thread to finish its job.
+            if not self._on_blocking_thread():
+                done.wait(_remaining(deadline))
+            return
+        try:
+            self._shut_down(deadline)
+        except BaseException:
+            # Interrupted (e.g. Ctrl-C): a later shutdown() resumes the work.
+            with self._lock:
+                self._stopping = False
+            raise
+
+    def _shut_down(self, deadline: Optional[float]) -> None:
+        core = self._core
+        core.cancel_all()
         delay = 0.0005
-        while self._core.live() > 0:
+        while core.live() > 0:
             if deadline is not None and time.monotonic() >= deadline:
                 break
             time.sleep(delay)
             delay = min(delay * 2, 0.02)
-        self._core.stop()
+        core.stop()
+        # Workers leave their loop as soon as their current poll returns.
+        # Past the deadline they still get a short grace for that; a worker
+        # busy in one long poll is then left to a background thread.
+        stop_by = None if deadline is None else max(deadline, time.monotonic() + _STOP_GRACE)
+        for t in self._threads:
+            t.join(_remaining(stop_by))
+        if any(t.is_alive() for t in self._threads):
+            threading.Thread(target=self._finish_after_workers, args=(deadline,),
+                             name="zokio-shutdown", daemon=True).start()
+            return
+        self._finish(deadline)
+
+    def _finish_after_workers(self, deadline: Optional[float]) -> None:
         for t in self._threads:
             t.join()
-        self._core.finalize()
-        self._core.blocking_shutdown()
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        self._core.blocking_join(remaining)
+        self._finish(deadline)
+
+    def _finish(self, deadline: Optional[float]) -> None:
+        """After every worker exited: close what is left, stop the blocking
+        pool, join its threads (within the deadline), mark the end."""
+        core = self._core
+        core.finalize()
+        core.blocking_shutdown()
+        me = threading.current_thread()
         with self._lock:
-            blocking = list(self._blocking_threads)
+            on_pool = any(t is me for t in self._blocking_threads)
+            blocking = [t for t in self._blocking_threads if t is not me]
+        if not on_pool:
+            # (On one of our own pool threads the native join would wait for
+            # this thread too: join the others only.)
+            core.blocking_join(_remaining(deadline))
         for t in blocking:
-            t.join(remaining)
-        _owners.pop(id(self._core), None)
+            t.join(_remaining(deadline))
+        _owners.pop(id(core), None)
+        self._shutdown_done.set()
+
+    def _on_blocking_thread(self) -> bool:
+        me = threading.current_thread()
+        with self._lock:
+            return any(t is me for t in self._blocking_threads)
 
     @property
     def closed(self) -> bool:
