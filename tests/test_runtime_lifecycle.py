@@ -363,3 +363,119 @@ def test_shutdown_timeout_with_a_task_that_swallows_base_exception(tmp_path, uti
     elapsed = float(p.stdout.split("ELAPSED", 1)[1].split()[0])
     assert elapsed < 3.0
     assert "THREADS []" in p.stdout
+
+
+# ---- os.fork() -------------------------------------------------------------------
+
+_FORK_SCRIPT = textwrap.dedent("""
+    import os, threading, time, warnings
+    import zokio
+
+    warnings.simplefilter("ignore", DeprecationWarning)   # fork() with threads alive
+
+    async def double(x):
+        await zokio.sleep(0.001)
+        return 2 * x
+
+    rt = zokio.Runtime(threads=2)
+    assert rt.block_on(double(1)) == 2
+    print("PARENT-PID", os.getpid(), flush=True)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                      # the child: checks, reports through the pipe
+        os.close(r)
+        out = []
+
+        def check(name, fn):
+            try:
+                fn()
+            except RuntimeError as e:
+                out.append(f"{name}: RuntimeError: {e}")
+            except BaseException as e:
+                out.append(f"{name}: {type(e).__name__}: {e}")
+            else:
+                out.append(f"{name}: no error")
+
+        code = 1
+        try:
+            c = double(1)
+            check("spawn", lambda: rt.spawn(c))
+            out.append(f"spawn-coro-closed: {c.cr_frame is None}")
+            check("metrics", rt.metrics)
+            check("block_on", lambda: rt.block_on(double(2)))
+            out.append(f"closed-before: {rt.closed}")
+            out.append(f"repr: {rt!r}")
+            t0 = time.monotonic()
+            check("shutdown", rt.shutdown)
+            out.append(f"shutdown-took: {time.monotonic() - t0:.3f}")
+            out.append(f"closed-after: {rt.closed}")
+            check("shutdown-again", lambda: rt.shutdown(timeout=1))
+            check("spawn-after-shutdown", lambda: rt.spawn(double(3)))
+            with zokio.Runtime(threads=2) as rt2:
+                out.append(f"new-runtime: {rt2.block_on(double(21))}")
+                h = rt2.spawn(double(4))
+                out.append(f"new-runtime-spawn: {h.result(timeout=5)}")
+            out.append("threads-left: " + repr(
+                [t.name for t in threading.enumerate() if t.name.startswith("zokio-")]))
+            code = 0
+        except BaseException as e:
+            out.append(f"child-error: {e!r}")
+        os.write(w, "\\n".join(out).encode())
+        os.close(w)
+        os._exit(code)
+    os.close(w)
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print("CHILD-EXIT", os.waitstatus_to_exitcode(status), flush=True)
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            print("CHILD-TIMEOUT", flush=True)
+            break
+        time.sleep(0.01)
+    chunks = []
+    while True:
+        b = os.read(r, 65536)
+        if not b:
+            break
+        chunks.append(b)
+    print(b"".join(chunks).decode(), flush=True)
+    # the parent's runtime is untouched by the fork
+    print("PARENT-AFTER", rt.block_on(double(5)), rt.metrics()["workers"], flush=True)
+    rt.shutdown()
+    print("PARENT-DONE", flush=True)
+""")
+
+
+@pytest.mark.timeout(60)
+def test_runtime_inherited_through_fork_gives_a_clear_error(tmp_path, util):
+    script = tmp_path / "forked.py"
+    script.write_text(_FORK_SCRIPT)
+    p = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=util.subprocess_env(),
+                       capture_output=True, text=True, timeout=45)
+    out = p.stdout
+    assert p.returncode == 0, (out, p.stderr)
+    assert "CHILD-EXIT 0" in out, (out, p.stderr)
+    parent = out.split("PARENT-PID", 1)[1].split()[0]
+    lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    msg = (f"RuntimeError: this zokio Runtime was created in process {parent} and cannot be "
+           f"used after os.fork(); create a new Runtime in the child")
+    assert lines["spawn"] == msg, out
+    assert lines["spawn-coro-closed"] == "True"
+    assert lines["metrics"] == msg
+    assert lines["block_on"] == msg
+    assert lines["closed-before"] == "False"
+    assert "fork" in lines["repr"]
+    assert lines["shutdown"] == "no error"
+    assert float(lines["shutdown-took"]) < 1.0
+    assert lines["closed-after"] == "True"
+    assert lines["shutdown-again"] == "no error"
+    assert lines["spawn-after-shutdown"] == msg
+    assert lines["new-runtime"] == "42"
+    assert lines["new-runtime-spawn"] == "8"
+    assert lines["threads-left"] == "[]"
+    assert "PARENT-AFTER 10 2" in out
+    assert "PARENT-DONE" in out

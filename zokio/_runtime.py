@@ -73,6 +73,8 @@ class Runtime:
         self._closed = False            # shutdown() was called
         self._stopping = False          # a shutdown() call is doing the work
         self._shutdown_done = threading.Event()   # that work is finished
+        self._pid = os.getpid()
+        self._forked_from: Optional[int] = None   # set in a child after os.fork()
         self._blocking_threads: list[threading.Thread] = []
         self._core = _native.Scheduler(
             threads,
@@ -144,6 +146,8 @@ class Runtime:
         main task itself propagates like any other exception (the runtime
         stays up).
         """
+        if self._forked_from is not None:
+            self._check_open(coro)
         if _native.current_scheduler() is not None:
             _close_quietly(coro)
             raise RuntimeError(
@@ -168,6 +172,8 @@ class Runtime:
 
     def metrics(self) -> dict:
         """Counters of the scheduler; see docs/api.md for the keys."""
+        if self._forked_from is not None:
+            raise RuntimeError(self._fork_message())
         m = self._core.metrics()
         with self._lock:
             m["blocking_threads_started"] = len(self._blocking_threads)
@@ -189,6 +195,12 @@ class Runtime:
         Idempotent.  A call made while another thread's call is running
         waits (up to its own ``timeout``) for that shutdown to finish.
         """
+        if self._forked_from is not None:
+            # Inherited through os.fork(): its threads do not exist in this
+            # process; the native scheduler must not be touched.
+            self._closed = True
+            _owners.pop(id(self._core), None)
+            return
         if _native.current_scheduler() is self._core:
             raise RuntimeError("Runtime.shutdown() cannot be called from one of its own tasks")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -269,9 +281,15 @@ class Runtime:
         return self._closed
 
     def _check_open(self, coro: Any) -> None:
-        if self._closed:
+        if self._closed or self._forked_from is not None:
             _close_quietly(coro)
+            if self._forked_from is not None:
+                raise RuntimeError(self._fork_message())
             raise RuntimeError("this zokio Runtime has been shut down")
+
+    def _fork_message(self) -> str:
+        return (f"this zokio Runtime was created in process {self._forked_from} and cannot "
+                f"be used after os.fork(); create a new Runtime in the child")
 
     def __enter__(self) -> "Runtime":
         return self
@@ -280,7 +298,9 @@ class Runtime:
         self.shutdown()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "running"
+        state = ("closed" if self._closed
+                 else "inherited through os.fork()" if self._forked_from is not None
+                 else "running")
         return f"<zokio.Runtime threads={self.threads} backend={self.backend} {state}>"
 
 
@@ -306,6 +326,20 @@ def _owner_of(core: Any) -> "Runtime":
     if rt is None:
         raise RuntimeError("the zokio runtime of this task is gone")
     return rt
+
+
+# After os.fork() the child has none of the parent's threads: every Runtime
+# it inherited is marked unusable.  A hook that runs once per fork, rather
+# than comparing os.getpid() (a system call) on every spawn().  _owners holds
+# every runtime not yet shut down, the only ones that need marking.
+def _after_fork_in_child() -> None:
+    for ref in list(_owners.values()):
+        rt = ref()
+        if rt is not None:
+            rt._forked_from = rt._pid
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def run(coro: Coroutine[Any, Any, T], **runtime_options: Any) -> T:
