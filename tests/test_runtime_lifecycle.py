@@ -3,6 +3,7 @@ worker, a main task's own KeyboardInterrupt, bounded and shared shutdown(),
 os.fork(), async generators, the monitor thread."""
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
@@ -479,3 +480,184 @@ def test_runtime_inherited_through_fork_gives_a_clear_error(tmp_path, util):
     assert lines["threads-left"] == "[]"
     assert "PARENT-AFTER 10 2" in out
     assert "PARENT-DONE" in out
+
+
+# ---- async generators -------------------------------------------------------------
+
+async def _ticker(log, name="ticker"):
+    try:
+        n = 0
+        while True:
+            yield n
+            n += 1
+    finally:
+        await zokio.sleep(0.01)                    # a finally that awaits
+        log.append((name, threading.current_thread().name))
+
+
+@pytest.fixture
+def unraisable(monkeypatch):
+    """Exceptions reported through sys.unraisablehook (what CPython prints as
+    'Exception ignored in ...', e.g. 'async generator ignored GeneratorExit')."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u))
+    return seen
+
+
+@pytest.mark.timeout(20)
+def test_abandoned_async_generator_is_finalized_on_the_runtime(rt, unraisable, util):
+    log = []
+
+    async def main():
+        got = []
+        async for n in _ticker(log):
+            got.append(n)
+            if n == 3:
+                break          # abandons the generator, suspended at its yield
+        return got
+
+    assert rt.block_on(main()) == [0, 1, 2, 3]
+    assert util.wait_for(lambda: log, timeout=5)
+    assert len(log) == 1
+    name, where = log[0]
+    assert name == "ticker" and where.startswith("zokio-worker-")   # awaited in a task
+    assert [repr(u.exc_value) for u in unraisable] == []
+
+
+@pytest.mark.timeout(20)
+def test_async_generator_dropped_in_a_plain_thread_is_finalized_on_the_runtime(
+        rt, unraisable, util):
+    """The finalizer hook travels with the generator: dropped anywhere, it is
+    closed by a task of the runtime whose worker first iterated it."""
+    log = []
+    box = []
+
+    async def main():
+        g = _ticker(log, "handed-out")
+        assert await g.__anext__() == 0
+        box.append(g)
+
+    rt.block_on(main())
+    assert log == []
+    box.clear()                     # the last reference dies on this plain thread
+    # (on 3.13t, biased reference counting defers freeing an object another
+    # thread created until that thread merges its queue or the GC runs)
+    gc.collect()
+    assert util.wait_for(lambda: log, timeout=5)
+    assert log[0][0] == "handed-out" and log[0][1].startswith("zokio-worker-")
+    assert [repr(u.exc_value) for u in unraisable] == []
+
+
+@pytest.mark.timeout(20)
+def test_shutdown_closes_async_generators_still_suspended(make_runtime, unraisable):
+    rt = make_runtime(2)
+    log = []
+    keep = []
+
+    async def main():
+        g = _ticker(log, "kept")
+        assert await g.__anext__() == 0
+        keep.append(g)             # alive, suspended at its first yield
+
+    rt.block_on(main())
+    assert log == []
+    rt.shutdown(timeout=5)
+    assert len(log) == 1
+    assert log[0][0] == "kept" and log[0][1].startswith("zokio-worker-")
+    assert keep[0].ag_frame is None        # closed
+    keep.clear()
+    assert [repr(u.exc_value) for u in unraisable] == []
+
+
+@pytest.mark.timeout(20)
+def test_shutdown_unwinds_async_generator_running_inside_a_task_once(make_runtime, unraisable):
+    """A generator a task is running right now (awaiting inside its body) is
+    unwound by that task's cancellation; shutdown does not also close it."""
+    rt = make_runtime(2)
+    log = []
+    inside = threading.Event()
+
+    async def slow():
+        try:
+            inside.set()
+            await zokio.sleep(60)
+            yield 1
+        finally:
+            await zokio.sleep(0.001)
+            log.append(threading.current_thread().name)
+
+    async def owner():
+        async for _ in slow():
+            pass
+
+    h = rt.spawn(owner())
+    assert inside.wait(5)
+    rt.shutdown(timeout=5)
+    assert len(log) == 1 and log[0].startswith("zokio-worker-")
+    assert h.done() and h.cancelled()
+    assert [repr(u.exc_value) for u in unraisable] == []
+
+
+@pytest.mark.timeout(20)
+def test_shutdown_closes_async_generator_whose_task_waits_elsewhere(make_runtime, unraisable):
+    """A task suspended in its loop body (not in the generator) while shutdown
+    closes the generator: the generator's finally runs once, the task is then
+    cancelled."""
+    rt = make_runtime(2)
+    log = []
+    in_body = threading.Event()
+
+    async def owner():
+        async for _ in _ticker(log, "owned"):
+            in_body.set()
+            await zokio.sleep(60)
+
+    h = rt.spawn(owner())
+    assert in_body.wait(5)
+    rt.shutdown(timeout=5)
+    assert [entry[0] for entry in log] == ["owned"]
+    assert h.done()
+    assert [repr(u.exc_value) for u in unraisable] == []
+
+
+_ASYNCGEN_SCRIPT = textwrap.dedent("""
+    import gc
+    import zokio
+
+    async def gen(tag):
+        try:
+            while True:
+                yield tag
+        finally:
+            await zokio.sleep(0.005)
+            print("FINALLY", tag, flush=True)
+
+    keep = []
+
+    async def main():
+        async for _ in gen("abandoned"):
+            break
+        async for _ in zokio.interval(0.001):     # zokio's own async generator
+            break
+        g = gen("kept")
+        await g.__anext__()
+        keep.append(g)
+        await zokio.sleep(0.05)
+        gc.collect()
+
+    with zokio.Runtime(threads=2) as rt:
+        rt.block_on(main())
+    print("SHUT-DOWN", flush=True)
+""")
+
+
+@pytest.mark.timeout(40)
+def test_async_generators_print_nothing_to_stderr(tmp_path, util):
+    script = tmp_path / "agen.py"
+    script.write_text(_ASYNCGEN_SCRIPT)
+    p = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=util.subprocess_env(),
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
+    lines = p.stdout.splitlines()
+    assert lines.index("FINALLY abandoned") < lines.index("FINALLY kept") < lines.index("SHUT-DOWN")

@@ -1,7 +1,9 @@
 """The Runtime: starts worker threads around the native scheduler."""
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import threading
 import time
 import types
@@ -13,6 +15,8 @@ from . import _native
 T = TypeVar("T")
 
 _BACKENDS = ("auto", "io_uring", "epoll")
+
+_logger = logging.getLogger("zokio")
 
 # The native Scheduler refuses more worker threads than this.
 MAX_THREADS = 1024
@@ -85,6 +89,9 @@ class Runtime:
         )
         _owners[id(self._core)] = weakref.ref(self)
         self._threads: list[threading.Thread] = []
+        # One registry of async generators per worker (see _worker_main).
+        self._asyncgens = [_AsyncGenRegistry() for _ in range(threads)]
+        finalizer = _asyncgen_finalizer(self._core)
         errors: list[BaseException] = []
         started = threading.Semaphore(0)
 
@@ -95,8 +102,8 @@ class Runtime:
 
         for i in range(threads):
             t = threading.Thread(
-                target=self._core.run_worker,
-                args=(i, report),
+                target=_worker_main,
+                args=(self._core, i, report, self._asyncgens[i].add, finalizer),
                 name=f"zokio-worker-{i}",
                 daemon=True,
             )
@@ -227,6 +234,7 @@ class Runtime:
 
     def _shut_down(self, deadline: Optional[float]) -> None:
         core = self._core
+        self._close_asyncgens(deadline)
         core.cancel_all()
         delay = 0.0005
         while core.live() > 0:
@@ -246,6 +254,31 @@ class Runtime:
                              name="zokio-shutdown", daemon=True).start()
             return
         self._finish(deadline)
+
+    def _close_asyncgens(self, deadline: Optional[float]) -> None:
+        """Close the async generators still suspended (asyncio's
+        shutdown_asyncgens), each in a task running ``aclose()``, within the
+        deadline.  Runs before the tasks are cancelled, while spawns are still
+        accepted."""
+        handles = []
+        for registry in self._asyncgens:
+            for agen in registry.alive():
+                # Finished, or running right now inside a task's await (that
+                # task's cancellation unwinds it): nothing to close here.
+                if agen.ag_frame is None or agen.ag_running:
+                    continue
+                try:
+                    handles.append(self._core.spawn(_aclose(agen), _ACLOSE_TASK))
+                except RuntimeError:
+                    return
+            agen = None
+        for h in handles:
+            try:
+                h.result(_remaining(deadline))
+            except TimeoutError:
+                return          # deadline: the rest is cancelled with every task
+            except _native.Cancelled:
+                pass
 
     def _finish_after_workers(self, deadline: Optional[float]) -> None:
         for t in self._threads:
@@ -308,6 +341,73 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+# ---- worker threads and async generators ---------------------------------------
+
+def _worker_main(core: Any, index: int, report: Any, firstiter: Any, finalizer: Any) -> None:
+    """Body of worker thread ``index``: async-generator hooks, then the native
+    loop (which returns when the scheduler stops)."""
+    sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=finalizer)
+    core.run_worker(index, report)
+
+
+class _AsyncGenRegistry:
+    """Weak references to the async generators first iterated on one worker.
+
+    Written by that worker (``add`` is its firstiter hook), read by shutdown
+    on another thread: a lock guards the dict (workers run in parallel on
+    3.13t).  No weakref callbacks (they would run on whichever thread drops a
+    generator, possibly inside ``add``); dead entries are pruned when the
+    dict has doubled since the last pruning."""
+
+    __slots__ = ("_lock", "_refs", "_prune_at")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refs: "dict[int, weakref.ref[Any]]" = {}
+        self._prune_at = 64
+
+    def add(self, agen: Any) -> None:
+        ref = weakref.ref(agen)
+        with self._lock:
+            self._refs[id(agen)] = ref   # an id is reused only once its owner died
+            if len(self._refs) >= self._prune_at:
+                self._refs = {k: r for k, r in self._refs.items() if r() is not None}
+                self._prune_at = max(64, 2 * len(self._refs))
+
+    def alive(self) -> list:
+        with self._lock:
+            refs = list(self._refs.values())
+        return [agen for agen in (r() for r in refs) if agen is not None]
+
+
+_ACLOSE_TASK = "zokio-aclose-asyncgen"
+
+
+def _asyncgen_finalizer(core: Any) -> Any:
+    """The finalizer hook of ``core``'s workers: an async generator dropped
+    before it finished is closed by a task running ``aclose()`` on the same
+    runtime (so its ``finally`` may await)."""
+    spawn = core.spawn
+    generation = _fork_generation
+
+    def finalizer(agen: Any) -> None:
+        if _fork_generation != generation:
+            return      # inherited through os.fork(): that runtime runs nothing here
+        try:
+            spawn(_aclose(agen), _ACLOSE_TASK)
+        except RuntimeError:
+            pass        # the runtime is shutting down: give up quietly
+
+    return finalizer
+
+
+async def _aclose(agen: Any) -> None:
+    try:
+        await agen.aclose()
+    except Exception:
+        _logger.exception("error while closing the async generator %r", agen)
+
+
 def _close_quietly(coro: Any) -> None:
     close = getattr(coro, "close", None)
     if close is not None:
@@ -332,7 +432,12 @@ def _owner_of(core: Any) -> "Runtime":
 # it inherited is marked unusable.  A hook that runs once per fork, rather
 # than comparing os.getpid() (a system call) on every spawn().  _owners holds
 # every runtime not yet shut down, the only ones that need marking.
+_fork_generation = 0
+
+
 def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
     for ref in list(_owners.values()):
         rt = ref()
         if rt is not None:
