@@ -661,3 +661,66 @@ def test_async_generators_print_nothing_to_stderr(tmp_path, util):
     assert p.stderr == ""
     lines = p.stdout.splitlines()
     assert lines.index("FINALLY abandoned") < lines.index("FINALLY kept") < lines.index("SHUT-DOWN")
+
+
+# ---- the monitor thread hook ------------------------------------------------------
+
+class _SchedulerWithMonitor:
+    """Wraps the native Scheduler and adds a run_monitor() that, like the
+    native watchdog will, returns once stop() was called."""
+
+    events: list = []
+
+    def __init__(self, *args):
+        self._real = _RealScheduler(*args)
+        self._stopped = threading.Event()
+        self.monitor_started = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def stop(self):
+        self.events.append("stop")
+        self._real.stop()
+        self._stopped.set()
+
+    def run_monitor(self):
+        self.events.append(("monitor-start", threading.current_thread().name))
+        self.monitor_started.set()
+        self._stopped.wait()
+        time.sleep(0.05)                 # a watchdog finishing its last round
+        self.events.append("monitor-exit")
+
+
+_RealScheduler = zokio._native.Scheduler
+
+
+@pytest.mark.timeout(20)
+def test_monitor_thread_runs_run_monitor_and_is_joined_by_shutdown(monkeypatch, util):
+    monkeypatch.setattr(zokio._native, "Scheduler", _SchedulerWithMonitor)
+    events = _SchedulerWithMonitor.events = []
+    rt = zokio.Runtime(threads=2)
+    try:
+        assert rt._core.monitor_started.wait(5)
+        monitors = [t for t in util.zokio_threads() if t.name == "zokio-monitor"]
+        assert len(monitors) == 1 and monitors[0].daemon
+        assert events == [("monitor-start", "zokio-monitor")]
+        assert rt.block_on(_ret(7)) == 7
+    finally:
+        rt.shutdown(timeout=5)
+    events.append("shutdown-returned")
+    assert events[1:] == ["stop", "monitor-exit", "shutdown-returned"]
+    assert not monitors[0].is_alive()
+    assert not util.zokio_threads()
+
+
+@pytest.mark.timeout(20)
+def test_monitor_thread_only_where_the_scheduler_has_run_monitor(make_runtime, util):
+    rt = make_runtime(2)
+    monitors = [t for t in util.zokio_threads() if t.name == "zokio-monitor"]
+    if hasattr(rt._core, "run_monitor"):
+        assert len(monitors) == 1 and monitors[0].is_alive()
+    else:
+        assert monitors == [] and rt._monitor is None
+    rt.shutdown(timeout=5)
+    assert not [t for t in util.zokio_threads() if t.name == "zokio-monitor"]

@@ -89,6 +89,7 @@ class Runtime:
         )
         _owners[id(self._core)] = weakref.ref(self)
         self._threads: list[threading.Thread] = []
+        self._monitor: Optional[threading.Thread] = None
         # One registry of async generators per worker (see _worker_main).
         self._asyncgens = [_AsyncGenRegistry() for _ in range(threads)]
         finalizer = _asyncgen_finalizer(self._core)
@@ -114,6 +115,12 @@ class Runtime:
         if errors:
             self.shutdown()
             raise errors[0]
+        # The watchdog thread of the native scheduler, where it has one: its
+        # body returns once the scheduler is stopped.
+        if hasattr(self._core, "run_monitor"):
+            self._monitor = threading.Thread(
+                target=self._core.run_monitor, name="zokio-monitor", daemon=True)
+            self._monitor.start()
 
     # -- blocking pool ---------------------------------------------------
     def _start_blocking_thread(self) -> None:
@@ -249,6 +256,8 @@ class Runtime:
         stop_by = None if deadline is None else max(deadline, time.monotonic() + _STOP_GRACE)
         for t in self._threads:
             t.join(_remaining(stop_by))
+        if self._monitor is not None:
+            self._monitor.join(_remaining(stop_by))
         if any(t.is_alive() for t in self._threads):
             threading.Thread(target=self._finish_after_workers, args=(deadline,),
                              name="zokio-shutdown", daemon=True).start()
@@ -283,6 +292,8 @@ class Runtime:
     def _finish_after_workers(self, deadline: Optional[float]) -> None:
         for t in self._threads:
             t.join()
+        if self._monitor is not None:
+            self._monitor.join()
         self._finish(deadline)
 
     def _finish(self, deadline: Optional[float]) -> None:
