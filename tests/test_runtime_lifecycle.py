@@ -724,3 +724,29 @@ def test_monitor_thread_only_where_the_scheduler_has_run_monitor(make_runtime, u
         assert monitors == [] and rt._monitor is None
     rt.shutdown(timeout=5)
     assert not [t for t in util.zokio_threads() if t.name == "zokio-monitor"]
+
+
+@pytest.mark.timeout(20)
+def test_shutdown_of_a_runtime_from_a_task_of_another_runtime(make_runtime):
+    """Allowed (it only blocks that other runtime's worker for a while), also
+    with async generators to close."""
+    a = make_runtime(1)
+    b = make_runtime(2)
+    log = []
+    keep = []
+
+    async def start_gen():
+        g = _ticker(log, "in b")
+        await g.__anext__()
+        keep.append(g)
+
+    b.block_on(start_gen())
+
+    async def main():
+        b.shutdown(timeout=5)
+        return b.closed
+
+    assert a.block_on(main()) is True
+    assert [entry[0] for entry in log] == ["in b"]
+    assert not any(t.is_alive() for t in b._threads)
+    keep.clear()

@@ -281,13 +281,24 @@ class Runtime:
                 except RuntimeError:
                     return
             agen = None
+        if not handles:
+            return
+        # Wait through done callbacks rather than handle.result(), which
+        # refuses to block a worker (shutdown() may run on another runtime's).
+        # Past the deadline the rest is cancelled with every other task.
+        lock = threading.Lock()
+        left = [len(handles)]
+        all_done = threading.Event()
+
+        def one_done() -> None:
+            with lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    all_done.set()
+
         for h in handles:
-            try:
-                h.result(_remaining(deadline))
-            except TimeoutError:
-                return          # deadline: the rest is cancelled with every task
-            except _native.Cancelled:
-                pass
+            h.add_done_callback(one_done)
+        all_done.wait(_remaining(deadline))
 
     def _finish_after_workers(self, deadline: Optional[float]) -> None:
         for t in self._threads:
