@@ -235,7 +235,7 @@ def test_second_shutdown_waits_for_the_first_to_finish(make_runtime):
         assert not any(t.is_alive() for t in rt._threads)
         assert finals == [0.5]
         assert h.done() and h.cancelled()
-        assert dt >= 0.2, dt
+        assert dt >= 0.1, dt      # it did wait (the unwinding takes 0.5 s)
     finally:
         first.join(10)
     assert not first.is_alive()
