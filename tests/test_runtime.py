@@ -520,6 +520,12 @@ CTRL_C_SCRIPT = textwrap.dedent("""
     import os, signal, sys, threading, time
     import zokio
 
+    # Ctrl-C must raise KeyboardInterrupt whatever SIGINT disposition this
+    # process inherited (a background job starts with SIGINT ignored).
+    print("INHERITED-SIGINT-IGNORED", signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+          flush=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     AWAIT_IN_FINALLY = sys.argv[1] == "await"
 
     async def child():
@@ -554,10 +560,22 @@ CTRL_C_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run_ctrl_c(tmp_path, util, mode):
+# Starts the interpreter with SIGINT ignored, as a shell starts a background
+# job: the disposition is set, then kept across exec.  (An exec wrapper rather
+# than preexec_fn, which is unsafe in this multi-threaded test process.)
+_EXEC_WITH_SIGINT_IGNORED = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable] + sys.argv[1:])"
+)
+
+
+def _run_ctrl_c(tmp_path, util, mode, sigint_ignored=False):
     script = tmp_path / "ctrlc.py"
     script.write_text(CTRL_C_SCRIPT)
-    p = subprocess.run([sys.executable, str(script), mode], cwd=tmp_path,
+    argv = [sys.executable, str(script), mode]
+    if sigint_ignored:
+        argv = [sys.executable, "-c", _EXEC_WITH_SIGINT_IGNORED] + argv[1:]
+    p = subprocess.run(argv, cwd=tmp_path,
                        env=util.subprocess_env(), capture_output=True, text=True, timeout=25)
     out = p.stdout
     assert "MAIN-STARTED" in out, (out, p.stderr)
@@ -586,6 +604,17 @@ def test_ctrl_c_finally_can_await(tmp_path, util):
     shutdown that follows must not cancel it a second time)."""
     out, err = _run_ctrl_c(tmp_path, util, "await")
     assert "MAIN-FINALLY" in out, (out, err)
+    assert out.index("MAIN-FINALLY") < out.index("KEYBOARD-INTERRUPT")
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_works_when_sigint_was_ignored_at_start(tmp_path, util):
+    """A test run started as a background job inherits SIGINT ignored; the
+    Ctrl-C scenario must not depend on it (issue 5, item 11)."""
+    out, err = _run_ctrl_c(tmp_path, util, "plain", sigint_ignored=True)
+    assert "INHERITED-SIGINT-IGNORED True" in out, (out, err)
+    assert "MAIN-FINALLY" in out, (out, err)
+    assert "CHILD-FINALLY" in out, (out, err)
     assert out.index("MAIN-FINALLY") < out.index("KEYBOARD-INTERRUPT")
 
 
