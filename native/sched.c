@@ -1065,8 +1065,12 @@ static PyObject *sched_run_worker(zk_sched *s, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *do_spawn(zk_sched *s, PyObject *coro, PyObject *name) {
-    if (atomic_load_explicit(&s->closing, memory_order_acquire)) {
+/* during_shutdown: the runtime's own clean-up tasks (async generators'
+ * aclose) spawned after cancel_all(); refused only once stop() was called. */
+static PyObject *do_spawn(zk_sched *s, PyObject *coro, PyObject *name, int during_shutdown) {
+    int refuse = during_shutdown ? atomic_load_explicit(&s->stop, memory_order_acquire)
+                                 : atomic_load_explicit(&s->closing, memory_order_acquire);
+    if (refuse) {
         /* Close it: the error is the message, not a "never awaited" warning. */
         if (PyCoro_CheckExact(coro)) {
             PyObject *r = PyObject_CallMethodNoArgs(coro, s->st->str_close);
@@ -1087,7 +1091,7 @@ static PyObject *do_spawn(zk_sched *s, PyObject *coro, PyObject *name) {
      * (it will be cancelled) or we see `closing` now.  Refuse it then --
      * never queued, so nobody else runs it -- rather than leave a task that
      * no cancel reaches. */
-    if (atomic_load_explicit(&s->closing, memory_order_acquire)) {
+    if (!during_shutdown && atomic_load_explicit(&s->closing, memory_order_acquire)) {
         zk_task_refuse(t);
         Py_DECREF(t);
         PyErr_SetString(PyExc_RuntimeError, "cannot spawn: the zokio runtime is shut down");
@@ -1101,15 +1105,17 @@ static PyObject *do_spawn(zk_sched *s, PyObject *coro, PyObject *name) {
 }
 
 PyObject *zk_sched_spawn(zk_sched *s, PyObject *coro, PyObject *name) {
-    return do_spawn(s, coro, name);
+    return do_spawn(s, coro, name, 0);
 }
 
 static PyObject *sched_spawn(zk_sched *s, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"coro", "name", NULL};
+    static char *kwlist[] = {"coro", "name", "during_shutdown", NULL};
     PyObject *coro, *name = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:spawn", kwlist, &coro, &name))
+    int during_shutdown = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O$p:spawn", kwlist, &coro, &name,
+                                     &during_shutdown))
         return NULL;
-    return do_spawn(s, coro, name);
+    return do_spawn(s, coro, name, during_shutdown);
 }
 
 /* cancel_all(): refuse new spawns and cancel every live task. */

@@ -241,14 +241,16 @@ class Runtime:
 
     def _shut_down(self, deadline: Optional[float]) -> None:
         core = self._core
-        self._close_asyncgens(deadline)
         core.cancel_all()
-        delay = 0.0005
-        while core.live() > 0:
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            time.sleep(delay)
-            delay = min(delay * 2, 0.02)
+        self._wait_unwound(deadline)
+        # asyncio's order: async generators are closed once no task can be
+        # driving them any more.  Closing one while a task is suspended in its
+        # `async for` elsewhere would let two workers drive one generator.
+        # With tasks still alive past the deadline, they are left to the
+        # collector (finalize() abandons those tasks).
+        if core.live() == 0:
+            self._close_asyncgens(deadline)
+            self._wait_unwound(deadline)
         core.stop()
         # Workers leave their loop as soon as their current poll returns.
         # Past the deadline they still get a short grace for that; a worker
@@ -264,11 +266,19 @@ class Runtime:
             return
         self._finish(deadline)
 
+    def _wait_unwound(self, deadline: Optional[float]) -> None:
+        delay = 0.0005
+        while self._core.live() > 0:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
     def _close_asyncgens(self, deadline: Optional[float]) -> None:
         """Close the async generators still suspended (asyncio's
         shutdown_asyncgens), each in a task running ``aclose()``, within the
-        deadline.  Runs before the tasks are cancelled, while spawns are still
-        accepted."""
+        deadline.  Runs after every task unwound; these clean-up tasks are
+        the only spawns accepted then."""
         handles = []
         for registry in self._asyncgens:
             for agen in registry.alive():
@@ -277,7 +287,8 @@ class Runtime:
                 if agen.ag_frame is None or agen.ag_running:
                     continue
                 try:
-                    handles.append(self._core.spawn(_aclose(agen), _ACLOSE_TASK))
+                    handles.append(self._core.spawn(_aclose(agen), _ACLOSE_TASK,
+                                                    during_shutdown=True))
                 except RuntimeError:
                     return
             agen = None
@@ -416,9 +427,12 @@ def _asyncgen_finalizer(core: Any) -> Any:
         if _fork_generation != generation:
             return      # inherited through os.fork(): that runtime runs nothing here
         try:
-            spawn(_aclose(agen), _ACLOSE_TASK)
+            # Also while shutdown() waits for cancelled tasks to unwind (their
+            # `async for` loops drop generators then): nothing else can be
+            # driving a generator that is being collected.
+            spawn(_aclose(agen), _ACLOSE_TASK, during_shutdown=True)
         except RuntimeError:
-            pass        # the runtime is shutting down: give up quietly
+            pass        # the workers are stopped: give up quietly
 
     return finalizer
 
