@@ -193,7 +193,13 @@ zk_task *zk_task_new(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name) 
         return NULL;
     }
     t->coro = Py_NewRef(coro);
-    PyObject_GC_Track((PyObject *)t);
+    /* Not tracked by the collector while it runs: a live task is always
+     * reachable (the live-task registry owns it), so a collection could only
+     * spend time on it; bursts of tasks made those stop-the-world pauses the
+     * largest part of timer lateness.  What it references is still found
+     * through other paths or kept alive by it.  task_complete() starts
+     * tracking it, and from then on cycles through the finished task (its
+     * exception's traceback, its coroutine's frame) are collectable. */
     return t;
 }
 
@@ -304,6 +310,7 @@ static void task_complete(zk_task *t, PyObject *result, PyObject *exc) {
     PyObject *waiting = t->waiting_on;
     t->waiting_on = NULL;
     zk_transition_to_complete(t);
+    PyObject_GC_Track((PyObject *)t);  /* see zk_task_new */
 
     zk_mutex_lock(&t->lock);
     PyObject *waiters = t->waiters;
