@@ -675,14 +675,21 @@ static PyObject *copy_exception(PyObject *exc, PyObject *tb) {
         PyErr_Clear();
         return NULL;
     }
+    PyTypeObject *base = builtin_base(tp);
     PyObject *copy = tp->tp_new(tp, args, NULL);
+    if (copy == NULL && base != NULL && base != tp && base->tp_new != NULL) {
+        /* A __new__ that cannot be called again with just args (keyword-only
+         * parameters, say): build it with the built-in base's tp_new, which
+         * runs no user code; its attributes come back with __dict__ below. */
+        PyErr_Clear();
+        copy = base->tp_new(tp, args, NULL);
+    }
     if (copy == NULL || !PyExceptionInstance_Check(copy)) {
         Py_XDECREF(copy);
         Py_DECREF(args);
         PyErr_Clear();
         return NULL;
     }
-    PyTypeObject *base = builtin_base(tp);
     if (base != NULL && base->tp_init != NULL && base->tp_init(copy, args, NULL) < 0)
         PyErr_Clear();  /* the fields stay as tp_new left them */
     Py_DECREF(args);
