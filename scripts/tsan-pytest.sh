@@ -27,7 +27,7 @@ summarize() {
   fi
   awk '
     /^WARNING: ThreadSanitizer:/ { top = 0; deep = 0; first = 0 }
-    /^  (Previous )?(Atomic )?(read|write|Read|Write) of size/ { first = 1; next }
+    /^  (Previous )?([Aa]tomic )?([Rr]ead|[Ww]rite) of size/ { first = 1; next }
     /^ +#[0-9]+ / {
       if ($0 ~ /[\/ ]native\/[A-Za-z0-9_]+\.[ch]:/) { if (first && $1 == "#0") top = 1; else deep = 1 }
       first = 0
