@@ -392,10 +392,15 @@ def test_storm_failed_handles_shared_by_many_joiners(rng):
             assert not join_all(ts, 60)
             for (kind, i, _), excs in zip(plans, task_out):
                 _, checker = make_failure(kind, i)
-                for e in excs + [tout[i] for tout in thread_out]:
+                got = excs + [tout[i] for tout in thread_out]
+                for e in got:
                     assert e is not None, "a joiner of a failed task got a value"
                     check_joiner_exception(e, checker, "raise exc")
                     joins += 1
+                if kind != 5:
+                    # one object must never unwind on two threads at once:
+                    # every joiner but the first gets its own copy
+                    assert len({id(e) for e in got}) == len(got)
             rounds += 1
     finally:
         rt.shutdown(timeout=10)
