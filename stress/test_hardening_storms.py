@@ -923,7 +923,12 @@ def test_storm_nested_timeouts_under_load(rng):
     scope always ends the run, no deadline is lost."""
     workers = rng.choice([2, 3, 4])
     rt = zokio.Runtime(threads=workers)
-    # generous: on a loaded 2-core machine a task waits behind the hogs
+    # Generous.  A task whose deadline passed waits behind the hogs, and
+    # more: the monitor fires a stuck worker's timers into the inject queue,
+    # which a worker whose local queue never empties (the load tasks yield
+    # to each other) looks at only every 61 polls -- ~1 s when polls last
+    # 20 ms.  That is what the p99 printed below shows (about 1 s at
+    # threads=2); tighten the slack when it is fixed.
     slack, due_margin = 5.0, 0.1
     stats = {"inner_reported_after_outer_due": [], "overshoot": []}
     stop_at = time.monotonic() + budget(25)
