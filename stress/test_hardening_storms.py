@@ -246,9 +246,9 @@ _AWAIT_OWNED = textwrap.dedent("""
 
 @pytest.mark.timeout(120)
 @pytest.mark.xfail(strict=True, reason=(
-    "kernel bug (reported with the stress branch): a task that awaits a coroutine another "
-    "task owns can enter it in the unhold->send gap of native/task.c and the process "
-    "segfaults; with spinning awaiters it crashes within a second"))
+    "known residual race on 3.13t (docs/reliability.md): awaiters that retry awaiting a "
+    "coroutine another task owns, in a loop, eventually enter it in the few instructions "
+    "between zokio restoring its frame state and CPython's non-atomic check (gh-120321)"))
 def test_storm_awaiting_a_coroutine_another_task_owns(rng):
     seed = rng.randrange(2**32)
     proc = subprocess.run([sys.executable, "-c", _AWAIT_OWNED, str(seed), str(budget(15))],
@@ -479,11 +479,6 @@ _NON_COPYABLE = textwrap.dedent("""
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason=(
-    "kernel bug (reported with the stress branch): an exception that cannot be rebuilt from "
-    "its args is raised to every joiner as one shared object (raise_task_exception "
-    "fallback); joiners on several workers unwind it at once: foreign traceback entries, "
-    "then memory corruption and a segfault"))
 def test_storm_failed_handle_with_a_non_copyable_exception():
     proc = subprocess.run([sys.executable, "-c", _NON_COPYABLE, str(budget(10))],
                           env=subprocess_env(), capture_output=True, text=True, timeout=100)
