@@ -13,8 +13,9 @@ setup(
     ext_modules=[
         Extension(
             "zokio._native",
-            sources=sorted(glob.glob("native/*.c")),
-            depends=sorted(glob.glob("native/*.h")),
+            sources=sorted(glob.glob("native/**/*.c", recursive=True)),
+            depends=sorted(glob.glob("native/**/*.h", recursive=True)),
+            include_dirs=["native"],
             extra_compile_args=extra_compile_args,
         )
     ],

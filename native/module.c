@@ -1,7 +1,7 @@
 /* module.c -- Python bindings of zokio._native: module state, module-level
  * functions, and the registration of every type.  No kernel logic here. */
-#include "task.h"
-#include "testing.h"
+#include "core/task.h"
+#include "testing/testing.h"
 #include <math.h>
 
 zk_sched *zk_current_sched(void);

@@ -15,10 +15,10 @@
 #ifndef ZOKIO_H
 #define ZOKIO_H
 
-#include "compat.h"
-#include "port.h"
-#include "run_queue.h"
-#include "timer_wheel.h"
+#include "core/compat.h"
+#include "io/port.h"
+#include "core/run_queue.h"
+#include "core/timer_wheel.h"
 
 typedef struct zk_sched zk_sched;
 typedef struct zk_worker zk_worker;

@@ -18,7 +18,7 @@
 #ifndef ZOKIO_TASK_H
 #define ZOKIO_TASK_H
 
-#include "zokio.h"
+#include "core/state.h"
 
 /* The task is being polled by some worker.  Set and cleared only by that
  * worker (transition_to_running / transition_to_idle / _complete). */

@@ -40,7 +40,7 @@
  * as parked under idle_lock and *then* re-checks every queue.  Either the
  * waker sees the parked worker, or the parker's re-check sees the task.
  */
-#include "task.h"
+#include "core/task.h"
 #include "structmember.h"
 #include <time.h>
 #include <errno.h>

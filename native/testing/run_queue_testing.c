@@ -22,8 +22,8 @@
  * Items are Python ints >= 0 stored as tagged non-NULL pointers (v << 1 | 1).
  * The objects are not thread-safe for concurrent Python use (test-only).
  */
-#include "run_queue.h"
-#include "testing.h"
+#include "core/run_queue.h"
+#include "testing/testing.h"
 
 #include <pthread.h>
 #include <sched.h>

@@ -12,9 +12,9 @@
  * while the mutex is held (arguments are converted before, results built
  * after), so the pthread fallback cannot deadlock against the GIL.
  */
-#include "compat.h"
-#include "testing.h"
-#include "timer_wheel.h"
+#include "core/compat.h"
+#include "testing/testing.h"
+#include "core/timer_wheel.h"
 
 typedef struct {
     zk_timer_entry entry;   /* first member: entry pointer == tw_item pointer */

@@ -3,7 +3,7 @@
  * types on the module and returns 0, or -1 with an exception set. */
 #ifndef ZOKIO_TESTING_H
 #define ZOKIO_TESTING_H
-#include "compat.h"
+#include "core/compat.h"
 
 /* _native.TestTimerWheel */
 int zk_timer_wheel_testing_add(PyObject *module);

@@ -22,7 +22,7 @@
  * flag was consumed); the scheduler re-checks its queues anyway.
  */
 #define _GNU_SOURCE
-#include "port_internal.h"
+#include "io/port_internal.h"
 
 #include <linux/io_uring.h>
 #include <pthread.h>

@@ -41,7 +41,7 @@
  * tagged with a data value no fd can have; process() drains it.
  */
 #define _GNU_SOURCE
-#include "port_internal.h"
+#include "io/port_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

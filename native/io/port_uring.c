@@ -69,7 +69,7 @@
  * for READ/WRITE, which is what op->offset == -1 asks for.
  */
 #define _GNU_SOURCE
-#include "port_internal.h"
+#include "io/port_internal.h"
 
 #include <linux/io_uring.h>
 #include <linux/time_types.h>

@@ -18,7 +18,7 @@
  * it.  A wake the task does not need (it moved on) is filtered by the worker
  * with zk_awaitable_ready().
  */
-#include "task.h"
+#include "core/task.h"
 #include <math.h>
 
 enum { LEAF_PENDING = 0, LEAF_COMPLETING = 1, LEAF_DONE = 2 };

@@ -5,7 +5,7 @@
  * yields a zokio leaf, with which the task registers itself as the waker.
  * Awaiting a Task from another task makes the awaiter a waiter of the task.
  */
-#include "task.h"
+#include "core/task.h"
 
 ZK_TLS zk_worker *zk_current_worker = NULL;
 ZK_TLS zk_task *zk_current_task = NULL;

@@ -9,7 +9,7 @@
 #ifndef ZOKIO_PORT_INTERNAL_H
 #define ZOKIO_PORT_INTERNAL_H
 
-#include "port.h"
+#include "io/port.h"
 
 #include <errno.h>
 #include <stdatomic.h>

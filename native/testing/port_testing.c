@@ -8,9 +8,9 @@
  * `complete` callback records (op_id, result, data) and frees the op; the
  * records are handed out by process() and close().
  */
-#include "compat.h"
-#include "port.h"
-#include "testing.h"
+#include "core/compat.h"
+#include "io/port.h"
+#include "testing/testing.h"
 
 #include <errno.h>
 #include <stdlib.h>
