@@ -1,4 +1,10 @@
-"""Build script for zokio's native kernel, zokio._native (CPython C API)."""
+"""Build script for zokio's native code (CPython C API): two extensions.
+
+zokio._native          the kernel users import: native/module.c (bindings),
+                       native/core/ and native/io/
+zokio._native_testing  test-only types (native/testing/) over the pure-C
+                       structures they wrap; `import zokio` never loads it
+"""
 import glob
 import sys
 
@@ -9,14 +15,40 @@ if "--zokio-debug" in sys.argv:  # sanitizer builds: CFLAGS may add more
     sys.argv.remove("--zokio-debug")
     extra_compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-O0", "-g3"]
 
+
+def sources(*patterns):
+    return sorted(f for p in patterns for f in glob.glob(p))
+
+
+# Headers of every layer: a change to any of them rebuilds both extensions.
+headers = sources("native/*/*.h")
+
+# The pure-C parts of core/ and io/ that the test-only types drive.  They do
+# not touch the kernel's Python objects, so the testing module links them
+# without the rest of the kernel.
+wrapped_by_tests = [
+    "native/core/run_queue.c",
+    "native/core/timer_wheel.c",
+    "native/io/port.c",
+    "native/io/port_epoll.c",
+    "native/io/port_uring.c",
+]
+
 setup(
     ext_modules=[
         Extension(
             "zokio._native",
-            sources=sorted(glob.glob("native/**/*.c", recursive=True)),
-            depends=sorted(glob.glob("native/**/*.h", recursive=True)),
+            sources=sources("native/module.c", "native/core/*.c", "native/io/*.c"),
+            depends=headers,
             include_dirs=["native"],
             extra_compile_args=extra_compile_args,
-        )
+        ),
+        Extension(
+            "zokio._native_testing",
+            sources=sources("native/testing/*.c") + wrapped_by_tests,
+            depends=headers,
+            include_dirs=["native"],
+            extra_compile_args=extra_compile_args,
+        ),
     ],
 )

@@ -1,7 +1,6 @@
 /* module.c -- Python bindings of zokio._native: module state, module-level
  * functions, and the registration of every type.  No kernel logic here. */
 #include "core/task.h"
-#include "testing/testing.h"
 #include <math.h>
 
 zk_sched *zk_current_sched(void);
@@ -234,9 +233,6 @@ static int module_exec(PyObject *module) {
         return -1;
     if (zk_task_type_init(module, st) < 0 || zk_leaf_types_init(module, st) < 0 ||
         zk_sched_type_init(module, st) < 0)
-        return -1;
-    if (zk_timer_wheel_testing_add(module) < 0 || zk_run_queue_testing_add(module) < 0 ||
-        zk_port_testing_add(module) < 0)
         return -1;
     return 0;
 }

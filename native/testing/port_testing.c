@@ -1,4 +1,5 @@
-/* port_testing.c -- _native.TestPort: the completion port, driven from pytest.
+/* port_testing.c -- _native_testing.TestPort: the completion port, driven
+ * from pytest.
  *
  * Test-only.  A TestPort owns one zk_port, opened on the calling thread;
  * every method except wake() must be called on that thread (io_uring's
@@ -385,7 +386,7 @@ static PyType_Slot TestPort_slots[] = {
 };
 
 static PyType_Spec TestPort_spec = {
-    .name = "zokio._native.TestPort",
+    .name = "zokio._native_testing.TestPort",
     .basicsize = sizeof(TestPortObject),
     .itemsize = 0,
     .flags = Py_TPFLAGS_DEFAULT,

@@ -1,5 +1,5 @@
-/* timer_wheel_testing.c -- _native.TestTimerWheel, a test-only wrapper that
- * lets pytest drive a zk_timer_wheel against a model.
+/* timer_wheel_testing.c -- _native_testing.TestTimerWheel, a test-only
+ * wrapper that lets pytest drive a zk_timer_wheel against a model.
  *
  * The object owns one wheel and the entries currently linked in it, found by
  * an integer id through a small open-addressing hash table.  An entry lives
@@ -416,7 +416,7 @@ static PyType_Slot TestTimerWheel_slots[] = {
 };
 
 static PyType_Spec TestTimerWheel_spec = {
-    .name = "zokio._native.TestTimerWheel",
+    .name = "zokio._native_testing.TestTimerWheel",
     .basicsize = sizeof(TestTimerWheel),
     .itemsize = 0,
     .flags = Py_TPFLAGS_DEFAULT,
