@@ -1,11 +1,10 @@
 /* module.c -- Python bindings of zokio._native: module state, module-level
  * functions, and the registration of every type.  No kernel logic here. */
+#include "core/leaf.h"
+#include "core/sched.h"
 #include "core/task.h"
+#include "io/port.h"
 #include <math.h>
-
-zk_sched *zk_current_sched(void);
-PyObject *zk_sched_spawn(zk_sched *s, PyObject *coro, PyObject *name);
-PyObject *zk_sched_spawn_blocking(zk_sched *s, PyObject *fn, PyObject *args, PyObject *kwargs);
 
 static zk_state *get_state(PyObject *module) {
     return (zk_state *)PyModule_GetState(module);

@@ -18,7 +18,10 @@
  * it.  A wake the task does not need (it moved on) is filtered by the worker
  * with zk_awaitable_ready().
  */
+#include "core/leaf.h"
+#include "core/sched.h"
 #include "core/task.h"
+#include "io/port.h"
 #include <math.h>
 
 enum { LEAF_PENDING = 0, LEAF_COMPLETING = 1, LEAF_DONE = 2 };

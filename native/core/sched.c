@@ -40,7 +40,13 @@
  * as parked under idle_lock and *then* re-checks every queue.  Either the
  * waker sees the parked worker, or the parker's re-check sees the task.
  */
+#include "core/sched.h"
+#include "core/blocking_pool.h"
+#include "core/leaf.h"
+#include "core/run_queue.h"
 #include "core/task.h"
+#include "core/timer_wheel.h"
+#include "io/port.h"
 #include "structmember.h"
 #include <time.h>
 #include <errno.h>

@@ -6,6 +6,8 @@
  * Awaiting a Task from another task makes the awaiter a waiter of the task.
  */
 #include "core/task.h"
+#include "core/leaf.h"
+#include "core/sched.h"
 
 ZK_TLS zk_worker *zk_current_worker = NULL;
 ZK_TLS zk_task *zk_current_task = NULL;

@@ -1,0 +1,127 @@
+/* leaf.h -- what a task can await (leaf.c), and the timers embedded in
+ * leaves.
+ *
+ * A coroutine suspends by yielding a leaf; the worker registers the task as
+ * the leaf's waker (zk_awaitable_register) and later asks whether a wake is
+ * real (zk_awaitable_ready).  The waker handshake that makes this safe from
+ * any thread is described at the top of leaf.c.
+ */
+#ifndef ZOKIO_LEAF_H
+#define ZOKIO_LEAF_H
+
+#include "core/state.h"
+#include "core/timer_wheel.h"
+#include "io/port.h"
+
+/* ---- timers ------------------------------------------------------------ */
+
+typedef enum zk_timer_kind {
+    ZK_TIMER_SLEEP = 1,
+    ZK_TIMER_TIMEOUT = 2,
+} zk_timer_kind;
+
+/* A timer embedded in a Python object (Sleep leaf or TimeoutScope).  The wheel
+ * holds a strong reference to `owner` while the entry is linked. */
+struct zk_timer {
+    zk_timer_entry entry;   /* must stay first: the wheel hands it back;
+                               entry.tag holds the zk_timer_kind, which says
+                               which object contains the timer
+                               (zk_timer_owner) */
+    _Atomic(zk_worker *) worker;  /* wheel it was last filed in; set under
+                               that wheel's lock (sched.c) */
+    int64_t deadline_ns;    /* absolute, zk_monotonic_ns() clock */
+};
+
+/* ---- leaves ------------------------------------------------------------ */
+
+/* Every awaitable leaf begins with this header.  `waker` holds a strong
+ * reference to the task waiting on the leaf; it is taken with an atomic
+ * exchange by exactly one of: the completer (which wakes it) or the canceller
+ * (which drops it). */
+struct zk_leaf {
+    PyObject_HEAD
+    _Atomic(zk_task *) waker;
+    _Atomic int done;        /* 0 pending, 1 done; set once (release) */
+    PyObject *value;         /* result, valid once done (acquire) */
+    PyObject *exc;           /* exception instance, or NULL */
+};
+
+typedef struct zk_sleep {
+    zk_leaf leaf;
+    zk_timer timer;
+} zk_sleep;
+
+struct zk_io_op {
+    zk_leaf leaf;
+    zk_op op;
+    Py_buffer view;          /* pinned until the op's own completion */
+    PyObject *read_buf;      /* bytearray for reads */
+    zk_worker *worker;       /* port it was submitted to */
+    int submitted;           /* in flight; written by the owning worker */
+    int view_held;
+    int cancel_requested;    /* an interrupt asked the port to cancel it */
+    int ended_by_cancel;     /* its completion was -ECANCELED */
+};
+
+struct zk_timeout_scope {
+    PyObject_HEAD
+    zk_timer timer;
+    zk_task *task;           /* strong; the task this scope interrupts */
+    PyObject *marker;        /* the Cancelled instance thrown on expiry */
+    int scope_state;         /* ZK_SCOPE_* (task.h), under the task's lock */
+    uint64_t arm_seq;        /* order of arming: an outer scope of a task
+                                has the smaller number (task.c) */
+};
+
+#if defined(Py_GIL_DISABLED) && PY_VERSION_HEX >= 0x030D0000
+/* A sleeping task pays for its Sleep: 112 bytes is a mimalloc size class. */
+_Static_assert(sizeof(zk_sleep) <= 112, "zk_sleep grew past 112 bytes");
+#endif
+
+/* The Python object that embeds `timer` (a Sleep or a TimeoutScope). */
+static inline PyObject *zk_timer_owner(zk_timer *timer) {
+    size_t off = timer->entry.tag == ZK_TIMER_SLEEP ? offsetof(zk_sleep, timer)
+                                                    : offsetof(zk_timeout_scope, timer);
+    return (PyObject *)((char *)timer - off);
+}
+
+/* Complete a leaf with a value (stolen) or an exception (stolen) and wake the
+ * task registered on it.  Any thread, attached.  Returns 0, or 1 if the leaf
+ * was already complete (the references are then released). */
+int zk_leaf_complete(zk_state *st, zk_leaf *leaf, PyObject *value, PyObject *exc);
+
+/* Is `obj` (something a coroutine yielded) ready, so that resuming the task
+ * makes progress?  Used to filter spurious wakes. */
+int zk_awaitable_ready(zk_state *st, PyObject *obj);
+
+/* Register `task` as the waker of `obj`, which its coroutine just yielded.
+ * Returns 0, or -1 with an exception set that must be thrown into the
+ * coroutine (e.g. a foreign awaitable). */
+int zk_awaitable_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj);
+
+/* A task with a pending interrupt is suspended on `obj`.  For an I/O op
+ * still in flight the interrupt must wait for the op's own completion, or
+ * data the kernel already moved would be lost.  Returns:
+ *   ZK_INTERRUPT_NOW    throw the interrupt now (not an op, or the op ended
+ *                       by cancellation)
+ *   ZK_INTERRUPT_WAIT   op cancel requested; stay suspended until it ends
+ *   ZK_INTERRUPT_LATER  the op completed with a real result: resume the
+ *                       coroutine with it, throw at the next suspension */
+enum { ZK_INTERRUPT_NOW = 0, ZK_INTERRUPT_WAIT = 1, ZK_INTERRUPT_LATER = 2 };
+int zk_awaitable_interrupt_mode(zk_state *st, zk_worker *w, PyObject *obj);
+
+/* Undo a registration because the task is being interrupted (cancel or
+ * timeout).  Unregisters timers and cancels ops.  Attached. */
+void zk_awaitable_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj);
+
+/* Called by the owning worker when a timer entry fires or is cancelled. */
+void zk_timer_fire(zk_state *st, zk_timer *timer);
+/* Called by the owning worker when an op record completes. */
+void zk_io_op_complete(zk_op *op, int64_t result);
+
+int zk_leaf_types_init(PyObject *module, zk_state *st);
+PyObject *zk_sleep_new(zk_state *st, int64_t deadline_ns);
+PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, PyObject *data,
+                       Py_ssize_t nbytes, int64_t offset);
+
+#endif
