@@ -230,6 +230,8 @@ static int module_exec(PyObject *module) {
         PyExc_BaseException, NULL);
     if (st->Cancelled == NULL || PyModule_AddObjectRef(module, "Cancelled", st->Cancelled) < 0)
         return -1;
+    /* This order is also the order in which the worker looks up awaitable
+     * kinds (zk_leaf_ops_of): JoinHandle first, then leaf.c's. */
     if (zk_task_type_init(module, st) < 0 || zk_leaf_types_init(module, st) < 0 ||
         zk_sched_type_init(module, st) < 0)
         return -1;
@@ -263,6 +265,7 @@ static int module_clear(PyObject *module) {
     Py_CLEAR(st->yield_now);
     Py_CLEAR(st->str_throw);
     Py_CLEAR(st->str_close);
+    memset(st->leaf_kinds, 0, sizeof(st->leaf_kinds));  /* borrowed the types above */
     return 0;
 }
 

@@ -570,77 +570,39 @@ static PyType_Spec scope_spec = {
     .slots = scope_slots,
 };
 
-/* ---- timers -------------------------------------------------------------- */
+/* ---- timer kinds --------------------------------------------------------- */
 
-void zk_timer_fire(zk_state *st, zk_timer *timer) {
-    if (timer->entry.tag == ZK_TIMER_SLEEP) {
-        zk_sleep *s = (zk_sleep *)zk_timer_owner(timer);
-        zk_leaf_complete(st, &s->leaf, Py_NewRef(Py_None), NULL);
-    } else {
-        zk_timeout_scope *sc = (zk_timeout_scope *)zk_timer_owner(timer);
-        zk_task_fire_scope(sc->task, sc);
-    }
+static void sleep_timer_fire(zk_state *st, zk_timer *timer) {
+    zk_sleep *s = (zk_sleep *)zk_timer_owner(timer);
+    zk_leaf_complete(st, &s->leaf, Py_NewRef(Py_None), NULL);
 }
 
-/* ---- dispatch ------------------------------------------------------------ */
-
-int zk_awaitable_ready(zk_state *st, PyObject *obj) {
-    PyTypeObject *tp = Py_TYPE(obj);
-    if (tp == st->TaskType)
-        return zk_task_is_complete((zk_task *)obj);
-    if (tp == st->OneshotType || tp == st->SleepType || tp == st->OpType)
-        return leaf_is_done((zk_leaf *)obj);
-    return 1;
+static void scope_timer_fire(zk_state *st, zk_timer *timer) {
+    ZK_UNUSED(st);
+    zk_timeout_scope *sc = (zk_timeout_scope *)zk_timer_owner(timer);
+    zk_task_fire_scope(sc->task, sc);
 }
 
-int zk_awaitable_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
-    PyTypeObject *tp = Py_TYPE(obj);
-    if (tp == st->YieldNowType) {
-        task->yield_resume = 1;
-        zk_task_wake(task);  /* RUNNING: re-queued to the back after the poll */
-        return 0;
-    }
-    if (tp == st->TaskType) {
-        int r = zk_task_add_waiter((zk_task *)obj, (PyObject *)task);
-        if (r < 0)
-            return -1;
-        if (r == 0)
-            zk_task_wake(task);
-        return 0;
-    }
-    if (tp == st->OneshotType)
-        return leaf_register((zk_leaf *)obj, task);
-    if (tp == st->SleepType) {
-        zk_sleep *s = (zk_sleep *)obj;
-        if (leaf_register(&s->leaf, task) < 0)
-            return -1;
-        if (!leaf_is_done(&s->leaf) && !s->timer.entry.linked) {
-            if (!zk_worker_add_timer(w, &s->timer))
-                zk_timer_fire(st, &s->timer);
+const zk_timer_ops zk_timer_kinds[ZK_TIMER_KINDS] = {
+    [ZK_TIMER_SLEEP] = {.owner_offset = offsetof(zk_sleep, timer), .fire = sleep_timer_fire},
+    [ZK_TIMER_TIMEOUT] = {.owner_offset = offsetof(zk_timeout_scope, timer),
+                          .fire = scope_timer_fire},
+};
+
+/* ---- awaitable kinds: one ops table each ------------------------------------ */
+
+int zk_leaf_kind_add(zk_state *st, PyTypeObject *type, const zk_leaf_ops *ops) {
+    for (int i = 0; i < ZK_LEAF_KINDS_MAX; i++) {
+        if (st->leaf_kinds[i].type == NULL) {
+            st->leaf_kinds[i] = (zk_leaf_kind){type, ops};
+            return 0;
         }
-        return 0;
     }
-    if (tp == st->OpType) {
-        zk_io_op *op = (zk_io_op *)obj;
-        if (leaf_register(&op->leaf, task) < 0)
-            return -1;
-        if (!leaf_is_done(&op->leaf) && !op->submitted) {
-            op->worker = w;
-            op->submitted = 1;
-            Py_INCREF(op);  /* the port's in-flight reference */
-            int err = zk_port_submit(zk_worker_port(w), &op->op);
-            if (err != 0) {
-                op->submitted = 0;
-                io_op_release_buffer(op);
-                PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
-                if (exc == NULL)
-                    exc = zk_fetch_exception();
-                zk_leaf_complete(st, &op->leaf, NULL, exc);
-                Py_DECREF(op);
-            }
-        }
-        return 0;
-    }
+    PyErr_SetString(PyExc_RuntimeError, "zokio: too many awaitable kinds (ZK_LEAF_KINDS_MAX)");
+    return -1;
+}
+
+int zk_awaitable_foreign(PyObject *obj) {
     PyErr_Format(PyExc_TypeError,
                  "a zokio task awaited %R, which is not a zokio awaitable; "
                  "asyncio futures and other event loops' objects cannot be "
@@ -649,9 +611,97 @@ int zk_awaitable_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *o
     return -1;
 }
 
-int zk_awaitable_interrupt_mode(zk_state *st, zk_worker *w, PyObject *obj) {
-    if (Py_TYPE(obj) != st->OpType)
-        return ZK_INTERRUPT_NOW;
+static int leaf_ready(PyObject *obj) {
+    return leaf_is_done((zk_leaf *)obj);
+}
+
+static int yield_ready(PyObject *obj) {
+    ZK_UNUSED(obj);
+    return 1;
+}
+
+static int yield_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(w), ZK_UNUSED(obj);
+    task->yield_resume = 1;
+    zk_task_wake(task);  /* RUNNING: re-queued to the back after the poll */
+    return 0;
+}
+
+static void yield_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(w), ZK_UNUSED(obj);
+    task->yield_resume = 0;
+}
+
+static const zk_leaf_ops yield_ops = {
+    .ready = yield_ready,
+    .register_waker = yield_register,
+    .unregister = yield_unregister,
+};
+
+static int oneshot_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(w);
+    return leaf_register((zk_leaf *)obj, task);
+}
+
+static void oneshot_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(w), ZK_UNUSED(task);
+    leaf_unregister((zk_leaf *)obj);
+}
+
+static const zk_leaf_ops oneshot_ops = {
+    .ready = leaf_ready,
+    .register_waker = oneshot_register,
+    .unregister = oneshot_unregister,
+};
+
+static int sleep_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    zk_sleep *s = (zk_sleep *)obj;
+    if (leaf_register(&s->leaf, task) < 0)
+        return -1;
+    if (!leaf_is_done(&s->leaf) && !s->timer.entry.linked) {
+        if (!zk_worker_add_timer(w, &s->timer))
+            zk_timer_fire(st, &s->timer);
+    }
+    return 0;
+}
+
+static void sleep_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(task);
+    zk_sleep *s = (zk_sleep *)obj;
+    leaf_unregister(&s->leaf);
+    zk_worker_cancel_timer(w, &s->timer);
+}
+
+static const zk_leaf_ops sleep_ops = {
+    .ready = leaf_ready,
+    .register_waker = sleep_register,
+    .unregister = sleep_unregister,
+};
+
+static int io_op_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    zk_io_op *op = (zk_io_op *)obj;
+    if (leaf_register(&op->leaf, task) < 0)
+        return -1;
+    if (!leaf_is_done(&op->leaf) && !op->submitted) {
+        op->worker = w;
+        op->submitted = 1;
+        Py_INCREF(op);  /* the port's in-flight reference */
+        int err = zk_port_submit(zk_worker_port(w), &op->op);
+        if (err != 0) {
+            op->submitted = 0;
+            io_op_release_buffer(op);
+            PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+            if (exc == NULL)
+                exc = zk_fetch_exception();
+            zk_leaf_complete(st, &op->leaf, NULL, exc);
+            Py_DECREF(op);
+        }
+    }
+    return 0;
+}
+
+static int io_op_interrupt_mode(zk_state *st, zk_worker *w, PyObject *obj) {
+    ZK_UNUSED(st);
     zk_io_op *op = (zk_io_op *)obj;
     if (!leaf_is_done(&op->leaf)) {
         if (!op->cancel_requested) {
@@ -663,24 +713,19 @@ int zk_awaitable_interrupt_mode(zk_state *st, zk_worker *w, PyObject *obj) {
     return op->ended_by_cancel ? ZK_INTERRUPT_NOW : ZK_INTERRUPT_LATER;
 }
 
-void zk_awaitable_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
-    PyTypeObject *tp = Py_TYPE(obj);
-    if (tp == st->YieldNowType) {
-        task->yield_resume = 0;
-    } else if (tp == st->TaskType) {
-        zk_task_remove_waiter((zk_task *)obj, (PyObject *)task);
-    } else if (tp == st->OneshotType) {
-        leaf_unregister((zk_leaf *)obj);
-    } else if (tp == st->SleepType) {
-        zk_sleep *s = (zk_sleep *)obj;
-        leaf_unregister(&s->leaf);
-        zk_worker_cancel_timer(w, &s->timer);
-    } else if (tp == st->OpType) {
-        zk_io_op *op = (zk_io_op *)obj;
-        leaf_unregister(&op->leaf);
-        zk_worker_cancel_op(w, op);
-    }
+static void io_op_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(task);
+    zk_io_op *op = (zk_io_op *)obj;
+    leaf_unregister(&op->leaf);
+    zk_worker_cancel_op(w, op);
 }
+
+static const zk_leaf_ops io_op_ops = {
+    .ready = leaf_ready,
+    .register_waker = io_op_register,
+    .unregister = io_op_unregister,
+    .interrupt_mode = io_op_interrupt_mode,
+};
 
 int zk_leaf_types_init(PyObject *module, zk_state *st) {
 #define MAKE(field, spec)                                                              \
@@ -695,6 +740,13 @@ int zk_leaf_types_init(PyObject *module, zk_state *st) {
     MAKE(OpType, io_op_spec);
     MAKE(TimeoutScopeType, scope_spec);
 #undef MAKE
+    /* Hottest first (see zk_leaf_ops_of); the Task kind is added before
+     * these by zk_task_type_init. */
+    if (zk_leaf_kind_add(st, st->YieldNowType, &yield_ops) < 0 ||
+        zk_leaf_kind_add(st, st->SleepType, &sleep_ops) < 0 ||
+        zk_leaf_kind_add(st, st->OneshotType, &oneshot_ops) < 0 ||
+        zk_leaf_kind_add(st, st->OpType, &io_op_ops) < 0)
+        return -1;
     st->yield_now = PyType_GenericAlloc(st->YieldNowType, 0);
     if (st->yield_now == NULL)
         return -1;

@@ -18,6 +18,7 @@
 typedef enum zk_timer_kind {
     ZK_TIMER_SLEEP = 1,
     ZK_TIMER_TIMEOUT = 2,
+    ZK_TIMER_KINDS
 } zk_timer_kind;
 
 /* A timer embedded in a Python object (Sleep leaf or TimeoutScope).  The wheel
@@ -78,11 +79,23 @@ struct zk_timeout_scope {
 _Static_assert(sizeof(zk_sleep) <= 112, "zk_sleep grew past 112 bytes");
 #endif
 
+/* What differs between timer kinds, one row per zk_timer_kind (leaf.c). */
+typedef struct zk_timer_ops {
+    size_t owner_offset;     /* offsetof(<object that embeds it>, timer) */
+    /* The timer is due.  Attached; on the wheel's owner, or on the monitor
+     * thread for a stuck owner (sched.c). */
+    void (*fire)(zk_state *st, zk_timer *timer);
+} zk_timer_ops;
+extern const zk_timer_ops zk_timer_kinds[ZK_TIMER_KINDS];
+
 /* The Python object that embeds `timer` (a Sleep or a TimeoutScope). */
 static inline PyObject *zk_timer_owner(zk_timer *timer) {
-    size_t off = timer->entry.tag == ZK_TIMER_SLEEP ? offsetof(zk_sleep, timer)
-                                                    : offsetof(zk_timeout_scope, timer);
-    return (PyObject *)((char *)timer - off);
+    return (PyObject *)((char *)timer - zk_timer_kinds[timer->entry.tag].owner_offset);
+}
+
+/* Called when a timer entry is due (see zk_timer_ops.fire). */
+static inline void zk_timer_fire(zk_state *st, zk_timer *timer) {
+    zk_timer_kinds[timer->entry.tag].fire(st, timer);
 }
 
 /* Complete a leaf with a value (stolen) or an exception (stolen) and wake the
@@ -90,32 +103,91 @@ static inline PyObject *zk_timer_owner(zk_timer *timer) {
  * was already complete (the references are then released). */
 int zk_leaf_complete(zk_state *st, zk_leaf *leaf, PyObject *value, PyObject *exc);
 
-/* Is `obj` (something a coroutine yielded) ready, so that resuming the task
- * makes progress?  Used to filter spurious wakes. */
-int zk_awaitable_ready(zk_state *st, PyObject *obj);
+/* ---- awaitable kinds --------------------------------------------------- */
 
-/* Register `task` as the waker of `obj`, which its coroutine just yielded.
- * Returns 0, or -1 with an exception set that must be thrown into the
- * coroutine (e.g. a foreign awaitable). */
-int zk_awaitable_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj);
+/* What the kernel does with an awaited object of one kind.  Each kind
+ * defines one table next to its type (Task: task.c; YieldNow, Oneshot,
+ * Sleep, Op: leaf.c) and registers it with zk_leaf_kind_add; the calls
+ * below find it from the object's type, so no function tests types one by
+ * one.  Every hook runs on the worker polling the task, attached. */
+struct zk_leaf_ops {
+    /* Would resuming the task make progress?  Filters spurious wakes. */
+    int (*ready)(PyObject *obj);
+    /* The task's coroutine just yielded obj: make obj wake the task.
+     * Returns 0, or -1 with an exception to throw into the coroutine. */
+    int (*register_waker)(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj);
+    /* Undo register_waker because the task is being interrupted (cancel or
+     * timeout): unregister timers, cancel ops. */
+    void (*unregister)(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj);
+    /* How an interrupt reaches a task suspended on obj (ZK_INTERRUPT_*
+     * below).  NULL: always ZK_INTERRUPT_NOW. */
+    int (*interrupt_mode)(zk_state *st, zk_worker *w, PyObject *obj);
+};
 
 /* A task with a pending interrupt is suspended on `obj`.  For an I/O op
  * still in flight the interrupt must wait for the op's own completion, or
- * data the kernel already moved would be lost.  Returns:
+ * data the kernel already moved would be lost.  interrupt_mode returns:
  *   ZK_INTERRUPT_NOW    throw the interrupt now (not an op, or the op ended
  *                       by cancellation)
  *   ZK_INTERRUPT_WAIT   op cancel requested; stay suspended until it ends
  *   ZK_INTERRUPT_LATER  the op completed with a real result: resume the
  *                       coroutine with it, throw at the next suspension */
 enum { ZK_INTERRUPT_NOW = 0, ZK_INTERRUPT_WAIT = 1, ZK_INTERRUPT_LATER = 2 };
-int zk_awaitable_interrupt_mode(zk_state *st, zk_worker *w, PyObject *obj);
+
+/* Make objects of `type` awaitable by zokio tasks.  Module init only; the
+ * kinds awaited most should be added first.  Returns 0, or -1 with
+ * RuntimeError when ZK_LEAF_KINDS_MAX is reached. */
+int zk_leaf_kind_add(zk_state *st, PyTypeObject *type, const zk_leaf_ops *ops);
+
+/* The ops of obj's kind, or NULL if obj is not a zokio awaitable.  A walk
+ * over a handful of pointers, hottest first: it runs on every await that
+ * suspends, so it must cost no more than a chain of type compares. */
+static inline const zk_leaf_ops *zk_leaf_ops_of(zk_state *st, PyObject *obj) {
+    PyTypeObject *tp = Py_TYPE(obj);
+    for (int i = 0; i < ZK_LEAF_KINDS_MAX && st->leaf_kinds[i].type != NULL; i++)
+        if (st->leaf_kinds[i].type == tp)
+            return st->leaf_kinds[i].ops;
+    return NULL;
+}
+
+/* Is `obj` (something a coroutine yielded) ready, so that resuming the task
+ * makes progress?  Used to filter spurious wakes. */
+static inline int zk_awaitable_ready(zk_state *st, PyObject *obj) {
+    const zk_leaf_ops *ops = zk_leaf_ops_of(st, obj);
+    return ops == NULL || ops->ready(obj);
+}
+
+/* TypeError for a task that awaited something zokio cannot wait on. */
+int zk_awaitable_foreign(PyObject *obj);
+
+/* Register `task` as the waker of `obj`, which its coroutine just yielded.
+ * Returns 0, or -1 with an exception set that must be thrown into the
+ * coroutine (e.g. a foreign awaitable). */
+static inline int zk_awaitable_register(zk_state *st, zk_worker *w, zk_task *task,
+                                        PyObject *obj) {
+    const zk_leaf_ops *ops = zk_leaf_ops_of(st, obj);
+    if (ops == NULL)
+        return zk_awaitable_foreign(obj);
+    return ops->register_waker(st, w, task, obj);
+}
+
+/* See zk_leaf_ops.interrupt_mode. */
+static inline int zk_awaitable_interrupt_mode(zk_state *st, zk_worker *w, PyObject *obj) {
+    const zk_leaf_ops *ops = zk_leaf_ops_of(st, obj);
+    if (ops == NULL || ops->interrupt_mode == NULL)
+        return ZK_INTERRUPT_NOW;
+    return ops->interrupt_mode(st, w, obj);
+}
 
 /* Undo a registration because the task is being interrupted (cancel or
  * timeout).  Unregisters timers and cancels ops.  Attached. */
-void zk_awaitable_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj);
+static inline void zk_awaitable_unregister(zk_state *st, zk_worker *w, zk_task *task,
+                                           PyObject *obj) {
+    const zk_leaf_ops *ops = zk_leaf_ops_of(st, obj);
+    if (ops != NULL)
+        ops->unregister(st, w, task, obj);
+}
 
-/* Called by the owning worker when a timer entry fires or is cancelled. */
-void zk_timer_fire(zk_state *st, zk_timer *timer);
 /* Called by the owning worker when an op record completes. */
 void zk_io_op_complete(zk_op *op, int64_t result);
 
