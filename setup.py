@@ -14,6 +14,12 @@ extra_compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-O2", "-g"]
 if "--zokio-debug" in sys.argv:  # sanitizer builds: CFLAGS may add more
     sys.argv.remove("--zokio-debug")
     extra_compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-O0", "-g3"]
+# Only PyInit_* is exported (PyMODINIT_FUNC marks it).  The kernel's zk_*
+# functions stay inside their extension: the two extensions link some of the
+# same sources without their symbols meeting, and calls between the kernel's
+# files are direct (with -fPIC and default visibility every such call could
+# be interposed, so the compiler may neither inline it nor bind it locally).
+extra_compile_args.append("-fvisibility=hidden")
 
 
 def sources(*patterns):
@@ -23,12 +29,14 @@ def sources(*patterns):
 # Headers of every layer: a change to any of them rebuilds both extensions.
 headers = sources("native/*/*.h")
 
-# The pure-C parts of core/ and io/ that the test-only types drive.  They do
-# not touch the kernel's Python objects, so the testing module links them
-# without the rest of the kernel.
+# The parts of core/ and io/ that the test-only types drive.  None of them
+# needs the kernel's module state, so the testing module links them without
+# the rest of the kernel (op.c's Python half is linked too, but only the Op
+# leaf of zokio._native calls it).
 wrapped_by_tests = [
     "native/core/run_queue.c",
     "native/core/timer_wheel.c",
+    "native/io/op.c",  # the descriptor table the ports read
     "native/io/port.c",
     "native/io/port_epoll.c",
     "native/io/port_uring.c",

@@ -3,6 +3,7 @@
 #include "core/leaf.h"
 #include "core/sched.h"
 #include "core/task.h"
+#include "io/op_leaf.h"
 #include "io/port.h"
 #include <math.h>
 
@@ -149,13 +150,7 @@ static PyObject *make_op(PyObject *module, PyObject *args, PyObject *kwds, zk_op
     long long offset = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|L", kwlist, &fd, &arg, &offset))
         return NULL;
-    if (opcode == ZK_OP_READ) {
-        Py_ssize_t n = PyLong_AsSsize_t(arg);
-        if (n == -1 && PyErr_Occurred())
-            return NULL;
-        return zk_io_op_new(get_state(module), opcode, fd, NULL, n, offset);
-    }
-    return zk_io_op_new(get_state(module), opcode, fd, arg, 0, offset);
+    return zk_io_op_new(get_state(module), opcode, fd, arg, offset);
 }
 
 static PyObject *mod_op_read(PyObject *module, PyObject *args, PyObject *kwds) {
@@ -231,9 +226,9 @@ static int module_exec(PyObject *module) {
     if (st->Cancelled == NULL || PyModule_AddObjectRef(module, "Cancelled", st->Cancelled) < 0)
         return -1;
     /* This order is also the order in which the worker looks up awaitable
-     * kinds (zk_leaf_ops_of): JoinHandle first, then leaf.c's. */
+     * kinds (zk_leaf_ops_of): JoinHandle first, then leaf.c's, then the Op. */
     if (zk_task_type_init(module, st) < 0 || zk_leaf_types_init(module, st) < 0 ||
-        zk_sched_type_init(module, st) < 0)
+        zk_op_leaf_type_init(module, st) < 0 || zk_sched_type_init(module, st) < 0)
         return -1;
     return 0;
 }
@@ -265,7 +260,9 @@ static int module_clear(PyObject *module) {
     Py_CLEAR(st->yield_now);
     Py_CLEAR(st->str_throw);
     Py_CLEAR(st->str_close);
-    memset(st->leaf_kinds, 0, sizeof(st->leaf_kinds));  /* borrowed the types above */
+    /* They borrowed the types cleared above. */
+    memset(st->leaf_kind_type, 0, sizeof(st->leaf_kind_type));
+    memset(st->leaf_kind_ops, 0, sizeof(st->leaf_kind_ops));
     return 0;
 }
 

@@ -11,7 +11,6 @@
 
 #include "core/state.h"
 #include "core/timer_wheel.h"
-#include "io/port.h"
 
 /* ---- timers ------------------------------------------------------------ */
 
@@ -42,7 +41,8 @@ struct zk_timer {
 struct zk_leaf {
     PyObject_HEAD
     _Atomic(zk_task *) waker;
-    _Atomic int done;        /* 0 pending, 1 done; set once (release) */
+    _Atomic int done;        /* ZK_LEAF_*: goes PENDING -> COMPLETING -> DONE
+                                once; DONE is stored last (release) */
     PyObject *value;         /* result, valid once done (acquire) */
     PyObject *exc;           /* exception instance, or NULL */
 };
@@ -51,18 +51,6 @@ typedef struct zk_sleep {
     zk_leaf leaf;
     zk_timer timer;
 } zk_sleep;
-
-struct zk_io_op {
-    zk_leaf leaf;
-    zk_op op;
-    Py_buffer view;          /* pinned until the op's own completion */
-    PyObject *read_buf;      /* bytearray for reads */
-    zk_worker *worker;       /* port it was submitted to */
-    int submitted;           /* in flight; written by the owning worker */
-    int view_held;
-    int cancel_requested;    /* an interrupt asked the port to cancel it */
-    int ended_by_cancel;     /* its completion was -ECANCELED */
-};
 
 struct zk_timeout_scope {
     PyObject_HEAD
@@ -98,16 +86,38 @@ static inline void zk_timer_fire(zk_state *st, zk_timer *timer) {
     zk_timer_kinds[timer->entry.tag].fire(st, timer);
 }
 
+enum { ZK_LEAF_PENDING = 0, ZK_LEAF_COMPLETING = 1, ZK_LEAF_DONE = 2 };
+
+static inline int zk_leaf_is_done(zk_leaf *l) {
+    return atomic_load_explicit(&l->done, memory_order_acquire) == ZK_LEAF_DONE;
+}
+
 /* Complete a leaf with a value (stolen) or an exception (stolen) and wake the
  * task registered on it.  Any thread, attached.  Returns 0, or 1 if the leaf
  * was already complete (the references are then released). */
 int zk_leaf_complete(zk_state *st, zk_leaf *leaf, PyObject *value, PyObject *exc);
 
+/* The shared machinery of leaves, for leaf types defined outside leaf.c (the
+ * Op leaf, io/op_leaf.c).  A leaf type embeds zk_leaf first. */
+void zk_leaf_init(zk_leaf *l);
+/* The registrar's half of the waker handshake (top of leaf.c).  Returns 0,
+ * or -1 with RuntimeError if another task already waits on the leaf. */
+int zk_leaf_register_waker(zk_leaf *leaf, zk_task *task);
+/* Drop the registered waker, if any (the task is being interrupted). */
+void zk_leaf_unregister_waker(zk_leaf *leaf);
+/* Type slots: __next__ (the outcome once done, while the cooperative budget
+ * lasts, else yield the leaf), __await__, GC traverse/clear, dealloc. */
+PyObject *zk_leaf_iternext(zk_leaf *self);
+PyObject *zk_leaf_await(PyObject *self);
+int zk_leaf_traverse(zk_leaf *self, visitproc visit, void *arg);
+int zk_leaf_clear(zk_leaf *self);
+void zk_leaf_dealloc(zk_leaf *self);
+
 /* ---- awaitable kinds --------------------------------------------------- */
 
 /* What the kernel does with an awaited object of one kind.  Each kind
  * defines one table next to its type (Task: task.c; YieldNow, Oneshot,
- * Sleep, Op: leaf.c) and registers it with zk_leaf_kind_add; the calls
+ * Sleep: leaf.c; Op: io/op_leaf.c) and registers it with zk_leaf_kind_add; the calls
  * below find it from the object's type, so no function tests types one by
  * one.  Every hook runs on the worker polling the task, attached. */
 struct zk_leaf_ops {
@@ -139,14 +149,16 @@ enum { ZK_INTERRUPT_NOW = 0, ZK_INTERRUPT_WAIT = 1, ZK_INTERRUPT_LATER = 2 };
  * RuntimeError when ZK_LEAF_KINDS_MAX is reached. */
 int zk_leaf_kind_add(zk_state *st, PyTypeObject *type, const zk_leaf_ops *ops);
 
-/* The ops of obj's kind, or NULL if obj is not a zokio awaitable.  A walk
- * over a handful of pointers, hottest first: it runs on every await that
- * suspends, so it must cost no more than a chain of type compares. */
+/* The ops of obj's kind, or NULL if obj is not a zokio awaitable.  It runs
+ * twice for every await that suspends, so it is what a chain of type
+ * compares was: a fixed, unrolled row of them, hottest kind first, no
+ * end-of-list test (an unused entry is NULL, which no type equals). */
 static inline const zk_leaf_ops *zk_leaf_ops_of(zk_state *st, PyObject *obj) {
     PyTypeObject *tp = Py_TYPE(obj);
-    for (int i = 0; i < ZK_LEAF_KINDS_MAX && st->leaf_kinds[i].type != NULL; i++)
-        if (st->leaf_kinds[i].type == tp)
-            return st->leaf_kinds[i].ops;
+#pragma GCC unroll 8
+    for (int i = 0; i < ZK_LEAF_KINDS_MAX; i++)
+        if (st->leaf_kind_type[i] == tp)
+            return st->leaf_kind_ops[i];
     return NULL;
 }
 
@@ -188,12 +200,7 @@ static inline void zk_awaitable_unregister(zk_state *st, zk_worker *w, zk_task *
         ops->unregister(st, w, task, obj);
 }
 
-/* Called by the owning worker when an op record completes. */
-void zk_io_op_complete(zk_op *op, int64_t result);
-
 int zk_leaf_types_init(PyObject *module, zk_state *st);
 PyObject *zk_sleep_new(zk_state *st, int64_t deadline_ns);
-PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, PyObject *data,
-                       Py_ssize_t nbytes, int64_t offset);
 
 #endif

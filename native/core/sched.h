@@ -38,8 +38,11 @@ int zk_worker_add_timer(zk_worker *w, zk_timer *timer);
 /* Remove a timer from whichever wheel holds it (any thread: wheels are
  * locked). */
 void zk_worker_cancel_timer(zk_worker *current, zk_timer *timer);
-/* Cancel an op in flight on its owning worker's port. */
-void zk_worker_cancel_op(zk_worker *current, zk_io_op *op);
+/* Cancel `op`, in flight on the port of `owner` (the worker it was submitted
+ * on): at once when that is the calling worker, else through owner's
+ * mailbox, since an io_uring ring takes submissions from its owner only.
+ * `holder` owns op's memory; the mailbox keeps it alive until then. */
+void zk_worker_cancel_op(zk_worker *current, zk_worker *owner, PyObject *holder, zk_op *op);
 uint64_t zk_worker_now_ms(zk_worker *w);
 /* Count a completed op on the worker (metrics). */
 void zk_worker_count_op(zk_worker *w);

@@ -25,16 +25,9 @@ typedef struct zk_task zk_task;                     /* task.h */
 typedef struct zk_leaf zk_leaf;                     /* leaf.h */
 typedef struct zk_timer zk_timer;                   /* leaf.h */
 typedef struct zk_timeout_scope zk_timeout_scope;   /* leaf.h */
-typedef struct zk_io_op zk_io_op;                   /* leaf.h */
 typedef struct zk_blocking_pool zk_blocking_pool;   /* blocking_pool.c (opaque) */
 typedef struct zk_leaf_ops zk_leaf_ops;             /* leaf.h */
 
-/* An awaitable type and the ops table of its kind (leaf.h).  The worker
- * finds the table by the exact type of what a coroutine yielded. */
-typedef struct zk_leaf_kind {
-    PyTypeObject *type;         /* borrowed: the *Type field below owns it */
-    const zk_leaf_ops *ops;
-} zk_leaf_kind;
 /* Task, YieldNow, Sleep, Oneshot, Op, and room for the kinds to come. */
 #define ZK_LEAF_KINDS_MAX 8
 
@@ -53,10 +46,14 @@ typedef struct zk_state {
     PyObject *yield_now;        /* the one YieldNow instance */
     PyObject *str_throw;        /* interned "throw" */
     PyObject *str_close;        /* interned "close" */
-    /* Every awaitable kind, in the order registered (zk_leaf_kind_add): the
-     * lookup walks it from the front, so the kinds awaited most come first
-     * (module.c).  Unused entries are zero. */
-    zk_leaf_kind leaf_kinds[ZK_LEAF_KINDS_MAX];
+    /* Every awaitable kind (leaf.h): its exact type, borrowed from the
+     * fields above, and its ops table, at the same index, in the order
+     * registered (zk_leaf_kind_add).  The lookup compares types from the
+     * front, so the kinds awaited most come first (module.c); the types sit
+     * apart from the tables so that the compares read one cache line.
+     * Unused entries are NULL. */
+    PyTypeObject *leaf_kind_type[ZK_LEAF_KINDS_MAX];
+    const zk_leaf_ops *leaf_kind_ops[ZK_LEAF_KINDS_MAX];
 } zk_state;
 
 /* ---- thread-local context --------------------------------------------- */

@@ -117,7 +117,4 @@ static inline void zk_port_post(zk_port_common *c, zk_op *op, int64_t result)
  * forever.  Returns the number delivered. */
 int zk_port_deliver_ready(zk_port_common *c);
 
-/* Largest count a single read/write moves on Linux (MAX_RW_COUNT). */
-#define ZK_MAX_RW 0x7ffff000u
-
 #endif
