@@ -7,8 +7,11 @@
  *   Oneshot       a cell completed once, from any thread (spawn_blocking,
  *                 user code, later sync primitives)
  *   Sleep         a timer in the current worker's wheel
- *   Op            an I/O op record in the current worker's completion port
+ *   Op            (io/op_leaf.c) an I/O op record in the current worker's
+ *                 completion port
  *   TimeoutScope  not awaited: a timer that interrupts its task
+ * Each kind's ops table (core/leaf.h) says how the worker registers, checks
+ * and unregisters a task on it.
  *
  * Waker handshake (leaf header `waker` + `done`):
  *   registrar:  CAS waker NULL -> task;   then load done (seq_cst)

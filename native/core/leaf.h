@@ -117,9 +117,10 @@ void zk_leaf_dealloc(zk_leaf *self);
 
 /* What the kernel does with an awaited object of one kind.  Each kind
  * defines one table next to its type (Task: task.c; YieldNow, Oneshot,
- * Sleep: leaf.c; Op: io/op_leaf.c) and registers it with zk_leaf_kind_add; the calls
- * below find it from the object's type, so no function tests types one by
- * one.  Every hook runs on the worker polling the task, attached. */
+ * Sleep: leaf.c; Op: io/op_leaf.c) and registers it with zk_leaf_kind_add;
+ * the calls below find it from the object's type, so no function tests
+ * types one by one.  Every hook runs on the worker polling the task,
+ * attached. */
 struct zk_leaf_ops {
     /* Would resuming the task make progress?  Filters spurious wakes. */
     int (*ready)(PyObject *obj);

@@ -10,7 +10,10 @@
  *   core/timer_wheel.h    hierarchical timing wheel; pure C
  *   core/blocking_pool.h  spawn_blocking threads
  *   io/port.h             the completion-port contract; pure C
+ *   io/op.h               one descriptor per opcode (op.c holds the table)
+ *   io/op_leaf.h          the Op leaf: an op record awaited by a task
  *   module.c              Python bindings only
+ *   testing/              test-only types: the separate zokio._native_testing
  */
 #ifndef ZOKIO_STATE_H
 #define ZOKIO_STATE_H
