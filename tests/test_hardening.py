@@ -231,6 +231,38 @@ def test_joiner_copies_keep_attributes_cause_and_notes(rt):
         assert isinstance(e.__cause__, KeyError)
 
 
+class KeywordOnly(Exception):
+    def __new__(cls, code, *, tag):
+        self = super().__new__(cls, code)
+        self.tag = tag
+        return self
+
+    def __init__(self, code, *, tag):
+        super().__init__(code)
+
+
+@pytest.mark.timeout(30)
+def test_exception_whose_new_needs_keywords_is_still_copied(rt):
+    async def fail():
+        raise KeywordOnly(7, tag="t")
+
+    async def main():
+        h = zokio.spawn(fail())
+        out = []
+        for _ in range(3):
+            try:
+                await h
+            except KeywordOnly as e:
+                out.append(e)
+        return out
+
+    excs = rt.block_on(main())
+    assert len({id(e) for e in excs}) == 3   # never the same object twice
+    for e in excs:
+        assert e.args == (7,) and e.tag == "t"
+        assert tb_length(e.__traceback__) >= 1
+
+
 @pytest.mark.timeout(30)
 def test_result_from_many_plain_threads_on_a_failed_task(rt):
     h = rt.spawn(_fail())

@@ -293,15 +293,21 @@ static PyObject *sleep_repr(zk_sleep *self) {
     return PyUnicode_FromFormat("<zokio.sleep %s>", zk_leaf_is_done(&self->leaf) ? "done" : "pending");
 }
 
+/* Sleep is not a GC type: it refers to nothing the collector could find a
+ * cycle through (its value is None; its waker reference is not visited by
+ * any leaf).  Every sleeping task would otherwise add one more object to
+ * each stop-the-world collection, and a burst of 100k sleeps made those
+ * pauses the largest part of the first burst's lateness. */
 static void sleep_dealloc(zk_sleep *self) {
     /* A filed timer holds a reference to its Sleep, so it cannot be linked. */
-    zk_leaf_dealloc(&self->leaf);
+    PyTypeObject *tp = Py_TYPE(self);
+    leaf_clear_fields(&self->leaf);
+    tp->tp_free(self);
+    Py_DECREF(tp);
 }
 
 static PyType_Slot sleep_slots[] = {
     {Py_tp_dealloc, sleep_dealloc},
-    {Py_tp_traverse, zk_leaf_traverse},
-    {Py_tp_clear, zk_leaf_clear},
     {Py_tp_iter, PyObject_SelfIter},
     {Py_tp_iternext, zk_leaf_iternext},
     {Py_am_await, zk_leaf_await},
@@ -312,20 +318,19 @@ static PyType_Slot sleep_slots[] = {
 static PyType_Spec sleep_spec = {
     .name = "zokio._native.Sleep",
     .basicsize = sizeof(zk_sleep),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE |
              Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = sleep_slots,
 };
 
 PyObject *zk_sleep_new(zk_state *st, int64_t deadline_ns) {
-    zk_sleep *self = PyObject_GC_New(zk_sleep, st->SleepType);
+    zk_sleep *self = PyObject_New(zk_sleep, st->SleepType);
     if (self == NULL)
         return NULL;
     zk_leaf_init(&self->leaf);
     memset(&self->timer, 0, sizeof(self->timer));
     self->timer.entry.tag = ZK_TIMER_SLEEP;
     self->timer.deadline_ns = deadline_ns;
-    PyObject_GC_Track(self);
     return (PyObject *)self;
 }
 

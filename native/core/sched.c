@@ -97,6 +97,15 @@ struct zk_worker {
     _Atomic(zk_task *) lifo;
     int lifo_polls;
     _Atomic int polling;           /* 1 while zk_task_run runs (monitor) */
+    /* While the worker processes timers and I/O completions, the tasks they
+     * wake are collected here and polled right after, in wake order, instead
+     * of going through the LIFO slot: one slot cannot hold a batch, and the
+     * rest would land at the back of the local queue, behind every task
+     * queued meanwhile -- a burst of fresh spawns made due sleepers wait for
+     * the whole burst (cold 100k-sleep p99 of 13-40 ms).  Owner only. */
+    int collecting;
+    zk_task **woken;
+    size_t woken_len, woken_cap;
     int searching;                 /* owner only; mirrored in num_searching */
     _Atomic int parked;            /* 1 while in the parked stack (idle_lock) */
     uint32_t rng;
@@ -379,9 +388,24 @@ static void push_local(zk_worker *w, zk_task *t) {
         notify_parked(s);
 }
 
+static int collect_woken(zk_worker *w, zk_task *t) {
+    if (w->woken_len == w->woken_cap) {
+        size_t cap = w->woken_cap ? w->woken_cap * 2 : 64;
+        zk_task **a = PyMem_RawRealloc(w->woken, cap * sizeof(zk_task *));
+        if (a == NULL)
+            return -1;  /* the caller queues it instead */
+        w->woken = a;
+        w->woken_cap = cap;
+    }
+    w->woken[w->woken_len++] = t;
+    return 0;
+}
+
 void zk_sched_schedule(zk_sched *s, zk_task *t, int lifo) {
     zk_worker *w = zk_current_worker;
     if (w != NULL && w->sched == s) {
+        if (w->collecting && collect_woken(w, t) == 0)
+            return;
         if (lifo) {
             zk_task *prev = atomic_exchange_explicit(&w->lifo, t, memory_order_acq_rel);
             if (prev == NULL)
@@ -629,15 +653,36 @@ static uint64_t next_timer_tick(zk_worker *w) {
 }
 
 /* Timers, I/O completions and mailbox, without blocking. */
+
+/* Poll the tasks that timers and I/O completions woke (see `woken`). */
+static void run_woken(zk_worker *w) {
+    w->collecting = 0;
+    size_t n = w->woken_len;
+    if (n == 0)
+        return;
+    if (w->searching)
+        transition_from_searching(w);
+    for (size_t i = 0; i < n; i++) {
+        zk_task *t = w->woken[i];
+        atomic_fetch_add_explicit(&w->m_polls, 1, memory_order_relaxed);
+        atomic_store_explicit(&w->polling, 1, memory_order_relaxed);
+        zk_task_run(w, t);
+        atomic_store_explicit(&w->polling, 0, memory_order_relaxed);
+    }
+    w->woken_len = 0;
+}
+
 static int maintenance(zk_worker *w) {
     drain_mailbox(w);
     drain_releases(w);
     int n = 0;
+    w->collecting = 1;
     if (zk_port_inflight(w->port) > 0) {
         zk_port_wait(w->port, 0);
         n += zk_port_process(w->port);
     }
     n += fire_timers(w);
+    run_woken(w);
     return n;
 }
 
@@ -800,10 +845,12 @@ static void park(zk_worker *w) {
     if (atomic_load_explicit(&s->monitor_idle, memory_order_relaxed))
         monitor_kick(s);
 
-    zk_port_process(w->port);
     drain_mailbox(w);
     drain_releases(w);
+    w->collecting = 1;
+    zk_port_process(w->port);
     fire_timers(w);
+    run_woken(w);
 }
 
 static void worker_loop(zk_worker *w) {
@@ -994,6 +1041,7 @@ static void sched_dealloc(zk_sched *s) {
             for (size_t k = 0; k < w->mail_len; k++)
                 Py_DECREF(w->mail[k].obj);
             PyMem_RawFree(w->mail);
+            PyMem_RawFree(w->woken);
         }
         free(s->workers);
     }

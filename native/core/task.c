@@ -195,7 +195,13 @@ zk_task *zk_task_new(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name) 
         return NULL;
     }
     t->coro = Py_NewRef(coro);
-    PyObject_GC_Track((PyObject *)t);
+    /* Not tracked by the collector while it runs: a live task is always
+     * reachable (the live-task registry owns it), so a collection could only
+     * spend time on it; bursts of tasks made those stop-the-world pauses the
+     * largest part of timer lateness.  What it references is still found
+     * through other paths or kept alive by it.  task_complete() starts
+     * tracking it, and from then on cycles through the finished task (its
+     * exception's traceback, its coroutine's frame) are collectable. */
     return t;
 }
 
@@ -306,6 +312,7 @@ static void task_complete(zk_task *t, PyObject *result, PyObject *exc) {
     PyObject *waiting = t->waiting_on;
     t->waiting_on = NULL;
     zk_transition_to_complete(t);
+    PyObject_GC_Track((PyObject *)t);  /* see zk_task_new */
 
     zk_mutex_lock(&t->lock);
     PyObject *waiters = t->waiters;
@@ -670,14 +677,21 @@ static PyObject *copy_exception(PyObject *exc, PyObject *tb) {
         PyErr_Clear();
         return NULL;
     }
+    PyTypeObject *base = builtin_base(tp);
     PyObject *copy = tp->tp_new(tp, args, NULL);
+    if (copy == NULL && base != NULL && base != tp && base->tp_new != NULL) {
+        /* A __new__ that cannot be called again with just args (keyword-only
+         * parameters, say): build it with the built-in base's tp_new, which
+         * runs no user code; its attributes come back with __dict__ below. */
+        PyErr_Clear();
+        copy = base->tp_new(tp, args, NULL);
+    }
     if (copy == NULL || !PyExceptionInstance_Check(copy)) {
         Py_XDECREF(copy);
         Py_DECREF(args);
         PyErr_Clear();
         return NULL;
     }
-    PyTypeObject *base = builtin_base(tp);
     if (base != NULL && base->tp_init != NULL && base->tp_init(copy, args, NULL) < 0)
         PyErr_Clear();  /* the fields stay as tp_new left them */
     Py_DECREF(args);
