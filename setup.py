@@ -6,6 +6,8 @@ zokio._native_testing  test-only types (native/testing/) over the pure-C
                        structures they wrap; `import zokio` never loads it
 """
 import glob
+import os
+import shlex
 import sys
 
 from setuptools import Extension, setup
@@ -14,6 +16,10 @@ extra_compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-O2", "-g"]
 if "--zokio-debug" in sys.argv:  # sanitizer builds: CFLAGS may add more
     sys.argv.remove("--zokio-debug")
     extra_compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-O0", "-g3"]
+# extra_compile_args come after $CFLAGS on the compiler's command line: let an
+# optimisation level given in CFLAGS (tox env tsan: -O1) win over ours.
+if any(f.startswith("-O") for f in shlex.split(os.environ.get("CFLAGS", ""))):
+    extra_compile_args = [a for a in extra_compile_args if not a.startswith("-O")]
 # Only PyInit_* is exported (PyMODINIT_FUNC marks it).  The kernel's zk_*
 # functions stay inside their extension: the two extensions link some of the
 # same sources without their symbols meeting, and calls between the kernel's

@@ -13,14 +13,12 @@
 # - The interpreter is installed into a staging directory and renamed into
 #   place only once it works, so a half-installed or killed build is never
 #   taken for a finished one (and is redone on the next call).
-# - The private apt lists are fetched afresh for every build, so stale lists
-#   (or a suite whose Release info changed since) cannot break it.  If the
-#   pinned Debian version ($ZOKIO_PY_DEB_VERSION) has left the archive, the
-#   newest python3.13 in trixie is used instead.
+# - See scripts/cpython-src.sh for how the source is fetched (private apt
+#   lists fetched afresh, fallback when $ZOKIO_PY_DEB_VERSION has left the
+#   archive).
 set -euo pipefail
 
 CACHE="${ZOKIO_CACHE:-$HOME/.cache/zokio}"
-PY_DEB_VERSION="${ZOKIO_PY_DEB_VERSION:-3.13.5-2+deb13u5}"
 PREFIX="$CACHE/cpython-3.13t"
 
 log() { printf 'ensure-ft-python: %s\n' "$*" >&2; }
@@ -57,64 +55,10 @@ if [ -x "$PREFIX/bin/python3.13t" ] && is_free_threaded "$PREFIX/bin/python3.13t
   echo "$PREFIX/bin/python3.13t"; exit 0
 fi
 
+# shellcheck source=scripts/cpython-src.sh
+. "$(dirname "$0")/cpython-src.sh"
+orig=$(cpython_tarball)
 SRCDIR="$CACHE/src"
-mkdir -p "$SRCDIR"
-orig_tarball() {  # newest upstream tarball in $SRCDIR, or nothing
-  local f best=""
-  for f in "$SRCDIR"/python3.13_*.orig.tar.xz "$SRCDIR"/python3.13_*.orig.tar.gz; do
-    [ -f "$f" ] && best=$(printf '%s\n%s\n' "$best" "$f" | sort -V | tail -n 1)
-  done
-  echo "$best"
-}
-if [ -z "$(orig_tarball)" ]; then
-  mirror=""
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] || continue
-    for u in $(awk '/^URIs:/ {for (i = 2; i <= NF; i++) print $i}' "$f"); do
-      case "$u" in */debian|*/debian/) mirror="${u%/}"; break 2;; esac
-    done
-  done
-  if [ -z "$mirror" ]; then
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-      [ -f "$f" ] || continue
-      # deb [opts] URI suite comps: skip the bracketed options, if any.
-      mirror=$(awk '$1 == "deb" { i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/ && i < NF) i++; i++ }
-                                  if ($i ~ /\/debian\/?$/) { sub(/\/$/, "", $i); print $i; exit } }' "$f")
-      [ -n "$mirror" ] && break
-    done
-  fi
-  [ -n "$mirror" ] || die "cannot find a Debian mirror in the apt configuration"
-  log "using mirror $mirror"
-
-  APT="$CACHE/apt"
-  rm -rf "$APT/lists"  # always fresh: stale lists name files the mirror no longer has
-  mkdir -p "$APT/lists/partial" "$APT/archives/partial" "$APT/etc"
-  cat > "$APT/etc/sources.list" <<SRC
-deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main
-SRC
-  apt_opts=(
-    -o "Dir::Etc::SourceList=$APT/etc/sources.list"
-    -o "Dir::Etc::SourceParts=/dev/null"
-    -o "Dir::State::Lists=$APT/lists"
-    -o "Dir::Cache=$APT"
-    -o "APT::Sandbox::User=root"
-  )
-  apt-get "${apt_opts[@]}" update >&2 || die "apt-get update (private trixie deb-src list) failed"
-  # Download into a scratch directory so an interrupted download leaves nothing
-  # that looks like a complete source package.
-  dl="$SRCDIR/download.$$"
-  rm -rf "$dl" && mkdir -p "$dl"
-  if ! (cd "$dl" && apt-get "${apt_opts[@]}" source --download-only "python3.13=$PY_DEB_VERSION" >&2); then
-    log "python3.13=$PY_DEB_VERSION is not in trixie any more; taking trixie's current python3.13"
-    rm -rf "$dl" && mkdir -p "$dl"
-    (cd "$dl" && apt-get "${apt_opts[@]}" source --download-only python3.13 >&2) \
-      || { rm -rf "$dl"; die "cannot download the python3.13 source package"; }
-  fi
-  mv "$dl"/python3.13_* "$SRCDIR"/
-  rm -rf "$dl"
-fi
-orig=$(orig_tarball)
-[ -n "$orig" ] || die "no python3.13 source tarball in $SRCDIR"
 
 BUILD="$SRCDIR/build"
 STAGE="$CACHE/stage"

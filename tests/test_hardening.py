@@ -545,7 +545,7 @@ def test_awaiting_a_join_handle_outside_a_zokio_task(rt):
 
 
 @pytest.mark.timeout(60)
-def test_unretrieved_failure_at_interpreter_exit_shows_the_real_error(util):
+def test_unretrieved_failure_at_interpreter_exit_shows_the_real_error(util, tmp_path):
     script = textwrap.dedent("""
         import zokio
         async def boom():
@@ -557,8 +557,9 @@ def test_unretrieved_failure_at_interpreter_exit_shows_the_real_error(util):
         rt.shutdown()
         # HANDLE stays referenced by this module until interpreter exit
     """)
+    # cwd outside the source tree: `python -c` puts the cwd first on sys.path
     proc = subprocess.run([sys.executable, "-c", script], env=util.subprocess_env(),
-                          capture_output=True, text=True, timeout=50)
+                          capture_output=True, text=True, timeout=50, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "the real error 1234" in proc.stderr
     assert "ImportError" not in proc.stderr
@@ -598,8 +599,39 @@ def test_timer_of_a_worker_stuck_in_a_long_poll_fires(make_runtime):
             await zokio.sleep(0.01)
         return out
 
+    # (Which worker files the timer depends on stealing: if the hogging task
+    # was stolen, the sleeper's worker is idle and fires it itself.)
     assert rt.block_on(main()) == [False]
-    assert rt.metrics()["stranded_rescued"] >= 1
+
+
+@pytest.mark.timeout(60)
+def test_monitor_fires_the_timer_filed_on_the_stuck_worker(make_runtime):
+    """A timeout scope files its timer on the worker running the task; that
+    task then hogs the worker: the monitor must fire it while the hog runs."""
+    rt = make_runtime(2)
+    hog_done = threading.Event()
+    started = threading.Event()
+
+    async def stuck():
+        try:
+            async with zokio.timeout(0.01):
+                started.set()
+                _hog(1.0)
+                hog_done.set()
+                await zokio.sleep(5)
+        except TimeoutError:
+            return "timed out"
+
+    h = rt.spawn(stuck())
+    assert started.wait(10)
+    rescued_during_hog = False
+    while not hog_done.is_set():
+        if rt.metrics()["stranded_rescued"] >= 1:
+            rescued_during_hog = not hog_done.is_set()
+            break
+        time.sleep(0.002)
+    assert rescued_during_hog
+    assert h.result(timeout=10) == "timed out"
 
 
 @pytest.mark.timeout(60)
