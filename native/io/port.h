@@ -5,6 +5,8 @@
  * bookkeeping live once in the scheduler (sched.c).  Two backends implement
  * this contract: port_uring.c (io_uring, raw syscalls) and port_epoll.c
  * (epoll emulating completions).  Both must pass the same test suite.
+ * The contract is the same for every op: what differs between ops (how each
+ * backend runs one) is the op's row in the descriptor table, op.h.
  *
  * Threads.  Every function except zk_port_wake() must be called on the port's
  * owner thread.  zk_port_wait() is the only one that blocks; its caller has
