@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
-WORKLOADS = ("spawn", "cpu", "sleep", "memory", "blocking", "misc")
+WORKLOADS = ("spawn", "cpu", "sleep", "stranded", "memory", "blocking", "misc")
 DOC = os.path.join(C.REPO_DIR, "docs", "benchmarks.md")
 
 
@@ -233,7 +233,8 @@ def render_doc(info, bars, sections, timings, total, args) -> str:
         "./scripts/bench.sh --quick         # arguments go to bench/run_all.py: ~2 min smoke run",
         "python bench/run_all.py            # the same with an interpreter that has zokio installed",
         "python bench/bench_spawn.py        # one workload alone (also bench_cpu, bench_sleep,",
-        "                                   # bench_memory, bench_blocking, bench_misc)",
+        "                                   # bench_stranded, bench_memory, bench_blocking,",
+        "                                   # bench_misc)",
         "```",
         "",
         "The interpreter must be a free-threaded CPython with zokio installed and, for the peers,",
