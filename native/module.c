@@ -1,12 +1,11 @@
 /* module.c -- Python bindings of zokio._native: module state, module-level
  * functions, and the registration of every type.  No kernel logic here. */
-#include "task.h"
-#include "testing.h"
+#include "core/leaf.h"
+#include "core/sched.h"
+#include "core/task.h"
+#include "io/op_leaf.h"
+#include "io/port.h"
 #include <math.h>
-
-zk_sched *zk_current_sched(void);
-PyObject *zk_sched_spawn(zk_sched *s, PyObject *coro, PyObject *name);
-PyObject *zk_sched_spawn_blocking(zk_sched *s, PyObject *fn, PyObject *args, PyObject *kwargs);
 
 static zk_state *get_state(PyObject *module) {
     return (zk_state *)PyModule_GetState(module);
@@ -151,13 +150,7 @@ static PyObject *make_op(PyObject *module, PyObject *args, PyObject *kwds, zk_op
     long long offset = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|L", kwlist, &fd, &arg, &offset))
         return NULL;
-    if (opcode == ZK_OP_READ) {
-        Py_ssize_t n = PyLong_AsSsize_t(arg);
-        if (n == -1 && PyErr_Occurred())
-            return NULL;
-        return zk_io_op_new(get_state(module), opcode, fd, NULL, n, offset);
-    }
-    return zk_io_op_new(get_state(module), opcode, fd, arg, 0, offset);
+    return zk_io_op_new(get_state(module), opcode, fd, arg, offset);
 }
 
 static PyObject *mod_op_read(PyObject *module, PyObject *args, PyObject *kwds) {
@@ -232,11 +225,10 @@ static int module_exec(PyObject *module) {
         PyExc_BaseException, NULL);
     if (st->Cancelled == NULL || PyModule_AddObjectRef(module, "Cancelled", st->Cancelled) < 0)
         return -1;
+    /* This order is also the order in which the worker looks up awaitable
+     * kinds (zk_leaf_ops_of): JoinHandle first, then leaf.c's, then the Op. */
     if (zk_task_type_init(module, st) < 0 || zk_leaf_types_init(module, st) < 0 ||
-        zk_sched_type_init(module, st) < 0)
-        return -1;
-    if (zk_timer_wheel_testing_add(module) < 0 || zk_run_queue_testing_add(module) < 0 ||
-        zk_port_testing_add(module) < 0)
+        zk_op_leaf_type_init(module, st) < 0 || zk_sched_type_init(module, st) < 0)
         return -1;
     return 0;
 }
@@ -268,6 +260,9 @@ static int module_clear(PyObject *module) {
     Py_CLEAR(st->yield_now);
     Py_CLEAR(st->str_throw);
     Py_CLEAR(st->str_close);
+    /* They borrowed the types cleared above. */
+    memset(st->leaf_kind_type, 0, sizeof(st->leaf_kind_type));
+    memset(st->leaf_kind_ops, 0, sizeof(st->leaf_kind_ops));
     return 0;
 }
 

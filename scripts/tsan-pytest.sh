@@ -13,10 +13,11 @@ set -uo pipefail
 # summarize LOGDIR: list the reports in LOGDIR/tsan.* (also usable on its own:
 # tsan-pytest.sh --summarize LOGDIR).  One report runs from its WARNING line
 # to its SUMMARY line; it is keyed by the SUMMARY line and classed as
-#   zokio      one of the racing accesses is made in native/*.c itself
-#   via-zokio  the accesses are in CPython, with native/*.c further down a
+#   zokio      one of the racing accesses is made in native/ itself (a .c or
+#              .h file there or one folder down: native/core/task.c)
+#   via-zokio  the accesses are in CPython, with native/ further down a
 #              stack (every task runs under worker_loop, so this says little)
-#   other      no native/*.c frame at all
+#   other      no native/ frame at all
 summarize() {
   local logdir=$1 logs total
   shopt -s nullglob
@@ -29,7 +30,7 @@ summarize() {
     /^WARNING: ThreadSanitizer:/ { top = 0; deep = 0; first = 0 }
     /^  (Previous )?([Aa]tomic )?([Rr]ead|[Ww]rite) of size/ { first = 1; next }
     /^ +#[0-9]+ / {
-      if ($0 ~ /[\/ ]native\/[A-Za-z0-9_]+\.[ch]:/) { if (first && $1 == "#0") top = 1; else deep = 1 }
+      if ($0 ~ /[\/ ]native\/([A-Za-z0-9_]+\/)?[A-Za-z0-9_]+\.[ch]:/) { if (first && $1 == "#0") top = 1; else deep = 1 }
       first = 0
     }
     /^SUMMARY: ThreadSanitizer:/ {
@@ -39,7 +40,7 @@ summarize() {
   ' "${logs[@]}" | sed -E 's#/[^ ]*/(native/)#\1#; s#/[^ ]*/build-tsan/##' | sort | uniq -c | sort -k2,2r -k1,1rn > "$logdir/summary.txt"
   total=$(awk '{ n += $1 } END { print n + 0 }' "$logdir/summary.txt")
   echo "tsan-pytest: $total ThreadSanitizer report(s) in ${#logs[@]} process(es); full reports in $logdir/tsan.*"
-  echo "tsan-pytest: count, class (zokio = an access in native/*.c), SUMMARY line:"
+  echo "tsan-pytest: count, class (zokio = an access in native/), SUMMARY line:"
   cat "$logdir/summary.txt"
   return 1
 }

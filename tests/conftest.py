@@ -63,7 +63,7 @@ _KNOWN_BACKENDS = {"io_uring": "io_uring", "uring": "io_uring", "iouring": "io_u
 _OWN_FILES = {
     "test_runtime.py", "test_task.py", "test_time.py", "test_blocking.py",
     "test_cancel.py", "test_concurrency.py", "test_io_ops.py", "test_errors.py",
-    "test_gil.py", "test_runtime_lifecycle.py",
+    "test_gil.py", "test_runtime_lifecycle.py", "test_modules.py",
 }
 
 

@@ -1,7 +1,7 @@
-"""Completion port (native/port.h): one conformance suite, run on both backends.
+"""Completion port (native/io/port.h): one conformance suite, run on both backends.
 
-Every test drives a ``_native.TestPort`` (native/port_testing.c) from the
-test's thread: submit ops, ``wait()`` (detached), ``process()`` to collect
+Every test drives a ``_native_testing.TestPort`` (native/testing/port_testing.c)
+from the test's thread: submit ops, ``wait()`` (detached), ``process()`` to collect
 ``(op_id, result, data)`` records.  The contract checked here is port.h's:
 each submitted op completes exactly once, only from process()/close(), with
 bytes >= 0 or -errno; a cancelled op completes with -ECANCELED (or its real
@@ -19,10 +19,8 @@ import time
 
 import pytest
 
-from zokio import _native
-
 # Not named Test*: pytest would try to collect the class.
-Port = _native.TestPort
+from zokio._native_testing import TestPort as Port
 
 BACKENDS = ["io_uring", "epoll"]
 

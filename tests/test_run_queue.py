@@ -1,4 +1,4 @@
-"""Run queues (native/run_queue.c): model tests and a concurrent C stress.
+"""Run queues (native/core/run_queue.c): model tests and a concurrent C stress.
 
 The local queue is compared against a deque model.  Single-threaded, a steal
 is never in progress, so the model is exact:
@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from zokio import _native
+from zokio import _native_testing
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,8 +37,8 @@ STARTS = [0, 1, 2**31 - 1, 2**31, 2**32 - 300, 2**32 - 3, 2**32 - 1]
 
 def make(capacity, inject=None, start=0):
     if inject is None:
-        inject = _native.TestInjectQueue()
-    return _native.TestLocalQueue(capacity, inject, start=start)
+        inject = _native_testing.TestInjectQueue()
+    return _native_testing.TestLocalQueue(capacity, inject, start=start)
 
 
 def drain_local(q):
@@ -98,10 +98,10 @@ class RunQueueMachine(RuleBasedStateMachine):
         start_b=st.sampled_from(STARTS),
     )
     def setup(self, cap_a, cap_b, start_a, start_b):
-        self.inject = _native.TestInjectQueue()
+        self.inject = _native_testing.TestInjectQueue()
         self.queues = [
-            _native.TestLocalQueue(cap_a, self.inject, start=start_a),
-            _native.TestLocalQueue(cap_b, self.inject, start=start_b),
+            _native_testing.TestLocalQueue(cap_a, self.inject, start=start_a),
+            _native_testing.TestLocalQueue(cap_b, self.inject, start=start_b),
         ]
         self.minject = deque()
         self.models = [LocalModel(cap_a, self.minject), LocalModel(cap_b, self.minject)]
@@ -208,7 +208,7 @@ def test_state_machine():
 @pytest.mark.parametrize("capacity", CAPACITIES)
 @pytest.mark.parametrize("start", [0, 2**32 - 3])
 def test_fill_and_drain_fifo(capacity, start):
-    inj = _native.TestInjectQueue()
+    inj = _native_testing.TestInjectQueue()
     q = make(capacity, inj, start)
     assert q.capacity == capacity
     assert q.remaining() == capacity
@@ -222,7 +222,7 @@ def test_fill_and_drain_fifo(capacity, start):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("capacity", CAPACITIES)
 def test_overflow_moves_half_plus_item(capacity):
-    inj = _native.TestInjectQueue()
+    inj = _native_testing.TestInjectQueue()
     q = make(capacity, inj)
     for v in range(capacity + 1):
         q.push(v)
@@ -234,7 +234,7 @@ def test_overflow_moves_half_plus_item(capacity):
 
 @pytest.mark.timeout(60)
 def test_overflow_fifo_over_many_rounds():
-    inj = _native.TestInjectQueue()
+    inj = _native_testing.TestInjectQueue()
     q = make(4, inj)
     minj = deque()
     m = LocalModel(4, minj)
@@ -254,7 +254,7 @@ def test_overflow_fifo_over_many_rounds():
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("n", range(0, 9))
 def test_steal_half_rounded_up(n):
-    inj = _native.TestInjectQueue()
+    inj = _native_testing.TestInjectQueue()
     src, dst = make(8, inj), make(8, inj)
     for v in range(n):
         src.push(v)
@@ -270,7 +270,7 @@ def test_steal_half_rounded_up(n):
 
 @pytest.mark.timeout(60)
 def test_steal_refused_when_dst_more_than_half_full():
-    inj = _native.TestInjectQueue()
+    inj = _native_testing.TestInjectQueue()
     src, dst = make(8, inj), make(8, inj)
     for v in range(8):
         src.push(v)
@@ -286,7 +286,7 @@ def test_steal_refused_when_dst_more_than_half_full():
 
 @pytest.mark.timeout(60)
 def test_steal_capacity_two():
-    inj = _native.TestInjectQueue()
+    inj = _native_testing.TestInjectQueue()
     src, dst = make(2, inj), make(2, inj)
     src.push(1)
     src.push(2)
@@ -302,7 +302,7 @@ def test_steal_capacity_two():
 
 @pytest.mark.timeout(60)
 def test_steal_into_smaller_queue_is_clamped():
-    inj = _native.TestInjectQueue()
+    inj = _native_testing.TestInjectQueue()
     src, dst = make(256, inj), make(4, inj)
     for v in range(256):
         src.push(v)
@@ -316,7 +316,7 @@ def test_steal_into_smaller_queue_is_clamped():
 
 @pytest.mark.timeout(60)
 def test_steal_across_index_wrap():
-    inj = _native.TestInjectQueue()
+    inj = _native_testing.TestInjectQueue()
     src = make(8, inj, start=2**32 - 2)
     dst = make(8, inj, start=2**32 - 5)
     for v in range(8):
@@ -332,7 +332,7 @@ def test_steal_across_index_wrap():
 
 @pytest.mark.timeout(60)
 def test_inject_queue_basics_and_growth():
-    inj = _native.TestInjectQueue()
+    inj = _native_testing.TestInjectQueue()
     assert inj.pop() is None and inj.pop_batch(5) == [] and inj.len() == 0
     inj.push(5)
     inj.push_batch([])
@@ -353,7 +353,7 @@ def test_inject_queue_basics_and_growth():
 
 @pytest.mark.timeout(60)
 def test_big_values_roundtrip():
-    inj = _native.TestInjectQueue()
+    inj = _native_testing.TestInjectQueue()
     q = make(4, inj)
     big = (1 << 62) - 1
     q.push(big)
@@ -363,12 +363,12 @@ def test_big_values_roundtrip():
 
 @pytest.mark.timeout(60)
 def test_argument_validation():
-    inj = _native.TestInjectQueue()
+    inj = _native_testing.TestInjectQueue()
     for bad in (0, 1, 3, 6, 512):
         with pytest.raises(ValueError):
-            _native.TestLocalQueue(bad, inj)
+            _native_testing.TestLocalQueue(bad, inj)
     with pytest.raises(TypeError):
-        _native.TestLocalQueue(4, object())
+        _native_testing.TestLocalQueue(4, object())
     q = make(4, inj)
     with pytest.raises(ValueError):
         q.push(-1)
@@ -384,7 +384,7 @@ def test_argument_validation():
     with pytest.raises(ValueError):
         q.steal_into(q)
     with pytest.raises(ValueError):
-        _native.TestLocalQueue.stress(2, 10, 3)
+        _native_testing.TestLocalQueue.stress(2, 10, 3)
 
 
 # --------------------------------------------------------------------------
@@ -396,7 +396,7 @@ def test_argument_validation():
 @pytest.mark.parametrize("threads", [0, 1, 2, 3, 7])
 def test_stress(threads, capacity):
     items = 100_000
-    r = _native.TestLocalQueue.stress(threads, items, capacity, seed=threads * 31 + capacity)
+    r = _native_testing.TestLocalQueue.stress(threads, items, capacity, seed=threads * 31 + capacity)
     assert r["items"] == items
     assert r["consumed"] == items
     assert r["missing"] == 0 and r["doubled"] == 0
@@ -413,7 +413,7 @@ def test_stress_repeated(capacity):
     # Many short runs with different seeds: interleavings vary more across
     # runs than within one long run.
     for seed in range(60):
-        r = _native.TestLocalQueue.stress(3 + seed % 4, 20_000, capacity, seed=seed)
+        r = _native_testing.TestLocalQueue.stress(3 + seed % 4, 20_000, capacity, seed=seed)
         assert r["consumed"] == 20_000
 
 
@@ -426,7 +426,7 @@ def test_stress_from_python_threads():
 
     def run(seed):
         try:
-            _native.TestLocalQueue.stress(2, 30_000, 4, seed=seed)
+            _native_testing.TestLocalQueue.stress(2, 30_000, 4, seed=seed)
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 

@@ -1,7 +1,7 @@
-"""Model tests for the hierarchical timer wheel (native/timer_wheel.c).
+"""Model tests for the hierarchical timer wheel (native/core/timer_wheel.c).
 
-The wheel is driven through ``_native.TestTimerWheel`` and compared with a
-``SortedList`` of ``(deadline, seq, id)``: the wheel must fire exactly the
+The wheel is driven through ``_native_testing.TestTimerWheel`` and compared
+with a ``SortedList`` of ``(deadline, seq, id)``: the wheel must fire exactly the
 model's entries with ``deadline <= now``, in deadline order (insertion order
 among equal deadlines), each at the first poll that reaches it.
 
@@ -23,9 +23,7 @@ from hypothesis.stateful import (
 )
 from sortedcontainers import SortedList
 
-from zokio import _native
-
-TW = _native.TestTimerWheel
+from zokio._native_testing import TestTimerWheel as TW
 
 U64 = 2**64 - 1
 SLOT_BITS = 6

@@ -22,7 +22,7 @@
  * flag was consumed); the scheduler re-checks its queues anyway.
  */
 #define _GNU_SOURCE
-#include "port_internal.h"
+#include "io/port_internal.h"
 
 #include <linux/io_uring.h>
 #include <pthread.h>
@@ -73,11 +73,14 @@ static int probe_uring_once(void)
                     probe, 256) < 0) {
             reason = errno ? errno : EOPNOTSUPP;
         } else {
-            static const int needed[] = {
-                IORING_OP_READ, IORING_OP_WRITE, IORING_OP_POLL_ADD,
-                IORING_OP_ASYNC_CANCEL,
-            };
-            for (size_t i = 0; i < sizeof needed / sizeof needed[0]; i++) {
+            /* The port's own opcodes, then every op's (op.h). */
+            int needed[2 + ZK_OP_COUNT];
+            size_t n = 0;
+            needed[n++] = IORING_OP_POLL_ADD;
+            needed[n++] = IORING_OP_ASYNC_CANCEL;
+            for (int code = 1; code < ZK_OP_COUNT; code++)
+                needed[n++] = zk_op_descs[code].uring_opcode;
+            for (size_t i = 0; i < n; i++) {
                 int opc = needed[i];
                 if (opc > probe->last_op || opc >= probe->ops_len
                     || !(probe->ops[opc].flags & IO_URING_OP_SUPPORTED)) {
@@ -218,7 +221,7 @@ int zk_port_submit(zk_port *port, zk_op *op)
     zk_port_common *c = COMMON(port);
     if (c->closing)
         return ESHUTDOWN;
-    if (op->opcode != ZK_OP_READ && op->opcode != ZK_OP_WRITE)
+    if (!zk_op_desc_of(op->opcode))
         return EINVAL;
     if (!op->complete)
         return EINVAL;

@@ -37,7 +37,7 @@
  * Items in a slot are read by exactly one party: whoever moved `real` (or,
  * for an overflow, both indices) past it with a successful CAS.
  */
-#include "run_queue.h"
+#include "core/run_queue.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -7,8 +7,11 @@
  *   Oneshot       a cell completed once, from any thread (spawn_blocking,
  *                 user code, later sync primitives)
  *   Sleep         a timer in the current worker's wheel
- *   Op            an I/O op record in the current worker's completion port
+ *   Op            (io/op_leaf.c) an I/O op record in the current worker's
+ *                 completion port
  *   TimeoutScope  not awaited: a timer that interrupts its task
+ * Each kind's ops table (core/leaf.h) says how the worker registers, checks
+ * and unregisters a task on it.
  *
  * Waker handshake (leaf header `waker` + `done`):
  *   registrar:  CAS waker NULL -> task;   then load done (seq_cst)
@@ -18,26 +21,22 @@
  * it.  A wake the task does not need (it moved on) is filtered by the worker
  * with zk_awaitable_ready().
  */
-#include "task.h"
+#include "core/leaf.h"
+#include "core/sched.h"
+#include "core/task.h"
 #include <math.h>
 
-enum { LEAF_PENDING = 0, LEAF_COMPLETING = 1, LEAF_DONE = 2 };
-
-static int leaf_is_done(zk_leaf *l) {
-    return atomic_load_explicit(&l->done, memory_order_acquire) == LEAF_DONE;
-}
-
-static void leaf_init(zk_leaf *l) {
+void zk_leaf_init(zk_leaf *l) {
     atomic_init(&l->waker, NULL);
-    atomic_init(&l->done, LEAF_PENDING);
+    atomic_init(&l->done, ZK_LEAF_PENDING);
     l->value = NULL;
     l->exc = NULL;
 }
 
 int zk_leaf_complete(zk_state *st, zk_leaf *leaf, PyObject *value, PyObject *exc) {
     ZK_UNUSED(st);
-    int expected = LEAF_PENDING;
-    if (!atomic_compare_exchange_strong_explicit(&leaf->done, &expected, LEAF_COMPLETING,
+    int expected = ZK_LEAF_PENDING;
+    if (!atomic_compare_exchange_strong_explicit(&leaf->done, &expected, ZK_LEAF_COMPLETING,
                                                  memory_order_acq_rel, memory_order_acquire)) {
         Py_XDECREF(value);
         Py_XDECREF(exc);
@@ -46,7 +45,7 @@ int zk_leaf_complete(zk_state *st, zk_leaf *leaf, PyObject *value, PyObject *exc
     leaf->value = value;
     leaf->exc = exc;
     /* seq_cst: ordered against the registrar's CAS on waker (see top). */
-    atomic_store_explicit(&leaf->done, LEAF_DONE, memory_order_seq_cst);
+    atomic_store_explicit(&leaf->done, ZK_LEAF_DONE, memory_order_seq_cst);
     zk_task *w = atomic_exchange_explicit(&leaf->waker, NULL, memory_order_seq_cst);
     if (w != NULL) {
         zk_task_wake(w);
@@ -56,7 +55,7 @@ int zk_leaf_complete(zk_state *st, zk_leaf *leaf, PyObject *value, PyObject *exc
 }
 
 /* Returns 0, or -1 with RuntimeError if another task already waits here. */
-static int leaf_register(zk_leaf *leaf, zk_task *task) {
+int zk_leaf_register_waker(zk_leaf *leaf, zk_task *task) {
     zk_task *expected = NULL;
     Py_INCREF(task);
     if (!atomic_compare_exchange_strong_explicit(&leaf->waker, &expected, task,
@@ -66,7 +65,7 @@ static int leaf_register(zk_leaf *leaf, zk_task *task) {
                      "%R is already awaited by another task", (PyObject *)leaf);
         return -1;
     }
-    if (atomic_load_explicit(&leaf->done, memory_order_seq_cst) == LEAF_DONE) {
+    if (atomic_load_explicit(&leaf->done, memory_order_seq_cst) == ZK_LEAF_DONE) {
         zk_task *w = atomic_exchange_explicit(&leaf->waker, NULL, memory_order_seq_cst);
         if (w != NULL) {
             zk_task_wake(w);
@@ -76,7 +75,7 @@ static int leaf_register(zk_leaf *leaf, zk_task *task) {
     return 0;
 }
 
-static void leaf_unregister(zk_leaf *leaf) {
+void zk_leaf_unregister_waker(zk_leaf *leaf) {
     zk_task *w = atomic_exchange_explicit(&leaf->waker, NULL, memory_order_seq_cst);
     Py_XDECREF(w);
 }
@@ -112,23 +111,23 @@ static PyObject *outside_task_error(PyObject *self) {
 
 /* __next__ shared by Oneshot, Sleep and Op: the outcome once done (while the
  * cooperative budget lasts), else yield the leaf to the worker. */
-static PyObject *leaf_iternext(zk_leaf *self) {
+PyObject *zk_leaf_iternext(zk_leaf *self) {
     if (zk_current_task == NULL) {
         /* Closing an abandoned task's coroutine: suspend (see task.c). */
         if (zk_abandoning)
             return Py_NewRef(self);
         return outside_task_error((PyObject *)self);
     }
-    if (leaf_is_done(self) && zk_coop_budget-- > 0)
+    if (zk_leaf_is_done(self) && zk_coop_budget-- > 0)
         return leaf_outcome(self);
     return Py_NewRef(self);
 }
 
-static PyObject *leaf_await(PyObject *self) {
+PyObject *zk_leaf_await(PyObject *self) {
     return Py_NewRef(self);
 }
 
-static int leaf_traverse(zk_leaf *self, visitproc visit, void *arg) {
+int zk_leaf_traverse(zk_leaf *self, visitproc visit, void *arg) {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->value);
     Py_VISIT(self->exc);
@@ -142,13 +141,13 @@ static void leaf_clear_fields(zk_leaf *self) {
     Py_XDECREF(w);
 }
 
-static int leaf_clear(zk_leaf *self) {
+int zk_leaf_clear(zk_leaf *self) {
     leaf_clear_fields(self);
     return 0;
 }
 
 static PyObject *leaf_done_method(zk_leaf *self, PyObject *Py_UNUSED(ignored)) {
-    return PyBool_FromLong(leaf_is_done(self));
+    return PyBool_FromLong(zk_leaf_is_done(self));
 }
 
 /* ---- YieldNow ------------------------------------------------------------ */
@@ -183,7 +182,7 @@ static PyType_Slot yield_slots[] = {
     {Py_tp_dealloc, plain_dealloc},
     {Py_tp_iter, PyObject_SelfIter},
     {Py_tp_iternext, yield_iternext},
-    {Py_am_await, leaf_await},
+    {Py_am_await, zk_leaf_await},
     {Py_tp_repr, yield_repr},
     {0, NULL},
 };
@@ -205,7 +204,7 @@ static PyObject *oneshot_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     zk_leaf *self = PyObject_GC_New(zk_leaf, type);
     if (self == NULL)
         return NULL;
-    leaf_init(self);
+    zk_leaf_init(self);
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -246,10 +245,10 @@ static PyObject *oneshot_set_exception(zk_leaf *self, PyObject *exc) {
 }
 
 static PyObject *oneshot_repr(zk_leaf *self) {
-    return PyUnicode_FromFormat("<zokio.Oneshot %s>", leaf_is_done(self) ? "done" : "pending");
+    return PyUnicode_FromFormat("<zokio.Oneshot %s>", zk_leaf_is_done(self) ? "done" : "pending");
 }
 
-static void leaf_dealloc(zk_leaf *self) {
+void zk_leaf_dealloc(zk_leaf *self) {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     leaf_clear_fields(self);
@@ -270,12 +269,12 @@ static PyMethodDef oneshot_methods[] = {
 static PyType_Slot oneshot_slots[] = {
     {Py_tp_doc, "A one-shot cell: completed once from any thread, awaited by one task."},
     {Py_tp_new, oneshot_new},
-    {Py_tp_dealloc, leaf_dealloc},
-    {Py_tp_traverse, leaf_traverse},
-    {Py_tp_clear, leaf_clear},
+    {Py_tp_dealloc, zk_leaf_dealloc},
+    {Py_tp_traverse, zk_leaf_traverse},
+    {Py_tp_clear, zk_leaf_clear},
     {Py_tp_iter, PyObject_SelfIter},
-    {Py_tp_iternext, leaf_iternext},
-    {Py_am_await, leaf_await},
+    {Py_tp_iternext, zk_leaf_iternext},
+    {Py_am_await, zk_leaf_await},
     {Py_tp_methods, oneshot_methods},
     {Py_tp_repr, oneshot_repr},
     {0, NULL},
@@ -291,7 +290,7 @@ static PyType_Spec oneshot_spec = {
 /* ---- Sleep ------------------------------------------------------------------ */
 
 static PyObject *sleep_repr(zk_sleep *self) {
-    return PyUnicode_FromFormat("<zokio.sleep %s>", leaf_is_done(&self->leaf) ? "done" : "pending");
+    return PyUnicode_FromFormat("<zokio.sleep %s>", zk_leaf_is_done(&self->leaf) ? "done" : "pending");
 }
 
 /* Sleep is not a GC type: it refers to nothing the collector could find a
@@ -310,8 +309,8 @@ static void sleep_dealloc(zk_sleep *self) {
 static PyType_Slot sleep_slots[] = {
     {Py_tp_dealloc, sleep_dealloc},
     {Py_tp_iter, PyObject_SelfIter},
-    {Py_tp_iternext, leaf_iternext},
-    {Py_am_await, leaf_await},
+    {Py_tp_iternext, zk_leaf_iternext},
+    {Py_am_await, zk_leaf_await},
     {Py_tp_repr, sleep_repr},
     {0, NULL},
 };
@@ -328,131 +327,11 @@ PyObject *zk_sleep_new(zk_state *st, int64_t deadline_ns) {
     zk_sleep *self = PyObject_New(zk_sleep, st->SleepType);
     if (self == NULL)
         return NULL;
-    leaf_init(&self->leaf);
+    zk_leaf_init(&self->leaf);
     memset(&self->timer, 0, sizeof(self->timer));
     self->timer.entry.tag = ZK_TIMER_SLEEP;
     self->timer.deadline_ns = deadline_ns;
     return (PyObject *)self;
-}
-
-/* ---- Op (I/O) -------------------------------------------------------------- */
-
-static void io_op_release_buffer(zk_io_op *self) {
-    if (self->view_held) {
-        PyBuffer_Release(&self->view);
-        self->view_held = 0;
-    }
-}
-
-static void io_op_dealloc(zk_io_op *self) {
-    /* In flight, the port's reference keeps us alive: never reached then. */
-    io_op_release_buffer(self);
-    Py_CLEAR(self->read_buf);
-    leaf_dealloc(&self->leaf);
-}
-
-static int io_op_traverse(zk_io_op *self, visitproc visit, void *arg) {
-    Py_VISIT(self->read_buf);
-    return leaf_traverse(&self->leaf, visit, arg);
-}
-
-static PyObject *io_op_repr(zk_io_op *self) {
-    return PyUnicode_FromFormat("<zokio.Op %s fd=%d %s>",
-                                self->op.opcode == ZK_OP_READ ? "read" : "write",
-                                self->op.fd, leaf_is_done(&self->leaf) ? "done" : "pending");
-}
-
-static PyType_Slot io_op_slots[] = {
-    {Py_tp_dealloc, io_op_dealloc},
-    {Py_tp_traverse, io_op_traverse},
-    {Py_tp_clear, leaf_clear},
-    {Py_tp_iter, PyObject_SelfIter},
-    {Py_tp_iternext, leaf_iternext},
-    {Py_am_await, leaf_await},
-    {Py_tp_repr, io_op_repr},
-    {0, NULL},
-};
-
-static PyType_Spec io_op_spec = {
-    .name = "zokio._native.Op",
-    .basicsize = sizeof(zk_io_op),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
-             Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = io_op_slots,
-};
-
-PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, PyObject *data,
-                       Py_ssize_t nbytes, int64_t offset) {
-    if (fd < 0) {
-        PyErr_Format(PyExc_ValueError, "invalid file descriptor %d", fd);
-        return NULL;
-    }
-    zk_io_op *self = PyObject_GC_New(zk_io_op, st->OpType);
-    if (self == NULL)
-        return NULL;
-    leaf_init(&self->leaf);
-    memset(&self->op, 0, sizeof(self->op));
-    self->read_buf = NULL;
-    self->worker = NULL;
-    self->submitted = 0;
-    self->view_held = 0;
-    self->cancel_requested = 0;
-    self->ended_by_cancel = 0;
-    self->op.opcode = opcode;
-    self->op.fd = fd;
-    self->op.offset = offset;
-    self->op.complete = zk_io_op_complete;
-    PyObject_GC_Track(self);
-    if (opcode == ZK_OP_READ) {
-        if (nbytes < 0) {
-            Py_DECREF(self);
-            PyErr_SetString(PyExc_ValueError, "read size must be >= 0");
-            return NULL;
-        }
-        self->read_buf = PyByteArray_FromStringAndSize(NULL, nbytes);
-        if (self->read_buf == NULL || PyObject_GetBuffer(self->read_buf, &self->view, PyBUF_WRITABLE) < 0) {
-            Py_DECREF(self);
-            return NULL;
-        }
-    } else {
-        if (PyObject_GetBuffer(data, &self->view, PyBUF_SIMPLE) < 0) {
-            Py_DECREF(self);
-            return NULL;
-        }
-    }
-    self->view_held = 1;
-    self->op.buf = self->view.buf;
-    self->op.len = (size_t)self->view.len;
-    return (PyObject *)self;
-}
-
-/* The port calls this exactly once per submitted op, on the owning worker,
- * attached.  Only now may the pinned buffer be released. */
-void zk_io_op_complete(zk_op *op, int64_t result) {
-    zk_io_op *self = (zk_io_op *)((char *)op - offsetof(zk_io_op, op));
-    zk_worker *w = self->worker;
-    zk_state *st = zk_sched_state(zk_worker_sched(w));
-    self->submitted = 0;
-    self->ended_by_cancel = (result == -ECANCELED);
-    zk_worker_count_op(w);
-    io_op_release_buffer(self);
-    PyObject *value = NULL, *exc = NULL;
-    if (result < 0) {
-        int err = (int)-result;
-        if (err == ECANCELED)
-            exc = PyObject_CallOneArg(st->Cancelled, Py_None);
-        else
-            exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
-    } else if (op->opcode == ZK_OP_READ) {
-        value = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self->read_buf), (Py_ssize_t)result);
-        Py_CLEAR(self->read_buf);
-    } else {
-        value = PyLong_FromLongLong(result);
-    }
-    if (value == NULL && exc == NULL)
-        exc = zk_fetch_exception();
-    zk_leaf_complete(st, &self->leaf, value, exc);
-    Py_DECREF(self);  /* the port's in-flight reference */
 }
 
 /* ---- TimeoutScope --------------------------------------------------------- */
@@ -572,77 +451,40 @@ static PyType_Spec scope_spec = {
     .slots = scope_slots,
 };
 
-/* ---- timers -------------------------------------------------------------- */
+/* ---- timer kinds --------------------------------------------------------- */
 
-void zk_timer_fire(zk_state *st, zk_timer *timer) {
-    if (timer->entry.tag == ZK_TIMER_SLEEP) {
-        zk_sleep *s = (zk_sleep *)zk_timer_owner(timer);
-        zk_leaf_complete(st, &s->leaf, Py_NewRef(Py_None), NULL);
-    } else {
-        zk_timeout_scope *sc = (zk_timeout_scope *)zk_timer_owner(timer);
-        zk_task_fire_scope(sc->task, sc);
-    }
+static void sleep_timer_fire(zk_state *st, zk_timer *timer) {
+    zk_sleep *s = (zk_sleep *)zk_timer_owner(timer);
+    zk_leaf_complete(st, &s->leaf, Py_NewRef(Py_None), NULL);
 }
 
-/* ---- dispatch ------------------------------------------------------------ */
-
-int zk_awaitable_ready(zk_state *st, PyObject *obj) {
-    PyTypeObject *tp = Py_TYPE(obj);
-    if (tp == st->TaskType)
-        return zk_task_is_complete((zk_task *)obj);
-    if (tp == st->OneshotType || tp == st->SleepType || tp == st->OpType)
-        return leaf_is_done((zk_leaf *)obj);
-    return 1;
+static void scope_timer_fire(zk_state *st, zk_timer *timer) {
+    ZK_UNUSED(st);
+    zk_timeout_scope *sc = (zk_timeout_scope *)zk_timer_owner(timer);
+    zk_task_fire_scope(sc->task, sc);
 }
 
-int zk_awaitable_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
-    PyTypeObject *tp = Py_TYPE(obj);
-    if (tp == st->YieldNowType) {
-        task->yield_resume = 1;
-        zk_task_wake(task);  /* RUNNING: re-queued to the back after the poll */
-        return 0;
-    }
-    if (tp == st->TaskType) {
-        int r = zk_task_add_waiter((zk_task *)obj, (PyObject *)task);
-        if (r < 0)
-            return -1;
-        if (r == 0)
-            zk_task_wake(task);
-        return 0;
-    }
-    if (tp == st->OneshotType)
-        return leaf_register((zk_leaf *)obj, task);
-    if (tp == st->SleepType) {
-        zk_sleep *s = (zk_sleep *)obj;
-        if (leaf_register(&s->leaf, task) < 0)
-            return -1;
-        if (!leaf_is_done(&s->leaf) && !s->timer.entry.linked) {
-            if (!zk_worker_add_timer(w, &s->timer))
-                zk_timer_fire(st, &s->timer);
+const zk_timer_ops zk_timer_kinds[ZK_TIMER_KINDS] = {
+    [ZK_TIMER_SLEEP] = {.owner_offset = offsetof(zk_sleep, timer), .fire = sleep_timer_fire},
+    [ZK_TIMER_TIMEOUT] = {.owner_offset = offsetof(zk_timeout_scope, timer),
+                          .fire = scope_timer_fire},
+};
+
+/* ---- awaitable kinds: one ops table each ------------------------------------ */
+
+int zk_leaf_kind_add(zk_state *st, PyTypeObject *type, const zk_leaf_ops *ops) {
+    for (int i = 0; i < ZK_LEAF_KINDS_MAX; i++) {
+        if (st->leaf_kind_type[i] == NULL) {
+            st->leaf_kind_type[i] = type;
+            st->leaf_kind_ops[i] = ops;
+            return 0;
         }
-        return 0;
     }
-    if (tp == st->OpType) {
-        zk_io_op *op = (zk_io_op *)obj;
-        if (leaf_register(&op->leaf, task) < 0)
-            return -1;
-        if (!leaf_is_done(&op->leaf) && !op->submitted) {
-            op->worker = w;
-            op->submitted = 1;
-            Py_INCREF(op);  /* the port's in-flight reference */
-            int err = zk_port_submit(zk_worker_port(w), &op->op);
-            if (err != 0) {
-                op->submitted = 0;
-                io_op_release_buffer(op);
-                PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
-                if (exc == NULL)
-                    exc = zk_fetch_exception();
-                zk_leaf_complete(st, &op->leaf, NULL, exc);
-                Py_DECREF(op);
-            }
-        }
-        return 0;
-    }
+    PyErr_SetString(PyExc_RuntimeError, "zokio: too many awaitable kinds (ZK_LEAF_KINDS_MAX)");
+    return -1;
+}
+
+int zk_awaitable_foreign(PyObject *obj) {
     PyErr_Format(PyExc_TypeError,
                  "a zokio task awaited %R, which is not a zokio awaitable; "
                  "asyncio futures and other event loops' objects cannot be "
@@ -651,38 +493,73 @@ int zk_awaitable_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *o
     return -1;
 }
 
-int zk_awaitable_interrupt_mode(zk_state *st, zk_worker *w, PyObject *obj) {
-    if (Py_TYPE(obj) != st->OpType)
-        return ZK_INTERRUPT_NOW;
-    zk_io_op *op = (zk_io_op *)obj;
-    if (!leaf_is_done(&op->leaf)) {
-        if (!op->cancel_requested) {
-            op->cancel_requested = 1;
-            zk_worker_cancel_op(w, op);
-        }
-        return ZK_INTERRUPT_WAIT;
-    }
-    return op->ended_by_cancel ? ZK_INTERRUPT_NOW : ZK_INTERRUPT_LATER;
+static int leaf_ready(PyObject *obj) {
+    return zk_leaf_is_done((zk_leaf *)obj);
 }
 
-void zk_awaitable_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
-    PyTypeObject *tp = Py_TYPE(obj);
-    if (tp == st->YieldNowType) {
-        task->yield_resume = 0;
-    } else if (tp == st->TaskType) {
-        zk_task_remove_waiter((zk_task *)obj, (PyObject *)task);
-    } else if (tp == st->OneshotType) {
-        leaf_unregister((zk_leaf *)obj);
-    } else if (tp == st->SleepType) {
-        zk_sleep *s = (zk_sleep *)obj;
-        leaf_unregister(&s->leaf);
-        zk_worker_cancel_timer(w, &s->timer);
-    } else if (tp == st->OpType) {
-        zk_io_op *op = (zk_io_op *)obj;
-        leaf_unregister(&op->leaf);
-        zk_worker_cancel_op(w, op);
-    }
+static int yield_ready(PyObject *obj) {
+    ZK_UNUSED(obj);
+    return 1;
 }
+
+static int yield_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(w), ZK_UNUSED(obj);
+    task->yield_resume = 1;
+    zk_task_wake(task);  /* RUNNING: re-queued to the back after the poll */
+    return 0;
+}
+
+static void yield_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(w), ZK_UNUSED(obj);
+    task->yield_resume = 0;
+}
+
+static const zk_leaf_ops yield_ops = {
+    .ready = yield_ready,
+    .register_waker = yield_register,
+    .unregister = yield_unregister,
+};
+
+static int oneshot_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(w);
+    return zk_leaf_register_waker((zk_leaf *)obj, task);
+}
+
+static void oneshot_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(w), ZK_UNUSED(task);
+    zk_leaf_unregister_waker((zk_leaf *)obj);
+}
+
+static const zk_leaf_ops oneshot_ops = {
+    .ready = leaf_ready,
+    .register_waker = oneshot_register,
+    .unregister = oneshot_unregister,
+};
+
+static int sleep_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    zk_sleep *s = (zk_sleep *)obj;
+    if (zk_leaf_register_waker(&s->leaf, task) < 0)
+        return -1;
+    if (!zk_leaf_is_done(&s->leaf) && !s->timer.entry.linked) {
+        if (!zk_worker_add_timer(w, &s->timer))
+            zk_timer_fire(st, &s->timer);
+    }
+    return 0;
+}
+
+static void sleep_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(task);
+    zk_sleep *s = (zk_sleep *)obj;
+    zk_leaf_unregister_waker(&s->leaf);
+    zk_worker_cancel_timer(w, &s->timer);
+}
+
+static const zk_leaf_ops sleep_ops = {
+    .ready = leaf_ready,
+    .register_waker = sleep_register,
+    .unregister = sleep_unregister,
+};
+
 
 int zk_leaf_types_init(PyObject *module, zk_state *st) {
 #define MAKE(field, spec)                                                              \
@@ -694,16 +571,20 @@ int zk_leaf_types_init(PyObject *module, zk_state *st) {
     MAKE(YieldNowType, yield_spec);
     MAKE(OneshotType, oneshot_spec);
     MAKE(SleepType, sleep_spec);
-    MAKE(OpType, io_op_spec);
     MAKE(TimeoutScopeType, scope_spec);
 #undef MAKE
+    /* Hottest first (see zk_leaf_ops_of); the Task kind is added before
+     * these by zk_task_type_init. */
+    if (zk_leaf_kind_add(st, st->YieldNowType, &yield_ops) < 0 ||
+        zk_leaf_kind_add(st, st->SleepType, &sleep_ops) < 0 ||
+        zk_leaf_kind_add(st, st->OneshotType, &oneshot_ops) < 0)
+        return -1;
     st->yield_now = PyType_GenericAlloc(st->YieldNowType, 0);
     if (st->yield_now == NULL)
         return -1;
     zk_immortalize((PyObject *)st->YieldNowType);
     zk_immortalize((PyObject *)st->OneshotType);
     zk_immortalize((PyObject *)st->SleepType);
-    zk_immortalize((PyObject *)st->OpType);
     zk_immortalize(st->yield_now);
     if (PyModule_AddObjectRef(module, "Oneshot", (PyObject *)st->OneshotType) < 0 ||
         PyModule_AddObjectRef(module, "TimeoutScope", (PyObject *)st->TimeoutScopeType) < 0 ||

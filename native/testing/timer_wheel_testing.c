@@ -1,5 +1,5 @@
-/* timer_wheel_testing.c -- _native.TestTimerWheel, a test-only wrapper that
- * lets pytest drive a zk_timer_wheel against a model.
+/* timer_wheel_testing.c -- _native_testing.TestTimerWheel, a test-only
+ * wrapper that lets pytest drive a zk_timer_wheel against a model.
  *
  * The object owns one wheel and the entries currently linked in it, found by
  * an integer id through a small open-addressing hash table.  An entry lives
@@ -12,9 +12,9 @@
  * while the mutex is held (arguments are converted before, results built
  * after), so the pthread fallback cannot deadlock against the GIL.
  */
-#include "compat.h"
-#include "testing.h"
-#include "timer_wheel.h"
+#include "core/compat.h"
+#include "testing/testing.h"
+#include "core/timer_wheel.h"
 
 typedef struct {
     zk_timer_entry entry;   /* first member: entry pointer == tw_item pointer */
@@ -416,7 +416,7 @@ static PyType_Slot TestTimerWheel_slots[] = {
 };
 
 static PyType_Spec TestTimerWheel_spec = {
-    .name = "zokio._native.TestTimerWheel",
+    .name = "zokio._native_testing.TestTimerWheel",
     .basicsize = sizeof(TestTimerWheel),
     .itemsize = 0,
     .flags = Py_TPFLAGS_DEFAULT,

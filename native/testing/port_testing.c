@@ -1,4 +1,5 @@
-/* port_testing.c -- _native.TestPort: the completion port, driven from pytest.
+/* port_testing.c -- _native_testing.TestPort: the completion port, driven
+ * from pytest.
  *
  * Test-only.  A TestPort owns one zk_port, opened on the calling thread;
  * every method except wake() must be called on that thread (io_uring's
@@ -8,9 +9,9 @@
  * `complete` callback records (op_id, result, data) and frees the op; the
  * records are handed out by process() and close().
  */
-#include "compat.h"
-#include "port.h"
-#include "testing.h"
+#include "core/compat.h"
+#include "io/port.h"
+#include "testing/testing.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -385,7 +386,7 @@ static PyType_Slot TestPort_slots[] = {
 };
 
 static PyType_Spec TestPort_spec = {
-    .name = "zokio._native.TestPort",
+    .name = "zokio._native_testing.TestPort",
     .basicsize = sizeof(TestPortObject),
     .itemsize = 0,
     .flags = Py_TPFLAGS_DEFAULT,

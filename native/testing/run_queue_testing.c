@@ -1,17 +1,18 @@
 /* run_queue_testing.c -- test-only Python types around run_queue.c.
  *
- *   _native.TestInjectQueue()
+ *   _native_testing.TestInjectQueue()
  *       push(v), push_batch(list), pop() -> int | None,
  *       pop_batch(max) -> list, len()
- *   _native.TestLocalQueue(capacity, inject, start=0)
+ *   _native_testing.TestLocalQueue(capacity, inject, start=0)
  *       push(v)            push_back, overflowing into `inject`
  *       pop() -> int | None
  *       steal_into(dst) -> int | None
  *       len(), remaining(), capacity (attribute), inject (attribute)
  *       start: initial value of the free-running indices (tests use values
  *              near 2**32 to exercise wrap-around)
- *   _native.TestLocalQueue.stress(threads, items, capacity, seed=1,
- *                                 timeout=30.0) -> dict   (static method)
+ *   _native_testing.TestLocalQueue.stress(threads, items, capacity, seed=1,
+ *                                         timeout=30.0) -> dict
+ *       (static method)
  *       A real concurrent run in C with pthreads, detached from Python: one
  *       owner thread pushes/pops items 1..items (overflowing into a shared
  *       inject queue), `threads` stealer threads steal from the owner and from
@@ -22,8 +23,8 @@
  * Items are Python ints >= 0 stored as tagged non-NULL pointers (v << 1 | 1).
  * The objects are not thread-safe for concurrent Python use (test-only).
  */
-#include "run_queue.h"
-#include "testing.h"
+#include "core/run_queue.h"
+#include "testing/testing.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -239,7 +240,7 @@ static PyType_Slot TestInject_slots[] = {
 };
 
 static PyType_Spec TestInject_spec = {
-    .name = "zokio._native.TestInjectQueue",
+    .name = "zokio._native_testing.TestInjectQueue",
     .basicsize = sizeof(TestInjectObject),
     .itemsize = 0,
     .flags = Py_TPFLAGS_DEFAULT,
@@ -915,7 +916,7 @@ static PyType_Slot TestLocal_slots[] = {
 };
 
 static PyType_Spec TestLocal_spec = {
-    .name = "zokio._native.TestLocalQueue",
+    .name = "zokio._native_testing.TestLocalQueue",
     .basicsize = sizeof(TestLocalObject),
     .itemsize = 0,
     .flags = Py_TPFLAGS_DEFAULT,

@@ -41,7 +41,7 @@
  * tagged with a data value no fd can have; process() drains it.
  */
 #define _GNU_SOURCE
-#include "port_internal.h"
+#include "io/port_internal.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -57,8 +57,8 @@ typedef struct fd_state {
     int fd;
     bool registered;       /* in the epoll set */
     uint32_t armed;        /* interest armed now (0 after the oneshot fired) */
-    zk_op_list readers;    /* FIFO of READ ops waiting for EPOLLIN */
-    zk_op_list writers;    /* FIFO of WRITE ops waiting for EPOLLOUT */
+    zk_op_list readers;    /* FIFO of ops waiting for EPOLLIN (READ) */
+    zk_op_list writers;    /* FIFO of ops waiting for EPOLLOUT (WRITE) */
     struct fd_state *next; /* hash chain */
 } fd_state;
 
@@ -189,26 +189,18 @@ static void fd_release_if_idle(epoll_port *e, fd_state *st)
 /* ------------------------------------------------------------------------ */
 /* Ops                                                                       */
 
-static int64_t do_io(const zk_op *op)
+/* The op's plain non-blocking syscall (its row in op.h). */
+static inline int64_t do_io(const zk_op *op)
 {
-    size_t len = op->len > ZK_MAX_RW ? ZK_MAX_RW : op->len;
-    ssize_t n;
-    do {
-        if (op->opcode == ZK_OP_READ)
-            n = op->offset >= 0 ? pread(op->fd, op->buf, len, op->offset)
-                                : read(op->fd, op->buf, len);
-        else
-            n = op->offset >= 0 ? pwrite(op->fd, op->buf, len, op->offset)
-                                : write(op->fd, op->buf, len);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-    return n;
+    return zk_op_descs[op->opcode].attempt(op);
 }
 
+/* An op that waits for EPOLLOUT queues with the writers, any other with the
+ * readers (its row says which readiness it needs). */
 static inline zk_op_list *queue_of(fd_state *st, const zk_op *op)
 {
-    return op->opcode == ZK_OP_READ ? &st->readers : &st->writers;
+    return zk_op_descs[op->opcode].epoll_events & EPOLLOUT ? &st->writers
+                                                           : &st->readers;
 }
 
 /* Retry a queue's ops in order until one would block. */

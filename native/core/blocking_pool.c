@@ -8,7 +8,8 @@
  * with the thread state detached.  The job's result completes a Oneshot leaf,
  * which wakes the awaiting task through the ordinary waker path.
  */
-#include "zokio.h"
+#include "core/blocking_pool.h"
+#include "core/leaf.h"
 #include <pthread.h>
 #include <time.h>
 #include <errno.h>

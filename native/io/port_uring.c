@@ -66,10 +66,13 @@
  * dropped) and 1 (the wake poll).
  *
  * Offsets.  With FEAT_RW_CUR_POS (5.6), off = -1 means "the file position"
- * for READ/WRITE, which is what op->offset == -1 asks for.
+ * for READ/WRITE, which is what op->offset == -1 asks for (prep_rw, op.c).
+ *
+ * What each op puts in its SQE is its row in op.h's table: this file writes
+ * the opcode and user_data and lets the row fill in the rest.
  */
 #define _GNU_SOURCE
-#include "port_internal.h"
+#include "io/port_internal.h"
 
 #include <linux/io_uring.h>
 #include <linux/time_types.h>
@@ -384,11 +387,9 @@ static int u_submit(zk_port *port, zk_op *op)
     struct io_uring_sqe *sqe = get_sqe(u, &err);
     if (!sqe)
         return err;
-    sqe->opcode = op->opcode == ZK_OP_READ ? IORING_OP_READ : IORING_OP_WRITE;
-    sqe->fd = op->fd;
-    sqe->addr = (uint64_t)(uintptr_t)op->buf;
-    sqe->len = op->len > ZK_MAX_RW ? ZK_MAX_RW : (uint32_t)op->len;
-    sqe->off = op->offset >= 0 ? (uint64_t)op->offset : (uint64_t)-1;
+    const zk_op_desc *desc = &zk_op_descs[op->opcode]; /* checked by port.c */
+    sqe->opcode = desc->uring_opcode;
+    desc->uring_prep(sqe, op);
     sqe->user_data = (uint64_t)(uintptr_t)op;
     commit_sqe(u);
     zk_op_list_push(&u->kernel, op);

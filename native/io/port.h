@@ -5,6 +5,8 @@
  * bookkeeping live once in the scheduler (sched.c).  Two backends implement
  * this contract: port_uring.c (io_uring, raw syscalls) and port_epoll.c
  * (epoll emulating completions).  Both must pass the same test suite.
+ * The contract is the same for every op: what differs between ops (how each
+ * backend runs one) is the op's row in the descriptor table, op.h.
  *
  * Threads.  Every function except zk_port_wake() must be called on the port's
  * owner thread.  zk_port_wait() is the only one that blocks; its caller has
@@ -26,23 +28,21 @@
 #include <stdint.h>
 #include <stddef.h>
 
+#include "io/op.h"
+
 typedef enum zk_backend {
     ZK_BACKEND_AUTO = 0,
     ZK_BACKEND_URING = 1,
     ZK_BACKEND_EPOLL = 2,
 } zk_backend;
 
-typedef enum zk_opcode {
-    ZK_OP_READ = 1,   /* read(fd, buf, len) or pread when offset >= 0 */
-    ZK_OP_WRITE = 2,  /* write(fd, buf, len) or pwrite when offset >= 0 */
-} zk_opcode;
-
 typedef struct zk_op zk_op;
 typedef void (*zk_op_complete_fn)(zk_op *op, int64_t result);
 
 struct zk_op {
     /* Filled by the caller before zk_port_submit(). */
-    zk_opcode opcode;
+    zk_opcode opcode;           /* its row in zk_op_descs (op.h) says how each
+                                   backend runs it */
     int fd;
     void *buf;
     size_t len;

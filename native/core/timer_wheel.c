@@ -51,7 +51,7 @@
  * "linked" (count includes them, zk_wheel_remove takes them out) and are
  * marked with level == ZK_PENDING_LEVEL.
  */
-#include "timer_wheel.h"
+#include "core/timer_wheel.h"
 
 #include <string.h>
 

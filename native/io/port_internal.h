@@ -9,7 +9,7 @@
 #ifndef ZOKIO_PORT_INTERNAL_H
 #define ZOKIO_PORT_INTERNAL_H
 
-#include "port.h"
+#include "io/port.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -116,8 +116,5 @@ static inline void zk_port_post(zk_port_common *c, zk_op *op, int64_t result)
  * wait for the next call, so a callback that resubmits cannot loop here
  * forever.  Returns the number delivered. */
 int zk_port_deliver_ready(zk_port_common *c);
-
-/* Largest count a single read/write moves on Linux (MAX_RW_COUNT). */
-#define ZK_MAX_RW 0x7ffff000u
 
 #endif

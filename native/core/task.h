@@ -18,7 +18,7 @@
 #ifndef ZOKIO_TASK_H
 #define ZOKIO_TASK_H
 
-#include "zokio.h"
+#include "core/state.h"
 
 /* The task is being polled by some worker.  Set and cleared only by that
  * worker (transition_to_running / transition_to_idle / _complete). */
@@ -162,5 +162,37 @@ static inline void zk_transition_to_complete(zk_task *t) {
             return;
     }
 }
+
+/* ---- the task API (task.c) ------------------------------------------------ */
+
+int zk_task_type_init(PyObject *module, zk_state *st);
+zk_task *zk_task_new(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name);
+/* Wake from any thread.  Borrowed reference. */
+void zk_task_wake(zk_task *t);
+/* Poll once on worker w (t comes from a queue; may be freed on return). */
+void zk_task_run(zk_worker *w, zk_task *t);
+/* Request cancellation (any thread).  Returns 1 if the request was new. */
+int zk_task_cancel(zk_task *t);
+/* Timeout scopes.  scope_state is read and written only under the task's
+ * lock, so expiry (on the timer's worker) and exit (on the task's thread)
+ * cannot both act.  fire: ARMED -> FIRED and interrupt the task with
+ * `marker` at its next suspension point.  disarm: -> DISARMED; an interrupt
+ * that was placed but not yet delivered is taken back.  disarm returns 1 if
+ * the scope had fired. */
+enum { ZK_SCOPE_IDLE = 0, ZK_SCOPE_ARMED = 1, ZK_SCOPE_FIRED = 2, ZK_SCOPE_DISARMED = 3 };
+int zk_task_fire_scope(zk_task *t, zk_timeout_scope *scope);
+int zk_task_disarm_scope(zk_task *t, zk_timeout_scope *scope);
+/* After the scheduler stopped: close the coroutine of a task that never
+ * finished and complete it as cancelled.  No worker may be running. */
+void zk_task_abandon(zk_task *t);
+/* A spawn that lost the race with shutdown: the task was registered but
+ * never queued.  Close its coroutine and complete it as cancelled. */
+int zk_task_refuse(zk_task *t);
+int zk_task_is_complete(zk_task *t);
+/* Add `waiter` (a task to wake, or a callable to call with the task) to run
+ * when t completes.  Returns 1 if added, 0 if t is already complete, -1 on
+ * error. */
+int zk_task_add_waiter(zk_task *t, PyObject *waiter);
+void zk_task_remove_waiter(zk_task *t, PyObject *waiter);
 
 #endif

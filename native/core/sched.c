@@ -40,7 +40,13 @@
  * as parked under idle_lock and *then* re-checks every queue.  Either the
  * waker sees the parked worker, or the parker's re-check sees the task.
  */
-#include "task.h"
+#include "core/sched.h"
+#include "core/blocking_pool.h"
+#include "core/leaf.h"
+#include "core/run_queue.h"
+#include "core/task.h"
+#include "core/timer_wheel.h"
+#include "io/port.h"
 #include "structmember.h"
 #include <time.h>
 #include <errno.h>
@@ -78,7 +84,8 @@ enum { MAIL_CANCEL_OP = 2 };
 
 typedef struct zk_mail {
     int kind;
-    PyObject *obj;       /* strong reference to the op */
+    PyObject *obj;       /* strong reference to what holds the op */
+    zk_op *op;
 } zk_mail;
 
 struct zk_worker {
@@ -501,7 +508,7 @@ static zk_task *steal_work(zk_worker *w, size_t min_len) {
 
 /* ---- mailbox, timers, I/O ---------------------------------------------- */
 
-static void mail_post(zk_worker *owner, int kind, PyObject *obj) {
+static void mail_post(zk_worker *owner, int kind, PyObject *obj, zk_op *op) {
     zk_mutex_lock(&owner->mail_lock);
     if (owner->mail_len == owner->mail_cap) {
         size_t cap = owner->mail_cap ? owner->mail_cap * 2 : 16;
@@ -513,7 +520,7 @@ static void mail_post(zk_worker *owner, int kind, PyObject *obj) {
         owner->mail = m;
         owner->mail_cap = cap;
     }
-    owner->mail[owner->mail_len++] = (zk_mail){kind, Py_NewRef(obj)};
+    owner->mail[owner->mail_len++] = (zk_mail){kind, Py_NewRef(obj), op};
     atomic_fetch_add_explicit(&owner->mail_pending, 1, memory_order_release);
     zk_mutex_unlock(&owner->mail_lock);
     /* Dekker pair with park(): we publish mail_pending, then read parked;
@@ -534,11 +541,10 @@ static void drain_mailbox(zk_worker *w) {
     atomic_store_explicit(&w->mail_pending, 0, memory_order_relaxed);
     zk_mutex_unlock(&w->mail_lock);
     for (size_t i = 0; i < n; i++) {
-        if (items[i].kind == MAIL_CANCEL_OP) {
-            zk_io_op *op = (zk_io_op *)items[i].obj;
-            if (op->submitted && w->port != NULL)
-                zk_port_cancel(w->port, &op->op);
-        }
+        /* An op that completed meanwhile is no longer in flight: the port
+         * ignores the cancel. */
+        if (items[i].kind == MAIL_CANCEL_OP && w->port != NULL)
+            zk_port_cancel(w->port, items[i].op);
         Py_DECREF(items[i].obj);
     }
     PyMem_RawFree(items);
@@ -594,14 +600,11 @@ void zk_worker_cancel_timer(zk_worker *current, zk_timer *timer) {
         Py_DECREF(zk_timer_owner(timer));  /* the wheel's reference */
 }
 
-void zk_worker_cancel_op(zk_worker *current, zk_io_op *op) {
-    zk_worker *owner = op->worker;
-    if (owner == NULL || !op->submitted)
-        return;
+void zk_worker_cancel_op(zk_worker *current, zk_worker *owner, PyObject *holder, zk_op *op) {
     if (owner == current)
-        zk_port_cancel(owner->port, &op->op);
+        zk_port_cancel(owner->port, op);
     else
-        mail_post(owner, MAIL_CANCEL_OP, (PyObject *)op);
+        mail_post(owner, MAIL_CANCEL_OP, holder, op);
 }
 
 /* Fire the due timers of w's wheel.  Runs on w, or on the monitor when w is
@@ -1316,10 +1319,7 @@ PyObject *zk_sched_spawn_blocking(zk_sched *s, PyObject *fn, PyObject *args, PyO
     if (leaf == NULL)
         return NULL;
     zk_leaf *l = (zk_leaf *)leaf;
-    atomic_init(&l->waker, NULL);
-    atomic_init(&l->done, 0);
-    l->value = NULL;
-    l->exc = NULL;
+    zk_leaf_init(l);
     PyObject_GC_Track(leaf);
     if (zk_blocking_pool_submit(s->pool, fn, args, kwargs, l) < 0) {
         Py_DECREF(leaf);

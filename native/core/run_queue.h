@@ -16,7 +16,7 @@
 #ifndef ZOKIO_RUN_QUEUE_H
 #define ZOKIO_RUN_QUEUE_H
 
-#include "compat.h"
+#include "core/compat.h"
 
 #define ZK_LOCAL_QUEUE_MAX 256
 

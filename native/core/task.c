@@ -5,7 +5,9 @@
  * yields a zokio leaf, with which the task registers itself as the waker.
  * Awaiting a Task from another task makes the awaiter a waiter of the task.
  */
-#include "task.h"
+#include "core/task.h"
+#include "core/leaf.h"
+#include "core/sched.h"
 
 ZK_TLS zk_worker *zk_current_worker = NULL;
 ZK_TLS zk_task *zk_current_task = NULL;
@@ -1054,9 +1056,40 @@ static PyType_Spec task_spec = {
     .slots = task_slots,
 };
 
+/* ---- the JoinHandle as an awaitable kind (leaf.h) ---------------------------- */
+
+static int task_ready(PyObject *obj) {
+    return zk_task_is_complete((zk_task *)obj);
+}
+
+/* The awaiting task becomes a waiter of the awaited one. */
+static int task_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(w);
+    int r = zk_task_add_waiter((zk_task *)obj, (PyObject *)task);
+    if (r < 0)
+        return -1;
+    if (r == 0)
+        zk_task_wake(task);  /* already complete */
+    return 0;
+}
+
+static void task_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(w);
+    zk_task_remove_waiter((zk_task *)obj, (PyObject *)task);
+}
+
+static const zk_leaf_ops task_leaf_ops = {
+    .ready = task_ready,
+    .register_waker = task_register,
+    .unregister = task_unregister,
+};
+
 int zk_task_type_init(PyObject *module, zk_state *st) {
     st->TaskType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &task_spec, NULL);
     if (st->TaskType == NULL)
+        return -1;
+    /* The first kind: awaiting a JoinHandle is the most common suspension. */
+    if (zk_leaf_kind_add(st, st->TaskType, &task_leaf_ops) < 0)
         return -1;
     zk_immortalize((PyObject *)st->TaskType);
     return PyModule_AddObjectRef(module, "JoinHandle", (PyObject *)st->TaskType);

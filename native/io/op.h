@@ -1,0 +1,67 @@
+/* op.h -- one descriptor per opcode: everything that differs between ops.
+ *
+ * An op is one row of zk_op_descs (op.c).  The row says, for its opcode:
+ *   uring_opcode, uring_prep   how io_uring runs it: the SQE's opcode (which
+ *                              the availability probe in port.c also checks)
+ *                              and how the rest of the SQE is filled
+ *   attempt, epoll_events      how the epoll backend emulates it: the plain
+ *                              non-blocking syscall, tried at submit and again
+ *                              on readiness, and the readiness it waits for
+ *                              after EAGAIN (EPOLLIN or EPOLLOUT)
+ *   pin, to_python             how the Op leaf (op_leaf.c) holds what Python
+ *                              passed (a buffer pinned until the op's own
+ *                              completion) and how a result >= 0 becomes the
+ *                              Python value of `await op`
+ * port.c, port_uring.c, port_epoll.c and op_leaf.c read rows and never test
+ * an opcode.  Adding an op is a zk_opcode value, a row and the row's small
+ * functions in op.c (liburing's io_uring_prep_* are the model: one generic
+ * preparation, a few lines per op), plus a binding in module.c if Python
+ * calls it by itself.
+ */
+#ifndef ZOKIO_OP_H
+#define ZOKIO_OP_H
+
+#include <stdint.h>
+
+typedef enum zk_opcode {
+    ZK_OP_READ = 1,   /* read(fd, buf, len) or pread when offset >= 0 */
+    ZK_OP_WRITE = 2,  /* write(fd, buf, len) or pwrite when offset >= 0 */
+    ZK_OP_COUNT       /* rows in zk_op_descs; 0 is no op */
+} zk_opcode;
+
+typedef struct zk_op zk_op;              /* the op record (port.h) */
+typedef struct zk_io_op zk_io_op;        /* the Op leaf (op_leaf.h) */
+struct io_uring_sqe;                     /* <linux/io_uring.h>, in op.c */
+/* PyObject, named without Python.h: the ports include this header and
+ * never call Python (port_uring.c and port_epoll.c run detached). */
+struct _object;
+
+typedef struct zk_op_desc {
+    const char *name;            /* "read": reprs and error messages */
+    /* io_uring: the backend writes uring_opcode and user_data into a zeroed
+     * SQE; uring_prep fills in the rest (fd, addr, len, off, flags). */
+    uint8_t uring_opcode;
+    void (*uring_prep)(struct io_uring_sqe *sqe, const zk_op *op);
+    /* epoll: one non-blocking try.  Returns the result (bytes >= 0 or
+     * -errno), -EAGAIN when the op must wait for epoll_events.  Retries
+     * EINTR itself. */
+    int64_t (*attempt)(const zk_op *op);
+    uint32_t epoll_events;
+    /* The Op leaf: pin `arg` (a size, a bytes-like object, ...) and point
+     * op.buf/op.len at the memory the kernel will use.  0, or -1 with an
+     * exception set.  Attached. */
+    int (*pin)(zk_io_op *self, struct _object *arg);
+    /* The value of a successful op (result >= 0), as a new reference, or
+     * NULL with an exception set.  Attached, on the op's worker, after the
+     * port handed the op back. */
+    struct _object *(*to_python)(zk_io_op *self, int64_t result);
+} zk_op_desc;
+
+extern const zk_op_desc zk_op_descs[ZK_OP_COUNT];
+
+/* The row of `opcode`, or NULL for a value that is not an op. */
+static inline const zk_op_desc *zk_op_desc_of(int opcode) {
+    return opcode > 0 && opcode < ZK_OP_COUNT ? &zk_op_descs[opcode] : (const zk_op_desc *)0;
+}
+
+#endif

@@ -1,0 +1,185 @@
+/* op_leaf.c -- the Op leaf (op_leaf.h): its Python type, its awaitable kind,
+ * and the completion callback the port runs.  Nothing here depends on the
+ * opcode: the row of zk_op_descs (op.c) pins the arguments and makes the
+ * result. */
+#include "io/op_leaf.h"
+#include "core/sched.h"
+#include "io/port.h"
+
+#include <errno.h>
+#include <string.h>
+
+static void io_op_complete(zk_op *op, int64_t result);
+
+static void io_op_release_buffer(zk_io_op *self) {
+    if (self->view_held) {
+        PyBuffer_Release(&self->view);
+        self->view_held = 0;
+    }
+}
+
+static void io_op_dealloc(zk_io_op *self) {
+    /* In flight, the port's reference keeps us alive: never reached then. */
+    io_op_release_buffer(self);
+    Py_CLEAR(self->own_buf);
+    zk_leaf_dealloc(&self->leaf);
+}
+
+static int io_op_traverse(zk_io_op *self, visitproc visit, void *arg) {
+    Py_VISIT(self->own_buf);
+    return zk_leaf_traverse(&self->leaf, visit, arg);
+}
+
+static PyObject *io_op_repr(zk_io_op *self) {
+    return PyUnicode_FromFormat("<zokio.Op %s fd=%d %s>", zk_op_descs[self->op.opcode].name,
+                                self->op.fd, zk_leaf_is_done(&self->leaf) ? "done" : "pending");
+}
+
+static PyType_Slot io_op_slots[] = {
+    {Py_tp_dealloc, io_op_dealloc},
+    {Py_tp_traverse, io_op_traverse},
+    {Py_tp_clear, zk_leaf_clear},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, zk_leaf_iternext},
+    {Py_am_await, zk_leaf_await},
+    {Py_tp_repr, io_op_repr},
+    {0, NULL},
+};
+
+static PyType_Spec io_op_spec = {
+    .name = "zokio._native.Op",
+    .basicsize = sizeof(zk_io_op),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = io_op_slots,
+};
+
+PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, PyObject *arg, int64_t offset) {
+    const zk_op_desc *desc = zk_op_desc_of(opcode);
+    if (desc == NULL) {
+        PyErr_Format(PyExc_ValueError, "unknown opcode %d", (int)opcode);
+        return NULL;
+    }
+    if (fd < 0) {
+        PyErr_Format(PyExc_ValueError, "invalid file descriptor %d", fd);
+        return NULL;
+    }
+    zk_io_op *self = PyObject_GC_New(zk_io_op, st->OpType);
+    if (self == NULL)
+        return NULL;
+    zk_leaf_init(&self->leaf);
+    memset(&self->op, 0, sizeof(self->op));
+    self->own_buf = NULL;
+    self->worker = NULL;
+    self->submitted = 0;
+    self->view_held = 0;
+    self->cancel_requested = 0;
+    self->ended_by_cancel = 0;
+    self->op.opcode = opcode;
+    self->op.fd = fd;
+    self->op.offset = offset;
+    self->op.complete = io_op_complete;
+    PyObject_GC_Track(self);
+    if (desc->pin(self, arg) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* The port calls this exactly once per submitted op, on the owning worker,
+ * attached.  Only now may the pinned buffer be released. */
+static void io_op_complete(zk_op *op, int64_t result) {
+    zk_io_op *self = (zk_io_op *)((char *)op - offsetof(zk_io_op, op));
+    zk_worker *w = self->worker;
+    zk_state *st = zk_sched_state(zk_worker_sched(w));
+    self->submitted = 0;
+    self->ended_by_cancel = (result == -ECANCELED);
+    zk_worker_count_op(w);
+    io_op_release_buffer(self);
+    PyObject *value = NULL, *exc = NULL;
+    if (result < 0) {
+        int err = (int)-result;
+        if (err == ECANCELED)
+            exc = PyObject_CallOneArg(st->Cancelled, Py_None);
+        else
+            exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+    } else {
+        value = zk_op_descs[op->opcode].to_python(self, result);
+    }
+    Py_CLEAR(self->own_buf);
+    if (value == NULL && exc == NULL)
+        exc = zk_fetch_exception();
+    zk_leaf_complete(st, &self->leaf, value, exc);
+    Py_DECREF(self);  /* the port's in-flight reference */
+}
+
+/* ---- the Op as an awaitable kind (core/leaf.h) ------------------------------ */
+
+/* Cancel the op if it is in flight, on whichever worker submitted it. */
+static void io_op_cancel(zk_worker *current, zk_io_op *op) {
+    if (op->worker == NULL || !op->submitted)
+        return;
+    zk_worker_cancel_op(current, op->worker, (PyObject *)op, &op->op);
+}
+
+static int io_op_ready(PyObject *obj) {
+    return zk_leaf_is_done(&((zk_io_op *)obj)->leaf);
+}
+
+static int io_op_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    zk_io_op *op = (zk_io_op *)obj;
+    if (zk_leaf_register_waker(&op->leaf, task) < 0)
+        return -1;
+    if (!zk_leaf_is_done(&op->leaf) && !op->submitted) {
+        op->worker = w;
+        op->submitted = 1;
+        Py_INCREF(op);  /* the port's in-flight reference */
+        int err = zk_port_submit(zk_worker_port(w), &op->op);
+        if (err != 0) {
+            op->submitted = 0;
+            io_op_release_buffer(op);
+            PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+            if (exc == NULL)
+                exc = zk_fetch_exception();
+            zk_leaf_complete(st, &op->leaf, NULL, exc);
+            Py_DECREF(op);
+        }
+    }
+    return 0;
+}
+
+static int io_op_interrupt_mode(zk_state *st, zk_worker *w, PyObject *obj) {
+    ZK_UNUSED(st);
+    zk_io_op *op = (zk_io_op *)obj;
+    if (!zk_leaf_is_done(&op->leaf)) {
+        if (!op->cancel_requested) {
+            op->cancel_requested = 1;
+            io_op_cancel(w, op);
+        }
+        return ZK_INTERRUPT_WAIT;
+    }
+    return op->ended_by_cancel ? ZK_INTERRUPT_NOW : ZK_INTERRUPT_LATER;
+}
+
+static void io_op_unregister(zk_state *st, zk_worker *w, zk_task *task, PyObject *obj) {
+    ZK_UNUSED(st), ZK_UNUSED(task);
+    zk_io_op *op = (zk_io_op *)obj;
+    zk_leaf_unregister_waker(&op->leaf);
+    io_op_cancel(w, op);
+}
+
+static const zk_leaf_ops io_op_ops = {
+    .ready = io_op_ready,
+    .register_waker = io_op_register,
+    .unregister = io_op_unregister,
+    .interrupt_mode = io_op_interrupt_mode,
+};
+
+int zk_op_leaf_type_init(PyObject *module, zk_state *st) {
+    st->OpType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &io_op_spec, NULL);
+    if (st->OpType == NULL)
+        return -1;
+    zk_immortalize((PyObject *)st->OpType);
+    return zk_leaf_kind_add(st, st->OpType, &io_op_ops);
+}
