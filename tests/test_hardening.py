@@ -321,11 +321,16 @@ def test_metrics_polled_while_blocking_jobs_run_and_gc_runs(make_runtime):
         threading.Thread(target=poller, args=(k,)) for k in range(2)]
     for t in ts:
         t.start()
+    # The defect was a deadlock: a poller stuck in metrics() never returns.
+    # How many polls fit into 3 s depends on the machine (a stop-the-world
+    # collection on 3.13t can take 100 ms under load), so only progress and
+    # termination are asserted.
     for t in ts:
-        t.join()
+        t.join(timeout=30)
+    assert not [t for t in ts if t.is_alive()], "metrics() or gc.collect() hung"
     for h in hs:
         h.result(timeout=10)
-    assert min(polls) > 10
+    assert min(polls) >= 1
 
 
 # ---- 4. spawn racing shutdown ----------------------------------------------------
