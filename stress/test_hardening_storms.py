@@ -186,10 +186,11 @@ def test_storm_same_coroutine_spawned_from_tasks_and_threads(rng):
 
 
 # The same storm with tasks that `await` a coroutine another task owns.  It
-# runs in a child process because today it crashes the interpreter (see the
-# xfail reason): the hold that makes a second runner see "already executing"
-# is lifted for every send, and an awaiter that arrives in that gap enters
-# the coroutine's frame on a second thread.
+# runs in a child process so that a crash fails the test instead of ending
+# the run: it crashed 3.13t within seconds while a task held its coroutine
+# only through the frame state (an await that passed GET_AWAITABLE while the
+# owner ran the frame could enter it at SEND in the instant the owner's
+# yield stored SUSPENDED).  The owned-coroutine type closed it.
 _AWAIT_OWNED = textwrap.dedent("""
     import json, random, sys, time, zokio
     seed, seconds = int(sys.argv[1]), float(sys.argv[2])
@@ -245,10 +246,6 @@ _AWAIT_OWNED = textwrap.dedent("""
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason=(
-    "known residual race on 3.13t (docs/reliability.md): awaiters that retry awaiting a "
-    "coroutine another task owns, in a loop, eventually enter it in the few instructions "
-    "between zokio restoring its frame state and CPython's non-atomic check (gh-120321)"))
 def test_storm_awaiting_a_coroutine_another_task_owns(rng):
     seed = rng.randrange(2**32)
     proc = subprocess.run([sys.executable, "-c", _AWAIT_OWNED, str(seed), str(budget(15))],

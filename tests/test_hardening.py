@@ -13,6 +13,7 @@ import textwrap
 import threading
 import time
 import traceback
+import types
 import weakref
 
 import pytest
@@ -105,6 +106,142 @@ def test_spawned_coroutine_awaited_directly_fails_in_the_awaiter(make_runtime):
     for i, (value, how) in enumerate(rt.block_on(main())):
         assert value == i            # the task that owns it ran it to the end
         assert how != "ran it"       # the direct await was refused
+
+
+@pytest.mark.timeout(60)
+def test_plain_threads_sending_into_an_owned_coroutine_are_refused(make_runtime):
+    """send/throw/close from plain threads while a task owns the coroutine:
+    every call is refused, the owner runs it to the end.  Before the
+    coroutine's type was switched while owned, a send could slip into the
+    instant the owner restored the frame state and run the frame on two
+    threads."""
+    rt = make_runtime(4)
+    refused = [0] * 4
+    other = []
+
+    async def owned():
+        # runs until every intruder was refused many times (bounded)
+        steps = 0
+        deadline = time.monotonic() + 10
+        while min(refused) < 200 and time.monotonic() < deadline:
+            await zokio.yield_now()
+            steps += 1
+        return steps
+
+    c = owned()
+    h = rt.spawn(c)
+
+    def intruder(k):
+        calls = (lambda: c.send(None), lambda: c.throw(ValueError("x")), c.close)
+        n = 0
+        while not h.done():
+            try:
+                calls[n % 3]()
+                other.append("ran it")
+            except RuntimeError as e:
+                if "owned by a zokio task" in str(e):
+                    refused[k] += 1
+                elif not h.done():
+                    other.append(repr(e))
+            except BaseException as e:  # noqa: BLE001 - anything else is a failure
+                other.append(repr(e))
+            n += 1
+
+    ts = [threading.Thread(target=intruder, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    assert h.result(timeout=30) > 0
+    for t in ts:
+        t.join(timeout=10)
+    assert other == []
+    assert min(refused) >= 200
+    # finished: an ordinary, exhausted coroutine again
+    assert type(c) is types.CoroutineType
+    with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+        c.send(None)
+
+
+@pytest.mark.timeout(30)
+def test_owned_coroutine_keeps_its_attributes_and_refuses_every_way_in(rt):
+    import inspect
+
+    async def owned():
+        await zokio.sleep(0.05)
+        return "done"
+
+    async def main():
+        c = owned()
+        h = zokio.spawn(c)
+        assert type(c) is not types.CoroutineType
+        assert type(c).__name__ == "OwnedCoroutine"
+        assert c.__name__ == "owned" and c.cr_code is owned.__code__
+        assert repr(c).startswith("<coroutine object")
+        assert not c.cr_running
+        assert weakref.ref(c)() is c
+        for way in (lambda: c.send(None), lambda: c.throw(KeyError()), c.close,
+                    lambda: zokio.spawn(c)):
+            with pytest.raises(RuntimeError, match="owned by a zokio task"):
+                way()
+        with pytest.raises(RuntimeError, match="owned by a zokio task"):
+            await c
+        assert await h == "done"
+        assert type(c) is types.CoroutineType
+        assert inspect.getcoroutinestate(c) == inspect.CORO_CLOSED
+        return True
+
+    assert rt.block_on(main())
+
+
+_AWAIT_OWNED_RETRY = textwrap.dedent("""
+    import sys, time, zokio
+
+    async def owned(i):
+        for _ in range(100):
+            await zokio.yield_now()
+        return i
+
+    async def intruder(c, owner):
+        refusals = 0
+        while not owner.done():
+            try:
+                await c
+                return -1                      # ran someone else's coroutine
+            except RuntimeError:
+                refusals += 1
+            await zokio.yield_now()
+        return refusals
+
+    async def main():
+        stop = time.monotonic() + float(sys.argv[1])
+        rounds = refusals = 0
+        while time.monotonic() < stop:
+            c = owned(rounds)
+            h = zokio.spawn(c)
+            ins = [zokio.spawn(intruder(c, h)) for _ in range(6)]
+            assert await h == rounds
+            got = [await x for x in ins]
+            assert -1 not in got, got
+            refusals += sum(got)
+            rounds += 1
+        print(rounds, refusals)
+
+    zokio.Runtime(threads=8).block_on(main())
+""")
+
+
+@pytest.mark.timeout(90)
+def test_awaiting_an_owned_coroutine_in_a_retry_loop_never_enters_it(tmp_path, util):
+    """Six tasks per round retry `await c` on a coroutine another task owns,
+    on 8 workers.  Before the owned-coroutine type this crashed 3.13t within
+    a second: an await that passed GET_AWAITABLE while the owner ran the
+    frame entered it at SEND in the instant the owner's yield had stored
+    SUSPENDED.  Runs in a child process so that a crash is a failure, not
+    the end of the test run."""
+    proc = subprocess.run([sys.executable, "-c", _AWAIT_OWNED_RETRY, "3"], cwd=tmp_path,
+                          env=util.subprocess_env(), capture_output=True, text=True, timeout=80)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rounds, refusals = map(int, proc.stdout.split())
+    assert rounds > 10 and refusals > rounds
 
 
 @pytest.mark.timeout(30)

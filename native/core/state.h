@@ -39,6 +39,7 @@ typedef struct zk_leaf_ops zk_leaf_ops;             /* leaf.h */
  * this struct outlives every worker that reads it. */
 typedef struct zk_state {
     PyTypeObject *TaskType;
+    PyTypeObject *OwnedCoroType; /* a spawned coroutine's type while its task owns it */
     PyTypeObject *OneshotType;
     PyTypeObject *SleepType;
     PyTypeObject *OpType;

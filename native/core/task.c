@@ -9,6 +9,8 @@
 #include "core/leaf.h"
 #include "core/sched.h"
 
+#include <string.h>
+
 ZK_TLS zk_worker *zk_current_worker = NULL;
 ZK_TLS zk_task *zk_current_task = NULL;
 ZK_TLS int zk_coop_budget = 0;
@@ -23,21 +25,66 @@ ZK_TLS int zk_abandoning = 0;
  * interpreter (gh-120321: the "already executing" check in genobject.c is
  * not atomic).
  *
- * So while a task owns a coroutine and is not polling it, the coroutine's
- * frame state reads FRAME_EXECUTING ("held").  Every other sender -- a
- * second spawn, `await coro` in another task, coro.send() -- sees an
- * executing coroutine and fails with an exception instead of entering it.
- * spawn claims a fresh coroutine with one CAS (CREATED -> EXECUTING), so
- * spawning it twice is refused with a clear error (CREATED is never seen
- * again after a claim: see coro_unhold).  The poller restores the real
- * state just before PyIter_Send/throw and re-holds it with a CAS right
- * after; if that CAS fails, someone else entered the coroutine in the gap
- * and the task fails at its next poll (ZK_CORO_LOST) rather than sending
- * into it again.  What remains is the gap of a few instructions between our
- * restore and genobject.c's own check, which only CPython's fix closes.
+ * So a task that owns a coroutine changes the coroutine's type, for as long
+ * as it owns it, to OwnedCoroutine: the same object layout and the same
+ * traverse/dealloc/repr/attributes, but its __await__, send(), throw() and
+ * close() raise RuntimeError, and it is not the exact coroutine type that
+ * the interpreter's SEND fast path and GET_AWAITABLE accept.  Every other
+ * runner -- `await coro` in another task, coro.send() from a plain thread,
+ * a second spawn -- tests the type first and is refused, on every thread,
+ * at every moment, including while the owner is inside the coroutine.  The
+ * owner drives it through the coroutine type's own send/throw functions.
+ * spawn claims the coroutine with one CAS on its type pointer.
+ *
+ * The frame state is held too, for the claim: an intruder that had already
+ * passed the type test when spawn swapped the type must not find the frame
+ * enterable.  While a task owns a coroutine and is not polling it, the
+ * coroutine's frame state holds a value of our own, FS_HELD (2: between CPython's
+ * COMPLETED = 1 and CLEARED = 4, a value CPython never stores).  Every path
+ * into a coroutine tests the state first, and FS_HELD reads as "finished"
+ * (>= COMPLETED) to all of them: send()/throw() and the SEND of `await coro`
+ * raise RuntimeError ("cannot reuse already awaited coroutine"), close()
+ * returns without touching the frame, frame.clear() leaves it alone, and
+ * the GC and dealloc still see a live frame (< CLEARED).  spawn claims a
+ * fresh coroutine with one CAS (CREATED -> FS_HELD), so spawning it twice is
+ * refused with a clear error (CREATED is never seen again after a claim:
+ * see coro_unhold).
+ *
+ * Why not hold it as EXECUTING: an intruder that slips into the coroutine
+ * in the gap below also marks it EXECUTING, and our next restore (a plain
+ * EXECUTING -> SUSPENDED) could not tell its own hold from the intruder's
+ * run: two threads ended up in one frame (the await-owned storm crashed 3.13t
+ * in 2 of 3 runs that way).  With a value of our own, the restore is a CAS
+ * from FS_HELD, which fails while anyone else is inside.
+ *
+ * The poller restores the real state just before its send/throw and
+ * re-holds it with a CAS right after; if either CAS fails, someone who got
+ * past the type test before the claim entered the coroutine, and the task
+ * fails at its next poll (ZK_CORO_LOST) rather than sending into it again.
+ * The frame state alone did not suffice: an `await coro` that passed
+ * GET_AWAITABLE while the owner ran the frame could enter it at SEND in the
+ * instant the owner's YIELD_VALUE had stored SUSPENDED but not yet finished
+ * unlinking the frame (the await-owned storm crashed 3.13t that way).
  *
  * The frame state field is in the public (non-limited) PyCoroObject layout
  * of 3.11-3.13; its values are CPython's PyFrameState. */
+/* What an intruder is told: the coroutine belongs to a zokio task. */
+static void owned_coro_error(PyObject *coro, const char *what) {
+    PyErr_Format(PyExc_RuntimeError,
+                 "cannot %s %R: it is owned by a zokio task (it was spawned); a coroutine "
+                 "object can be spawned or awaited only once -- await the JoinHandle that "
+                 "spawn() returned, or call the async function again for a new coroutine",
+                 what, coro);
+}
+
+/* The coroutine's type back to the exact coroutine type.  Owner only. */
+static inline void coro_untype(zk_task *t) {
+    if (t->coro_typed) {
+        __atomic_store_n(&t->coro->ob_type, &PyCoro_Type, __ATOMIC_RELEASE);
+        t->coro_typed = 0;
+    }
+}
+
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000
 #define ZK_CORO_HOLD 1
 #if PY_VERSION_HEX >= 0x030D0000
@@ -45,7 +92,7 @@ enum { FS_CREATED = -3, FS_SUSPENDED = -2, FS_SUSPENDED_YIELD_FROM = -1 };
 #else
 enum { FS_CREATED = -2, FS_SUSPENDED = -1, FS_SUSPENDED_YIELD_FROM = -1 };
 #endif
-enum { FS_EXECUTING = 0, FS_COMPLETED = 1 };
+enum { FS_EXECUTING = 0, FS_COMPLETED = 1, FS_HELD = 2, FS_CLEARED = 4 };
 
 /* coro_saved values: what to restore before the next send. */
 enum { ZK_CORO_NOT_HELD = 0, ZK_CORO_CREATED = 1, ZK_CORO_SUSPENDED = 2,
@@ -63,13 +110,21 @@ static int8_t saved_to_frame_state(unsigned saved) {
 /* spawn: take a fresh coroutine.  Returns 0, or -1 with RuntimeError naming
  * the mistake. */
 static int coro_claim(zk_task *t, PyObject *coro) {
+    PyTypeObject *expected_type = &PyCoro_Type;
+    if (!__atomic_compare_exchange_n(&coro->ob_type, &expected_type, t->st->OwnedCoroType, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        owned_coro_error(coro, "spawn");
+        return -1;
+    }
     int8_t expected = FS_CREATED;
-    if (__atomic_compare_exchange_n(coro_frame_state(coro), &expected, FS_EXECUTING, 0,
+    if (__atomic_compare_exchange_n(coro_frame_state(coro), &expected, FS_HELD, 0,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         t->coro_saved = ZK_CORO_CREATED;
+        t->coro_typed = 1;
         return 0;
     }
-    if (expected == FS_EXECUTING)
+    __atomic_store_n(&coro->ob_type, &PyCoro_Type, __ATOMIC_RELEASE);
+    if (expected == FS_HELD || expected == FS_EXECUTING)
         PyErr_Format(PyExc_RuntimeError,
                      "cannot spawn %R: it is already being run by another zokio task "
                      "(or is executing right now); a coroutine object can be spawned or "
@@ -93,12 +148,21 @@ static int coro_claim(zk_task *t, PyObject *coro) {
  * gap before genobject.c marks it executing.  For a coroutine whose frame
  * has not started, SUSPENDED and CREATED differ in genobject.c only by the
  * refusal to send a non-None value, and we send None (or throw). */
-static inline void coro_unhold(zk_task *t) {
-    if (t->coro_saved != ZK_CORO_NOT_HELD) {
-        int8_t fs = t->coro_saved == ZK_CORO_CREATED ? (int8_t)FS_SUSPENDED
-                                                     : saved_to_frame_state(t->coro_saved);
-        __atomic_store_n(coro_frame_state(t->coro), fs, __ATOMIC_RELEASE);
-    }
+static inline int coro_unhold(zk_task *t) {
+    if (t->coro_saved == ZK_CORO_NOT_HELD)
+        return 0;
+    int8_t fs = t->coro_saved == ZK_CORO_CREATED ? (int8_t)FS_SUSPENDED
+                                                 : saved_to_frame_state(t->coro_saved);
+    int8_t held = FS_HELD;
+    if (__atomic_compare_exchange_n(coro_frame_state(t->coro), &held, fs, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return 0;
+    /* Someone is inside it (or finished it) though we held it: only a
+     * runner that passed the type test before our claim can be.  It is
+     * theirs now: never send again. */
+    t->coro_saved = ZK_CORO_NOT_HELD;
+    coro_untype(t);
+    return -1;
 }
 
 /* After a send/throw that suspended the coroutine.  Returns 0, or -1 if
@@ -107,13 +171,14 @@ static inline int coro_rehold(zk_task *t) {
     int8_t cur = __atomic_load_n(coro_frame_state(t->coro), __ATOMIC_ACQUIRE);
     if (cur == FS_SUSPENDED || cur == FS_SUSPENDED_YIELD_FROM) {
         unsigned saved = cur == FS_SUSPENDED ? ZK_CORO_SUSPENDED : ZK_CORO_SUSPENDED_YF;
-        if (__atomic_compare_exchange_n(coro_frame_state(t->coro), &cur, FS_EXECUTING, 0,
+        if (__atomic_compare_exchange_n(coro_frame_state(t->coro), &cur, FS_HELD, 0,
                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
             t->coro_saved = saved;
             return 0;
         }
     }
     t->coro_saved = ZK_CORO_NOT_HELD;
+    coro_untype(t);
     return -1;
 }
 
@@ -121,10 +186,15 @@ static inline int coro_rehold(zk_task *t) {
  * coroutine that never ran is CREATED again, so close() finishes it without
  * running it. */
 static inline void coro_release(zk_task *t) {
-    if (t->coro_saved != ZK_CORO_NOT_HELD)
-        __atomic_store_n(coro_frame_state(t->coro), saved_to_frame_state(t->coro_saved),
-                         __ATOMIC_RELEASE);
+    if (t->coro_saved != ZK_CORO_NOT_HELD) {
+        int8_t held = FS_HELD;
+        /* A failed CAS leaves the state to whoever is inside. */
+        __atomic_compare_exchange_n(coro_frame_state(t->coro), &held,
+                                    saved_to_frame_state(t->coro_saved), 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
     t->coro_saved = ZK_CORO_NOT_HELD;
+    coro_untype(t);  /* after the state: an ordinary coroutine again */
 }
 
 /* A coroutine that refused to close (it swallowed GeneratorExit and awaited
@@ -136,12 +206,22 @@ static inline void coro_kill(PyObject *coro) {
         __atomic_store_n(coro_frame_state(coro), (int8_t)FS_COMPLETED, __ATOMIC_RELEASE);
 }
 #else
-/* 3.14+: the frame state is not in the public layout; no hold. */
+/* 3.14+: the frame state is not in the public layout; only the type is
+ * held. */
 #define ZK_CORO_NOT_HELD 0
-static int coro_claim(zk_task *t, PyObject *coro) { (void)t; (void)coro; return 0; }
-static inline void coro_unhold(zk_task *t) { (void)t; }
+static int coro_claim(zk_task *t, PyObject *coro) {
+    PyTypeObject *expected_type = &PyCoro_Type;
+    if (!__atomic_compare_exchange_n(&coro->ob_type, &expected_type, t->st->OwnedCoroType, 0,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        owned_coro_error(coro, "spawn");
+        return -1;
+    }
+    t->coro_typed = 1;
+    return 0;
+}
+static inline int coro_unhold(zk_task *t) { (void)t; return 0; }
 static inline int coro_rehold(zk_task *t) { (void)t; return 0; }
-static inline void coro_release(zk_task *t) { (void)t; }
+static inline void coro_release(zk_task *t) { coro_untype(t); }
 static inline void coro_kill(PyObject *coro) { (void)coro; }
 #endif
 
@@ -153,6 +233,10 @@ int zk_task_is_complete(zk_task *t) {
 }
 
 zk_task *zk_task_new(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name) {
+    if (Py_IS_TYPE(coro, st->OwnedCoroType)) {
+        owned_coro_error(coro, "spawn");
+        return NULL;
+    }
     if (!PyCoro_CheckExact(coro)) {
         PyErr_Format(PyExc_TypeError,
                      "zokio can only spawn a coroutine object, not %R "
@@ -177,6 +261,7 @@ zk_task *zk_task_new(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name) 
     t->failed = 0;
     t->yield_resume = 0;
     t->coro_saved = ZK_CORO_NOT_HELD;
+    t->coro_typed = 0;
     t->coro = NULL;
     t->context = ctx;
     t->name = (name != NULL && name != Py_None) ? Py_NewRef(name) : NULL;
@@ -343,8 +428,30 @@ typedef enum { STEP_YIELDED, STEP_RETURNED, STEP_RAISED } step_result;
 
 /* Throw `exc` (borrowed) into the coroutine.  Stores the yielded or returned
  * object in *out (new reference). */
+/* coroutine.throw of the exact coroutine type, found once at module init:
+ * the owner calls it directly, whatever the coroutine's type is now. */
+static PyMethodDef *coro_throw_def = NULL;
+typedef PyObject *(*zk_fastcall_fn)(PyObject *, PyObject *const *, Py_ssize_t);
+
+static PyObject *coro_call_throw(PyObject *coro, PyObject *exc) {
+    int flags = coro_throw_def->ml_flags & (METH_VARARGS | METH_FASTCALL | METH_NOARGS | METH_O | METH_KEYWORDS);
+    if (flags == METH_FASTCALL)
+        return ((zk_fastcall_fn)(void (*)(void))coro_throw_def->ml_meth)(coro, &exc, 1);
+    if (flags == METH_O)
+        return coro_throw_def->ml_meth(coro, exc);
+    PyObject *args = PyTuple_Pack(1, exc);
+    if (args == NULL)
+        return NULL;
+    PyObject *r = flags & METH_KEYWORDS
+        ? ((PyCFunctionWithKeywords)(void (*)(void))coro_throw_def->ml_meth)(coro, args, NULL)
+        : coro_throw_def->ml_meth(coro, args);
+    Py_DECREF(args);
+    return r;
+}
+
 static step_result throw_into(zk_state *st, PyObject *coro, PyObject *exc, PyObject **out) {
-    PyObject *r = PyObject_CallMethodOneArg(coro, st->str_throw, exc);
+    ZK_UNUSED(st);
+    PyObject *r = coro_call_throw(coro, exc);
     if (r != NULL) {
         *out = r;
         return STEP_YIELDED;
@@ -363,7 +470,9 @@ static step_result throw_into(zk_state *st, PyObject *coro, PyObject *exc, PyObj
 }
 
 static step_result send_into(PyObject *coro, PyObject **out) {
-    PySendResult r = PyIter_Send(coro, Py_None, out);
+    /* The exact coroutine type's am_send: the coroutine's own type may be
+     * OwnedCoroutine now, whose am_send refuses. */
+    PySendResult r = PyCoro_Type.tp_as_async->am_send(coro, Py_None, out);
     if (r == PYGEN_NEXT)
         return STEP_YIELDED;
     if (r == PYGEN_RETURN)
@@ -439,7 +548,20 @@ void zk_task_run(zk_worker *w, zk_task *t) {
 
     PyObject *out = NULL;
     step_result step;
-    coro_unhold(t);
+    if (coro_unhold(t) < 0) {
+        /* Someone else is inside the coroutine: never send into it. */
+        zk_current_task = NULL;
+        Py_XDECREF(interrupt);
+        if (PyContext_Exit(t->context) < 0)
+            PyErr_WriteUnraisable((PyObject *)t);
+        Py_CLEAR(t->waiting_on);
+        PyErr_Format(PyExc_RuntimeError,
+                     "the coroutine of %R was resumed by someone else (awaited directly "
+                     "or sent into) while this task owned it; a coroutine object can be "
+                     "spawned or awaited only once", (PyObject *)t);
+        task_complete(t, NULL, zk_fetch_exception());  /* may free t */
+        return;
+    }
     if (interrupt != NULL) {
         step = throw_into(st, t->coro, interrupt, &out);
         Py_CLEAR(interrupt);
@@ -469,6 +591,7 @@ void zk_task_run(zk_worker *w, zk_task *t) {
         }
     } else {
         t->coro_saved = ZK_CORO_NOT_HELD;  /* finished: nothing to hold */
+        coro_untype(t);
     }
     if (PyContext_Exit(t->context) < 0)
         PyErr_WriteUnraisable((PyObject *)t);
@@ -1084,7 +1207,95 @@ static const zk_leaf_ops task_leaf_ops = {
     .unregister = task_unregister,
 };
 
+/* ---- OwnedCoroutine ---------------------------------------------------------- */
+
+static PyObject *owned_refuse_o(PyObject *self, PyObject *arg) {
+    ZK_UNUSED(arg);
+    owned_coro_error(self, "send into");
+    return NULL;
+}
+
+static PyObject *owned_refuse_throw(PyObject *self, PyObject *args) {
+    ZK_UNUSED(args);
+    owned_coro_error(self, "throw into");
+    return NULL;
+}
+
+static PyObject *owned_refuse_close(PyObject *self, PyObject *unused) {
+    ZK_UNUSED(unused);
+    owned_coro_error(self, "close");
+    return NULL;
+}
+
+static PyObject *owned_refuse_await(PyObject *self) {
+    owned_coro_error(self, "await");
+    return NULL;
+}
+
+static PySendResult owned_refuse_send(PyObject *self, PyObject *arg, PyObject **result) {
+    ZK_UNUSED(arg);
+    *result = NULL;
+    owned_coro_error(self, "send into");
+    return PYGEN_ERROR;
+}
+
+static PyMethodDef owned_coro_methods[] = {
+    {"send", owned_refuse_o, METH_O, NULL},
+    {"throw", owned_refuse_throw, METH_VARARGS, NULL},
+    {"close", owned_refuse_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* The type a spawned coroutine has while its task owns it ("one runner per
+ * coroutine" above).  Its layout and its object-level behaviour (traverse,
+ * dealloc, finalize, repr, cr_* attributes) are the coroutine type's own,
+ * taken from PyCoro_Type at run time; only the ways in are refused. */
+static int owned_coro_type_init(PyObject *module, zk_state *st) {
+    for (PyMethodDef *m = PyCoro_Type.tp_methods; m != NULL && m->ml_name != NULL; m++)
+        if (strcmp(m->ml_name, "throw") == 0)
+            coro_throw_def = m;
+    if (coro_throw_def == NULL || PyCoro_Type.tp_as_async == NULL ||
+        PyCoro_Type.tp_as_async->am_send == NULL) {
+        PyErr_SetString(PyExc_ImportError, "zokio: this CPython's coroutine type has no throw/am_send");
+        return -1;
+    }
+    PyType_Slot slots[12];
+    int n = 0;
+    slots[n++] = (PyType_Slot){Py_tp_dealloc, (void *)PyCoro_Type.tp_dealloc};
+    slots[n++] = (PyType_Slot){Py_tp_traverse, (void *)PyCoro_Type.tp_traverse};
+    if (PyCoro_Type.tp_finalize)
+        slots[n++] = (PyType_Slot){Py_tp_finalize, (void *)PyCoro_Type.tp_finalize};
+    if (PyCoro_Type.tp_clear)
+        slots[n++] = (PyType_Slot){Py_tp_clear, (void *)PyCoro_Type.tp_clear};
+    slots[n++] = (PyType_Slot){Py_tp_repr, (void *)PyCoro_Type.tp_repr};
+    if (PyCoro_Type.tp_getset)
+        slots[n++] = (PyType_Slot){Py_tp_getset, (void *)PyCoro_Type.tp_getset};
+    if (PyCoro_Type.tp_members)
+        slots[n++] = (PyType_Slot){Py_tp_members, (void *)PyCoro_Type.tp_members};
+    slots[n++] = (PyType_Slot){Py_tp_methods, owned_coro_methods};
+    slots[n++] = (PyType_Slot){Py_am_await, (void *)owned_refuse_await};
+    slots[n++] = (PyType_Slot){Py_am_send, (void *)owned_refuse_send};
+    slots[n++] = (PyType_Slot){0, NULL};
+    PyType_Spec spec = {
+        .name = "zokio._native.OwnedCoroutine",
+        .basicsize = (int)PyCoro_Type.tp_basicsize,
+        .itemsize = (int)PyCoro_Type.tp_itemsize,
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+                 Py_TPFLAGS_DISALLOW_INSTANTIATION,
+        .slots = slots,
+    };
+    st->OwnedCoroType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &spec, NULL);
+    if (st->OwnedCoroType == NULL)
+        return -1;
+    st->OwnedCoroType->tp_weaklistoffset = PyCoro_Type.tp_weaklistoffset;
+    /* Coroutines switched to it hold no reference to it. */
+    zk_immortalize((PyObject *)st->OwnedCoroType);
+    return 0;
+}
+
 int zk_task_type_init(PyObject *module, zk_state *st) {
+    if (owned_coro_type_init(module, st) < 0)
+        return -1;
     st->TaskType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &task_spec, NULL);
     if (st->TaskType == NULL)
         return -1;

@@ -59,6 +59,8 @@ struct zk_task {
     uint8_t coro_saved : 2;     /* frame state to restore before the next
                                    send while the task holds its coroutine
                                    (ZK_CORO_* in task.c); runner only */
+    uint8_t coro_typed : 1;     /* the coroutine's type is OwnedCoroutine
+                                   while this task owns it (task.c) */
     zk_mutex lock;              /* guards waiters and interrupt; on 3.13+ one
                                    byte: with the fields above it fills the
                                    word after PyObject_HEAD (keeps the task at
