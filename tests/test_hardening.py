@@ -747,6 +747,39 @@ def test_timer_of_a_worker_stuck_in_a_long_poll_fires(make_runtime):
 
 
 @pytest.mark.timeout(60)
+def test_timers_keep_firing_while_every_worker_runs_long_polls(make_runtime):
+    """Both workers run 20 ms polls back to back; a third task sleeps 10 ms in
+    a loop.  The monitor fires the sleeper's timers, but the wake waits in the
+    inject queue, which a busy worker looked at only every 61 polls: 61 x 20
+    ms, so the loop got about 6 rounds in 4 s.  Busy workers now look every
+    2nd poll when polls are long (adaptive fairness), about 40 rounds per
+    second.  The bound is a liveness floor, far below either machine speed."""
+    rt = make_runtime(2)
+
+    async def hogger(stop):
+        while time.monotonic() < stop:
+            _hog(0.02)
+            await zokio.yield_now()
+
+    async def sleeper(stop):
+        rounds = 0
+        while time.monotonic() < stop:
+            await zokio.sleep(0.01)
+            rounds += 1
+        return rounds
+
+    async def main():
+        stop = time.monotonic() + 4
+        hs = [zokio.spawn(hogger(stop)) for _ in range(2)]
+        rounds = await zokio.spawn(sleeper(stop))
+        for h in hs:
+            await h
+        return rounds
+
+    assert rt.block_on(main()) >= 30
+
+
+@pytest.mark.timeout(60)
 def test_monitor_fires_the_timer_filed_on_the_stuck_worker(make_runtime):
     """A timeout scope files its timer on the worker running the task; that
     task then hogs the worker: the monitor must fire it while the hog runs."""

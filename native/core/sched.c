@@ -8,8 +8,10 @@
  * other threads (timer and op cancellations).
  *
  * Where a runnable task goes:
- *   woken by the running task on this worker   -> LIFO slot (old one to queue)
- *   spawned / yielding / woken by timers or I/O -> back of the local queue
+ *   spawned or woken by the running task       -> LIFO slot (old one to queue)
+ *   woken by timers or I/O                     -> polled right after the
+ *                                                 maintenance pass (`woken`)
+ *   yielding, LIFO overflow                    -> back of the local queue
  *   from any other thread                      -> inject queue + notify
  *
  * Parking (the "searching" protocol):
@@ -30,7 +32,9 @@
  * for ZK_MONITOR_STUCK_TICKS ticks is stuck, and the monitor takes over what
  * it cannot serve: it fires the due timers of its wheel (wheels are locked
  * for this) and moves its LIFO task (an atomic slot) to the inject queue, and
- * wakes a parked worker for that and for the stuck worker's local queue.
+ * wakes a parked worker for that and for the stuck worker's local queue;
+ * it also flags every poll longer than a tick (fair_hurry), so its worker
+ * adapts its fairness interval when that poll ends.
  * The hot path pays one exchange per LIFO push/pop, an uncontended lock per
  * timer operation and two plain stores per poll.  When every worker is
  * parked the monitor sleeps until one unparks.
@@ -56,7 +60,14 @@
 #include <sys/syscall.h>
 
 #define ZK_OWNED_SHARDS 16
-#define ZK_FAIRNESS_INTERVAL 61   /* ticks between inject/timer/IO checks */
+/* Polls between two checks of the inject queue, timers and I/O: adapted per
+ * worker (after Tokio's global_queue_interval) so that the checks come about
+ * every ZK_FAIRNESS_TARGET_NS of polling: short polls check every 61 polls
+ * as before; 20 ms polls (CPU-bound Python) check every 2nd poll instead of
+ * leaving due timers and cross-thread wakes waiting 61 x 20 ms = 1.2 s. */
+#define ZK_FAIRNESS_MAX 61
+#define ZK_FAIRNESS_MIN 2
+#define ZK_FAIRNESS_TARGET_NS 200000
 #define ZK_LIFO_MAX_POLLS 3
 #define ZK_INJECT_BATCH 32
 /* A searcher that found nothing spins this many rounds before parking:
@@ -110,6 +121,15 @@ struct zk_worker {
     _Atomic int parked;            /* 1 while in the parked stack (idle_lock) */
     uint32_t rng;
     uint64_t tick;
+    /* adaptive fairness (ZK_FAIRNESS_*): owner only */
+    uint32_t fair_interval;        /* polls between checks, MIN..MAX */
+    uint32_t fair_countdown;       /* polls left until the next check */
+    int fair_due;                  /* the next pick looks at the inject queue first */
+    int64_t fair_since_ns;         /* start of the current measuring window */
+    int64_t avg_poll_ns;           /* moving average of one poll's time */
+    _Atomic int fair_hurry;        /* set by the monitor when a poll ran long:
+                                      adapt at the end of that poll instead
+                                      of after the whole (long) window */
     zk_port *port;
     zk_timer_wheel wheel;          /* under wheel_lock: the owner files and
                                       fires, the monitor fires due timers of
@@ -464,7 +484,8 @@ static zk_task *next_local_task(zk_worker *w) {
         }
     }
     w->lifo_polls = 0;
-    if (w->tick % ZK_FAIRNESS_INTERVAL == 0) {
+    if (w->fair_due) {
+        w->fair_due = 0;
         zk_task *t = pop_inject(w);
         if (t != NULL)
             return t;
@@ -773,6 +794,10 @@ static PyObject *sched_run_monitor(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
                 quiet_ticks[i] = 0;
                 continue;
             }
+            /* A poll longer than a tick: its worker adapts its fairness
+             * interval when the poll ends (fair_hurry). */
+            if (!atomic_load_explicit(&w->fair_hurry, memory_order_relaxed))
+                atomic_store_explicit(&w->fair_hurry, 1, memory_order_relaxed);
             if (++quiet_ticks[i] < ZK_MONITOR_STUCK_TICKS || !stranded(w, now_ms))
                 continue;
             PyEval_RestoreThread(ts);
@@ -853,12 +878,41 @@ static void park(zk_worker *w) {
     run_woken(w);
 }
 
+/* A fairness point: measure how long the last window's polls took, set the
+ * next interval from it, and run the checks. */
+static void fairness_point(zk_worker *w) {
+    int64_t now = zk_monotonic_ns();
+    uint32_t polls = w->fair_interval - w->fair_countdown;
+    int64_t per_poll = (now - w->fair_since_ns) / (int64_t)(polls > 0 ? polls : 1);
+    atomic_store_explicit(&w->fair_hurry, 0, memory_order_relaxed);
+    /* moving average, weight 1/4 for the newest window */
+    w->avg_poll_ns = w->avg_poll_ns == 0 ? per_poll : (3 * w->avg_poll_ns + per_poll) / 4;
+    int64_t interval = w->avg_poll_ns > 0 ? ZK_FAIRNESS_TARGET_NS / w->avg_poll_ns : ZK_FAIRNESS_MAX;
+    if (interval < ZK_FAIRNESS_MIN)
+        interval = ZK_FAIRNESS_MIN;
+    if (interval > ZK_FAIRNESS_MAX)
+        interval = ZK_FAIRNESS_MAX;
+    w->fair_interval = (uint32_t)interval;
+    w->fair_countdown = w->fair_interval;
+    w->fair_due = 1;
+    maintenance(w);
+    w->fair_since_ns = zk_monotonic_ns();
+}
+
+/* After a park: the window measures polling, not idle time. */
+static void fairness_restart(zk_worker *w) {
+    w->fair_countdown = w->fair_interval;
+    w->fair_since_ns = zk_monotonic_ns();
+}
+
 static void worker_loop(zk_worker *w) {
     zk_sched *s = w->sched;
+    w->fair_interval = ZK_FAIRNESS_MAX;
+    fairness_restart(w);
     while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
         w->tick++;
-        if (w->tick % ZK_FAIRNESS_INTERVAL == 0)
-            maintenance(w);
+        if (--w->fair_countdown == 0 || atomic_load_explicit(&w->fair_hurry, memory_order_relaxed))
+            fairness_point(w);
         zk_task *t = next_local_task(w);
         if (t == NULL) {
             if (maintenance(w) > 0)
@@ -888,6 +942,7 @@ static void worker_loop(zk_worker *w) {
             continue;
         }
         park(w);
+        fairness_restart(w);
     }
     if (w->searching) {
         w->searching = 0;
