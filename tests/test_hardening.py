@@ -586,6 +586,37 @@ def test_nested_timeouts_under_load(make_runtime):
     assert time.monotonic() - t0 < 10
 
 
+@pytest.mark.timeout(30)
+def test_child_task_inside_a_parents_timeout_gets_only_its_own_expiry(rt):
+    """zokio.timeout links each scope to the enclosing one (through a context
+    variable, which a spawned child inherits); an outer scope counts only
+    for its own task."""
+    async def child():
+        try:
+            async with zokio.timeout(0.08):
+                await zokio.sleep(5)
+        except TimeoutError:
+            return "child timed out"
+        return "child ran on"
+
+    async def main():
+        try:
+            async with zokio.timeout(0.02):
+                h = zokio.spawn(child())
+                await zokio.sleep(0.2)        # the parent's deadline passes first
+        except TimeoutError:
+            parent = "parent timed out"
+        return parent, await h
+
+    assert rt.block_on(main()) == ("parent timed out", "child timed out")
+
+
+@pytest.mark.timeout(10)
+def test_timeout_scope_outer_must_be_a_scope():
+    with pytest.raises(TypeError, match="outer must be a TimeoutScope"):
+        _native.TimeoutScope(1.0, object())
+
+
 # ---- 6. a Runtime is freed -------------------------------------------------------
 
 @pytest.mark.timeout(60)

@@ -1,6 +1,7 @@
 """Functions used inside a running zokio task."""
 from __future__ import annotations
 
+import contextvars
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Optional, TypeVar
 
 from . import _native
@@ -34,12 +35,18 @@ def current_runtime() -> Any:
     return _owner_of(core)
 
 
+# The innermost armed zokio.timeout scope of the running task (each task runs
+# in its own copy of the context, so this is per task).
+_enclosing_scope: "contextvars.ContextVar[Optional[_native.TimeoutScope]]" = contextvars.ContextVar(
+    "zokio_timeout_scope", default=None)
+
+
 class timeout:
     """``async with zokio.timeout(s):`` -- raise TimeoutError if the block
     is still running after ``s`` seconds (it is interrupted with Cancelled at
     its current suspension point, which this scope turns into TimeoutError)."""
 
-    __slots__ = ("_seconds", "_scope")
+    __slots__ = ("_seconds", "_scope", "_token")
 
     def __init__(self, seconds: Optional[float]) -> None:
         if seconds is not None:
@@ -52,8 +59,13 @@ class timeout:
 
     async def __aenter__(self) -> "timeout":
         if self._seconds is not None:
-            self._scope = _native.TimeoutScope(_native.monotonic() + self._seconds)
-            self._scope.arm()
+            # The enclosing scope is linked so that, when both deadlines have
+            # passed by the time the interrupt is delivered, the outer one wins.
+            scope = _native.TimeoutScope(_native.monotonic() + self._seconds,
+                                         _enclosing_scope.get())
+            scope.arm()
+            self._scope = scope
+            self._token = _enclosing_scope.set(scope)
         elif _native.current_task() is None:
             raise RuntimeError("zokio.timeout() must be used inside a zokio task")
         return self
@@ -62,6 +74,11 @@ class timeout:
         scope = self._scope
         if scope is None:
             return False
+        try:
+            _enclosing_scope.reset(self._token)
+        except ValueError:
+            # exited in another context than entered: keep the link sane
+            _enclosing_scope.set(None)
         fired = scope.disarm()
         if fired and exc is scope.marker:
             raise TimeoutError(f"timed out after {self._seconds} s") from None

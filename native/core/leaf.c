@@ -341,6 +341,7 @@ static void scope_dealloc(zk_timeout_scope *self) {
     PyObject_GC_UnTrack(self);
     Py_CLEAR(self->task);
     Py_CLEAR(self->marker);
+    Py_CLEAR(self->outer);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
@@ -349,20 +350,28 @@ static int scope_traverse(zk_timeout_scope *self, visitproc visit, void *arg) {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->task);
     Py_VISIT(self->marker);
+    Py_VISIT(self->outer);
     return 0;
 }
 
 static int scope_clear(zk_timeout_scope *self) {
     Py_CLEAR(self->task);
     Py_CLEAR(self->marker);
+    Py_CLEAR(self->outer);
     return 0;
 }
 
 static PyObject *scope_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"deadline", NULL};
+    static char *kwlist[] = {"deadline", "outer", NULL};
     double deadline;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "d:TimeoutScope", kwlist, &deadline))
+    PyObject *outer = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "d|O:TimeoutScope", kwlist, &deadline, &outer))
         return NULL;
+    if (outer != Py_None && !Py_IS_TYPE(outer, type)) {
+        PyErr_Format(PyExc_TypeError, "outer must be a TimeoutScope or None, not %.100s",
+                     Py_TYPE(outer)->tp_name);
+        return NULL;
+    }
     if (isnan(deadline)) {
         PyErr_SetString(PyExc_ValueError, "timeout deadline is NaN");
         return NULL;
@@ -377,6 +386,7 @@ static PyObject *scope_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     self->timer.deadline_ns = ns > 9.0e18 ? INT64_MAX : (int64_t)ns;
     self->task = NULL;
     self->scope_state = ZK_SCOPE_IDLE;
+    self->outer = outer != Py_None ? Py_NewRef(outer) : NULL;
     self->marker = PyObject_CallOneArg(st->Cancelled, Py_None);
     PyObject_GC_Track(self);
     if (self->marker == NULL) {

@@ -60,6 +60,10 @@ struct zk_timeout_scope {
     int scope_state;         /* ZK_SCOPE_* (task.h), under the task's lock */
     uint64_t arm_seq;        /* order of arming: an outer scope of a task
                                 has the smaller number (task.c) */
+    PyObject *outer;         /* the enclosing scope when this one was made
+                                (zokio.timeout passes it), or NULL; strong.
+                                Possibly another task's (a spawned child
+                                inherits its parent's context) */
 };
 
 #if defined(Py_GIL_DISABLED) && PY_VERSION_HEX >= 0x030D0000

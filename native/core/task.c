@@ -480,6 +480,8 @@ static step_result send_into(PyObject *coro, PyObject **out) {
     return STEP_RAISED;
 }
 
+static PyObject *outermost_expired_scope(zk_task *t, PyObject *fired);
+
 void zk_task_run(zk_worker *w, zk_task *t) {
     zk_sched *s = t->sched;
     zk_state *st = t->st;
@@ -517,7 +519,8 @@ void zk_task_run(zk_worker *w, zk_task *t) {
         atomic_fetch_and_explicit(&t->state, ~ZK_INTERRUPT, memory_order_relaxed);
         zk_mutex_unlock(&t->lock);
         if (interrupt != NULL && Py_TYPE(interrupt) == st->TimeoutScopeType) {
-            /* A timeout: throw the scope's marker. */
+            /* A timeout: throw the marker of the outermost expired scope. */
+            interrupt = outermost_expired_scope(t, interrupt);
             PyObject *marker = Py_NewRef(((zk_timeout_scope *)interrupt)->marker);
             Py_DECREF(interrupt);
             interrupt = marker;
@@ -663,6 +666,36 @@ int zk_task_cancel(zk_task *t) {
  * one task are armed in nesting order, so the smaller arm sequence number is
  * the outer scope.  The pending interrupt holds the scope itself (its marker
  * is thrown), so a later scope can compare against it. */
+/* At delivery: `fired` (a new reference) is the scope whose timer fired.
+ * An enclosing scope of the same task whose deadline has passed too, but
+ * whose timer has not fired yet (the wheel has millisecond ticks; the
+ * enclosing deadline may be a fraction of a tick later), must win as well:
+ * otherwise the inner scope reports TimeoutError, the body may catch it and
+ * await again, and the outer expiry arrives only at the next tick.  Walks
+ * the scopes' `outer` links (set when each was made); only the runner of t
+ * calls this.  Returns a new reference to the scope to deliver. */
+static PyObject *outermost_expired_scope(zk_task *t, PyObject *fired) {
+    zk_timeout_scope *sc = (zk_timeout_scope *)fired;
+    if (sc->outer == NULL)
+        return fired;
+    int64_t now = zk_monotonic_ns();
+    zk_timeout_scope *winner = NULL;
+    zk_mutex_lock(&t->lock);
+    for (zk_timeout_scope *o = (zk_timeout_scope *)sc->outer; o != NULL;
+         o = (zk_timeout_scope *)o->outer) {
+        if (o->task == t && o->timer.deadline_ns <= now &&
+            (o->scope_state == ZK_SCOPE_ARMED || o->scope_state == ZK_SCOPE_FIRED))
+            winner = o;
+    }
+    if (winner != NULL)
+        winner->scope_state = ZK_SCOPE_FIRED;  /* its own timer is a no-op now */
+    zk_mutex_unlock(&t->lock);
+    if (winner == NULL)
+        return fired;
+    Py_DECREF(fired);
+    return Py_NewRef((PyObject *)winner);
+}
+
 int zk_task_fire_scope(zk_task *t, zk_timeout_scope *scope) {
     int placed = 0;
     PyObject *drop = NULL;
