@@ -661,10 +661,6 @@ static int fire_due_timers(zk_worker *w) {
     return n;
 }
 
-static int fire_timers(zk_worker *w) {
-    return fire_due_timers(w);
-}
-
 /* Next timer deadline of w's wheel in ticks, or ZK_WHEEL_NEVER. */
 static uint64_t next_timer_tick(zk_worker *w) {
     zk_mutex_lock(&w->wheel_lock);
@@ -702,7 +698,7 @@ static int maintenance(zk_worker *w) {
         zk_port_wait(w->port, 0);
         n += zk_port_process(w->port);
     }
-    n += fire_timers(w);
+    n += fire_due_timers(w);
     run_woken(w);
     return n;
 }
@@ -874,7 +870,7 @@ static void park(zk_worker *w) {
     drain_releases(w);
     w->collecting = 1;
     zk_port_process(w->port);
-    fire_timers(w);
+    fire_due_timers(w);
     run_woken(w);
 }
 
