@@ -135,16 +135,22 @@ def test_plain_threads_sending_into_an_owned_coroutine_are_refused(make_runtime)
         calls = (lambda: c.send(None), lambda: c.throw(ValueError("x")), c.close)
         n = 0
         while not h.done():
+            outcome = "ran it"
             try:
                 calls[n % 3]()
-                other.append("ran it")
             except RuntimeError as e:
                 if "owned by a zokio task" in str(e):
                     refused[k] += 1
-                elif not h.done():
-                    other.append(repr(e))
+                    outcome = None
+                else:
+                    outcome = repr(e)
             except BaseException as e:  # noqa: BLE001 - anything else is a failure
-                other.append(repr(e))
+                outcome = repr(e)
+            # Once the task let go of the finished coroutine (its type is the
+            # coroutine type again, a moment before the handle reads done),
+            # close() succeeds and send() says it is exhausted: not a failure.
+            if outcome is not None and type(c) is not types.CoroutineType:
+                other.append(outcome)
             n += 1
 
     ts = [threading.Thread(target=intruder, args=(k,)) for k in range(4)]
