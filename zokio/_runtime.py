@@ -40,6 +40,25 @@ def _default_threads() -> int:
         return os.cpu_count() or 1
 
 
+# How long block_on's thread waits at a time.  On 3.13t a main thread blocked
+# in one untimed lock wait while other threads run Python may not run its
+# SIGINT handler until the wait ends (seen in 15 of 20 runs of a repro without
+# zokio; never on 3.11), so Ctrl-C could hang block_on.  A wait that ends
+# every slice lets the interpreter run the handler.
+_BLOCK_ON_SLICE = 0.1
+
+
+def _wait_in_slices(handle: "_native.JoinHandle") -> Any:
+    while True:
+        try:
+            return handle.result(timeout=_BLOCK_ON_SLICE)
+        except TimeoutError:
+            if handle.done():
+                # Finished in the meantime, or the task's own TimeoutError:
+                # result() no longer waits and returns or raises the outcome.
+                return handle.result()
+
+
 class Runtime:
     """A multi-threaded work-stealing runtime.
 
@@ -173,7 +192,7 @@ class Runtime:
             coro = _await(coro)  # e.g. block_on(zokio.sleep(1))
         handle = self._core.spawn(coro, "main")
         try:
-            return handle.result()
+            return _wait_in_slices(handle)
         except KeyboardInterrupt:
             if (handle.done() and not handle.cancelled()
                     and isinstance(handle.exception(), KeyboardInterrupt)):
