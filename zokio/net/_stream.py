@@ -135,8 +135,8 @@ class _FdOwner:
             sock = self._sock = socket.socket(self._family, self._type, 0, self._fd)
         return sock
 
-    def _sockname(self) -> Any:
-        if self._closed:
+    def _sockname(self, check: bool = True) -> Any:
+        if check and self._closed:
             raise closed_error(self._kind)
         s = self._sock
         if s is not None:
@@ -522,6 +522,9 @@ class SocketListener(_FdOwner):
                     if err in _ACCEPT_RETRY_ERRNOS:
                         continue
                     raise with_address(e, "accepting on", self._sockname()) from None
+            if self._closed:  # the connection that woke us up, or one racing close()
+                os.close(fd)
+                raise closed_error(self._kind)
         finally:
             t.append(None)
             if self._closed:

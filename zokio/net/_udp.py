@@ -37,6 +37,35 @@ class UdpSocket(_FdOwner):
     def _idle(self) -> bool:
         return bool(self._rtok) and bool(self._wtok)
 
+    def _wake_pending(self) -> None:
+        """Complete a pending receive before the fd closes.  shutdown()
+        does not do it for UDP (a non-blocking recv on a shut-down UDP
+        socket says EAGAIN while poll says readable), so an empty datagram
+        is sent to this socket from a throw-away one; a connected socket is
+        first re-connected to that sender, or it would drop the datagram.
+        The receive returns it, sees the socket closed and raises
+        ClosedResourceError."""
+        if self._rtok:
+            return  # no receive in flight
+        me = socket.socket(self._family, socket.SOCK_DGRAM, 0, self._fd)
+        try:
+            local = me.getsockname()
+            host = local[0]
+            if host in ("0.0.0.0", ""):
+                host = "127.0.0.1"
+            elif host == "::":
+                host = "::1"
+            target = (host,) + tuple(local[1:])
+            with socket.socket(self._family, socket.SOCK_DGRAM) as waker:
+                waker.connect(target)
+                if self._peer is not None:
+                    me.connect(waker.getsockname())
+                waker.send(b"")
+        except OSError:
+            pass
+        finally:
+            me.detach()
+
     def __repr__(self) -> str:
         return f"<UdpSocket {'closed' if self._closed else f'fd={self._fd}'}>"
 

@@ -89,6 +89,19 @@ class UnixListener(SocketListener):
                 pass
         return self
 
+    def _wake_pending(self) -> None:
+        """Complete a pending accept before the fd closes.  shutdown() does
+        not do it for Unix listeners (poll says readable, accept says
+        EAGAIN), so connect to ourselves: the accept returns that
+        connection, sees the listener closed, closes it and raises
+        ClosedResourceError."""
+        try:
+            address = self._sockname(check=False)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK) as w:
+                w.connect(address)
+        except OSError:
+            pass
+
     def _on_closed(self) -> None:
         path = getattr(self, "_path", None)
         if path is None:
