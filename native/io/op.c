@@ -174,7 +174,26 @@ static int64_t attempt_connect(zk_op *op) {
     return errno == ENOTCONN ? -EAGAIN : -errno;
 }
 
+static int64_t attempt_poll(zk_op *op);
+
+/* A zero-length receive waits until the socket is readable (or at EOF, or
+ * in error) and then says 0, consuming nothing: what io_uring's RECV does
+ * with len 0, emulated here because recv(2) would say 0 at once. */
 static int64_t attempt_recv(zk_op *op) {
+    if (rw_len(op) == 0) {
+        int events = op->flags;
+        op->flags = POLLIN;
+        int64_t r = attempt_poll(op);
+        op->flags = events;
+        if (r < 0)
+            return r;
+        /* Readable: an error (ECONNRESET...) still belongs to the recv. */
+        int soerr = 0;
+        socklen_t len = sizeof soerr;
+        if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr)
+            return -soerr;
+        return 0;
+    }
     ssize_t n;
     do {
         n = recv(op->fd, op->buf, rw_len(op), op->flags | MSG_DONTWAIT);
@@ -571,8 +590,14 @@ static PyObject *recv_to_python(zk_io_op *self, int64_t result) {
 
 /* arg: a writable buffer, filled from args->offset on. */
 static int pin_recv_into(zk_io_op *self, const zk_op_args *a) {
-    if (PyObject_GetBuffer(a->arg, &self->view, PyBUF_WRITABLE) < 0)
+    if (PyObject_GetBuffer(a->arg, &self->view, PyBUF_WRITABLE) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "recv_into needs a writable buffer, not %.100s",
+                         Py_TYPE(a->arg)->tp_name);
+        }
         return -1;
+    }
     return use_view(self, a->offset);
 }
 

@@ -275,12 +275,14 @@ static void handle_event(epoll_port *e, const struct epoll_event *ev)
         return; /* stale: the state went away after epoll_wait filled ev */
     st->armed = 0; /* EPOLLONESHOT disarmed it */
     uint32_t m = ev->events;
+    /* Pollers first: they report the readiness a reader may then consume
+     * (as io_uring does: a poll fires on the wakeup itself). */
+    if (st->pollers.head)
+        run_pollers(e, &st->pollers);
     if (m & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP))
         run_queue(e, &st->readers);
     if (m & (EPOLLOUT | EPOLLERR | EPOLLHUP))
         run_queue(e, &st->writers);
-    if (st->pollers.head)
-        run_pollers(e, &st->pollers);
     rearm_or_fail(e, st);
 }
 
