@@ -5,6 +5,7 @@ import socket
 from typing import Any, Optional
 
 from . import _ops
+from .._native import op_recv, op_recvmsg, op_send, op_sendmsg
 from ._ops import closed_error, with_address
 from ._resolve import _numeric, lookup_host
 from ._stream import _FdOwner
@@ -142,7 +143,7 @@ class UdpSocket(_FdOwner):
         try:
             if self._closed:
                 raise closed_error(self._kind)
-            return await _ops.op_sendmsg(self._fd, data, addr)
+            return await op_sendmsg(self._fd, data, addr)
         except OSError as e:
             raise self._error(e, "sending to", addr) from None
         finally:
@@ -161,7 +162,7 @@ class UdpSocket(_FdOwner):
         try:
             if self._closed:
                 raise closed_error(self._kind)
-            data, addr, _flags = await _ops.op_recvmsg(self._fd, n)
+            data, addr, _flags = await op_recvmsg(self._fd, n)
         except OSError as e:
             raise self._error(e, "receiving on", self._local_or_none()) from None
         finally:
@@ -182,7 +183,7 @@ class UdpSocket(_FdOwner):
         try:
             if self._closed:
                 raise closed_error(self._kind)
-            return await _ops.op_send(self._fd, data)
+            return await op_send(self._fd, data)
         except OSError as e:
             raise self._error(e, "sending to", self._peer) from None
         finally:
@@ -201,7 +202,7 @@ class UdpSocket(_FdOwner):
         try:
             if self._closed:
                 raise closed_error(self._kind)
-            data = await _ops.op_recv(self._fd, n)
+            data = await op_recv(self._fd, n)
         except OSError as e:
             raise self._error(e, "receiving from", self._peer) from None
         finally:

@@ -13,6 +13,7 @@ import stat
 from typing import Any, Optional
 
 from . import _ops
+from .._native import op_connect
 from ._stream import SocketListener, SocketStream
 
 
@@ -32,7 +33,7 @@ class UnixStream(SocketStream):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         fd = sock.detach()
         try:
-            await _ops.op_connect(fd, path)
+            await op_connect(fd, path)
         except OSError as e:
             os.close(fd)
             raise _ops.with_address(e, "connecting to", path) from None
