@@ -17,6 +17,8 @@ import pytest
 import zokio
 from zokio import net
 
+from _net_fixtures import no_fd_leak  # noqa: F401  (autouse: no fd left open)
+
 
 def pattern(n: int, seed: int = 0) -> bytes:
     """n bytes that differ with position and seed (catches reordering)."""
