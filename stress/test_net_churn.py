@@ -45,9 +45,11 @@ def _linger0(stream) -> None:
     stream.socket().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-async def serve_one(stream, stats):
+async def serve_one(stream):
     """Echo until EOF.  First byte b"R": reset after echoing half the rest
-    (the client sends its length in the next 4 bytes)."""
+    (the client sends its length in the next 4 bytes).  Returns how it
+    ended (counters are per task: ``+=`` on a shared dict loses updates
+    when tasks on several workers run it at once)."""
     try:
         async with stream:
             head = await stream.read_exact(5)
@@ -57,21 +59,21 @@ async def serve_one(stream, stats):
                 limit = n // 2 - echoed if mode == b"R" else 65536
                 if mode == b"R" and limit <= 0:
                     _linger0(stream)
-                    stats["server_resets"] += 1
-                    return
+                    return "server_resets"
                 data = await stream.read(min(65536, max(1, limit)))
                 if not data:
-                    stats["server_eof"] += 1
-                    return
+                    return "server_eof"
                 await stream.write_all(data)
                 echoed += len(data)
     except (ConnectionResetError, BrokenPipeError, net.IncompleteReadError):
-        stats["server_peer_reset"] += 1
+        return "server_peer_reset"
     except BaseException as e:  # anything else is a failure of the run
-        stats["server_unexpected"].append(repr(e))
+        return "unexpected: " + repr(e)
 
 
-async def client(address, connect, ident, deadline, stats):
+async def client(address, connect, ident, deadline):
+    stats = {key: 0 for key in ("opened", "bytes_checked", "close", "half", "server",
+                                "client_resets")}
     rnd = random.Random(ident)
     k = 0
     while zokio.monotonic() < deadline:
@@ -131,6 +133,7 @@ async def client(address, connect, ident, deadline, stats):
             stats[ending] += 1
         finally:
             stream.close()
+    return stats
 
 
 @pytest.mark.timeout(120)
@@ -155,19 +158,24 @@ def test_echo_churn(family, tmp_path):
             listener = net.UnixListener.bind(address)
             connect = net.UnixStream.connect
 
-        async def server():
+        async def server():  # one task: its counter needs no lock
             handlers = []
             async for stream, _addr in listener:
                 stats["accepted"] += 1
-                handlers.append(zokio.spawn(serve_one(stream, stats)))
+                handlers.append(zokio.spawn(serve_one(stream)))
             for h in handlers:
-                await h
+                outcome = await h
+                if outcome.startswith("unexpected"):
+                    stats["server_unexpected"].append(outcome)
+                else:
+                    stats[outcome] += 1
 
         srv = zokio.spawn(server())
         deadline = zokio.monotonic() + DURATION
-        clients = [zokio.spawn(client(address, connect, i, deadline, stats)) for i in range(CLIENTS)]
+        clients = [zokio.spawn(client(address, connect, i, deadline)) for i in range(CLIENTS)]
         for c in clients:
-            await c
+            for key, value in (await c).items():
+                stats[key] += value
         # every connection opened is accepted; then stop the server
         while stats["accepted"] < stats["opened"] and zokio.monotonic() < deadline + 20:
             await zokio.sleep(0.01)
@@ -183,4 +191,6 @@ def test_echo_churn(family, tmp_path):
     assert stats["opened"] >= CLIENTS, stats
     assert stats["close"] and stats["half"] and stats["server"] and stats["client_resets"], stats
     assert stats["bytes_checked"] > 0
+    handled = stats["server_resets"] + stats["server_eof"] + stats["server_peer_reset"]
+    assert handled == stats["accepted"], stats
     assert not leaked, f"fds left open: {sorted(leaked)}"
