@@ -30,6 +30,7 @@ Ownership rules (they are what makes the classes safe on several workers):
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import warnings
@@ -47,6 +48,7 @@ from ._ops import (
 )
 
 _READ_CHUNK = 65536
+_logger = logging.getLogger("zokio")
 
 # accept() errors after which the listener waits and tries again: fd
 # exhaustion and transient kernel memory shortage.
@@ -517,6 +519,9 @@ class SocketListener(_FdOwner):
                     err = e.errno
                     if err in _ACCEPT_BACKOFF_ERRNOS:
                         self._backoffs += 1
+                        if delay == 0.0:  # once per episode
+                            _logger.warning("%r: accept failed (%s); backing off until it succeeds",
+                                            self, e)
                         delay = min(max(delay * 2, ACCEPT_BACKOFF_FIRST), ACCEPT_BACKOFF_MAX)
                         await sleep(delay)
                         continue
