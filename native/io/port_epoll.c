@@ -138,6 +138,12 @@ static void fd_remove(epoll_port *e, fd_state *st)
     free(st);
 }
 
+static int zk_epoll_ctl(epoll_port *e, int epfd, int op, int fd, struct epoll_event *ev)
+{
+    e->c.stats.ctls++;
+    return epoll_ctl(epfd, op, fd, ev);
+}
+
 /* Make the registration match the queues: MOD/ADD with the union of the
  * interests, or DEL when nobody waits.  Returns 0 or a positive errno. */
 static int fd_update_interest(epoll_port *e, fd_state *st)
@@ -149,7 +155,7 @@ static int fd_update_interest(epoll_port *e, fd_state *st)
     if (!want) {
         if (st->registered) {
             /* Synchronously, before the state (and maybe the fd) goes. */
-            epoll_ctl(e->epfd, EPOLL_CTL_DEL, st->fd, NULL);
+            zk_epoll_ctl(e, e->epfd, EPOLL_CTL_DEL, st->fd, NULL);
             st->registered = false;
         }
         st->armed = 0;
@@ -163,13 +169,13 @@ static int fd_update_interest(epoll_port *e, fd_state *st)
     ev.data.u64 = (uint64_t)(uint32_t)st->fd;
     int r;
     if (st->registered) {
-        r = epoll_ctl(e->epfd, EPOLL_CTL_MOD, st->fd, &ev);
+        r = zk_epoll_ctl(e, e->epfd, EPOLL_CTL_MOD, st->fd, &ev);
         if (r < 0 && errno == ENOENT) /* fd closed and reopened under us */
-            r = epoll_ctl(e->epfd, EPOLL_CTL_ADD, st->fd, &ev);
+            r = zk_epoll_ctl(e, e->epfd, EPOLL_CTL_ADD, st->fd, &ev);
     } else {
-        r = epoll_ctl(e->epfd, EPOLL_CTL_ADD, st->fd, &ev);
+        r = zk_epoll_ctl(e, e->epfd, EPOLL_CTL_ADD, st->fd, &ev);
         if (r < 0 && errno == EEXIST)
-            r = epoll_ctl(e->epfd, EPOLL_CTL_MOD, st->fd, &ev);
+            r = zk_epoll_ctl(e, e->epfd, EPOLL_CTL_MOD, st->fd, &ev);
     }
     if (r < 0) {
         int err = errno;
@@ -289,6 +295,7 @@ static void handle_event(epoll_port *e, const struct epoll_event *ev)
 static int poll_events(epoll_port *e, int timeout_ms)
 {
     int n = epoll_wait(e->epfd, e->events, MAX_EVENTS, timeout_ms);
+    e->c.stats.enters++;
     if (n < 0)
         return -errno;
     for (int i = 0; i < n; i++)
@@ -321,7 +328,10 @@ static int e_submit(zk_port *port, zk_op *op)
         e->waiting++;
         return 0;
     }
-    int64_t r = do_io(op);
+    /* An op whose caller just tried it (op->tried) waits at once: arming
+     * the registration reports readiness that arrived since. */
+    int64_t r = op->tried ? -EAGAIN : do_io(op);
+    op->tried = 0;
     if (r != -EAGAIN) {
         zk_port_post(&e->c, op, r); /* delivered by process() */
         return 0;
@@ -448,6 +458,7 @@ static const zk_port_vtable epoll_vtable = {
     .cancel = e_cancel,
     .wait = e_wait,
     .process = e_process,
+    .recycle = NULL,
 };
 
 zk_port *zk_port_epoll_open(int *err)
@@ -476,7 +487,7 @@ zk_port *zk_port_epoll_open(int *err)
         memset(&ev, 0, sizeof ev);
         ev.events = EPOLLIN; /* level-triggered: drained by process() */
         ev.data.u64 = TAG_WAKE;
-        if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->c.wake_fd, &ev) < 0)
+        if (zk_epoll_ctl(e, e->epfd, EPOLL_CTL_ADD, e->c.wake_fd, &ev) < 0)
             rc = errno;
     }
     if (rc) {
