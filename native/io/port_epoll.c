@@ -39,6 +39,20 @@
  *
  * Wake channel: the port's eventfd sits in the epoll set, level-triggered,
  * tagged with a data value no fd can have; process() drains it.
+ *
+ * POLL ops (row epoll_events 0) wait in a third queue per fd, each for its
+ * own poll bits; they are retried before the readers so that they see the
+ * readiness a reader then consumes, as io_uring's POLL_ADD does.
+ *
+ * CLOSE (row closes_fd): before close(2), the fd's waiters in this port end
+ * with -EBADF and the fd is DELeted while its number still names it.  Ops
+ * waiting on the fd in another worker's port are not reached (their
+ * registration silently goes with the file if this was its last fd): whoever
+ * closes an fd shared across workers must cancel those ops first.
+ *
+ * An op the Op leaf already tried (op->tried: its eager attempt said
+ * EAGAIN) goes straight to its queue: arming EPOLLONESHOT reports readiness
+ * that arrived in between, so nothing is missed.
  */
 #define _GNU_SOURCE
 #include "io/port_internal.h"

@@ -70,6 +70,33 @@
  *
  * What each op puts in its SQE is its row in op.h's table: this file writes
  * the opcode and user_data and lets the row fill in the rest.
+ *
+ * Batching.  zk_port_submit only writes SQEs into the ring; nothing enters
+ * the kernel until the scheduler's next zk_port_wait (its maintenance pass,
+ * or parking), which hands every SQE of the pass to the kernel in one
+ * io_uring_enter, and zk_port_process reaps every CQE there is.  get_sqe
+ * enters early only when the SQ (256 entries) is full.  port_stats() counts
+ * enters and SQEs (test_net_ops.py checks 50 ops -> a few enters).
+ *
+ * Provided buffers.  A row with port_buffer (RECV) may be submitted without
+ * a buffer: the SQE says IOSQE_BUFFER_SELECT and the kernel takes one of the
+ * port's PBUF_ENTRIES buffers (IORING_REGISTER_PBUF_RING, 5.19) only when
+ * data arrives, so an idle receive pins no memory.  The CQE names the buffer
+ * (IORING_CQE_F_BUFFER, id in the upper 16 bits); op->buf points into it
+ * while `complete` copies the data out, and zk_port_deliver_ready hands it
+ * back to the ring right after (recycle).  When the ring is empty the
+ * receive fails with -ENOBUFS although data waits: process() resubmits it
+ * into memory malloc'd for it (op->buf_owned, freed by the op's owner).  A
+ * kernel that refuses the ring gets malloc'd memory at submit instead.
+ *
+ * CLOSE.  A row with closes_fd is preceded by an ASYNC_CANCEL keyed on the
+ * fd (IORING_ASYNC_CANCEL_FD | _ALL, 5.19): every op of this ring on that
+ * file ends.  Those ops get -ECANCELED without us having asked (no
+ * ZK_OPF_CANCEL_SENT), which handle_cqe reports as -EBADF: the fd was
+ * closed under them.  Ops on other workers' rings are not reached; they
+ * hold their own reference to the file and stay pending until they
+ * complete or are cancelled, so whoever closes an fd shared across workers
+ * must cancel those first.
  */
 #define _GNU_SOURCE
 #include "io/port_internal.h"
