@@ -66,9 +66,10 @@ typedef struct zk_op_desc {
     uint32_t epoll_events;
     /* 1: the op closes op->fd (see the top of this file). */
     uint8_t closes_fd;
-    /* 1: the Op leaf makes the attempt itself, attached, when first awaited
-     * (both backends): an op that can finish at once (data waiting, room to
-     * send) then never suspends the task nor reaches the port.  Only for
+    /* 1: the Op leaf may make the attempt itself, attached, when first
+     * awaited: an op that can finish at once (data waiting, room to send)
+     * then never suspends the task nor reaches the port.  On by default on
+     * epoll, off on io_uring, where it measured slower (op_leaf.c).   Only for
      * ops whose attempt is a cheap non-blocking syscall with no state of
      * its own (not regular-file READ/WRITE, CONNECT, CLOSE). */
     uint8_t eager;

@@ -136,9 +136,23 @@ static void io_op_finish(zk_io_op *self, zk_state *st, int64_t result) {
     zk_leaf_complete(st, &self->leaf, value, exc);
 }
 
-/* Set once at module init: ZOKIO_EAGER_IO=0 turns the eager attempt off
- * (for measuring what it saves). */
-static int eager_enabled = 1;
+/* Which eager rows try at first await: bit 1 rows that wait for input
+ * (recv, accept, ...), bit 2 rows that wait for output (send, sendmsg).
+ * Measured (tests/../report: 64-byte messages over socketpairs, one worker):
+ * on epoll it saves ~45% CPU per message when a connection has several
+ * messages in flight and costs nothing in request/response, so both bits
+ * are on; on io_uring request/response over 16 connections costs 20-50%
+ * more CPU with it (one io_uring_enter for a whole pass beats a syscall per
+ * op), so it is off there.  ZOKIO_EAGER_IO=0..3 (read once at module init)
+ * overrides both, for measurements. */
+static int eager_override = -1;
+
+static inline int eager_mask(void) {
+    if (eager_override >= 0)
+        return eager_override;
+    zk_port *port = zk_port_current();
+    return port != NULL && zk_port_backend(port) == ZK_BACKEND_EPOLL ? 3 : 0;
+}
 
 /* __next__: the first time a task awaits an op whose row is eager, make
  * the row's attempt here.  Anything but EAGAIN is the outcome, and the task
@@ -148,7 +162,7 @@ static PyObject *io_op_iternext(zk_io_op *self) {
     if (!self->eager_tried && zk_current_task != NULL) {
         self->eager_tried = 1;
         const zk_op_desc *d = &zk_op_descs[self->op.opcode];
-        if (d->eager && (eager_enabled & (d->epoll_events & EPOLLOUT ? 2 : 1)) && !self->submitted && !zk_leaf_is_done(&self->leaf)) {
+        if (d->eager && (eager_mask() & (d->epoll_events & EPOLLOUT ? 2 : 1)) && !self->submitted && !zk_leaf_is_done(&self->leaf)) {
             self->op.attached = 1;
             int64_t r = d->attempt(&self->op);
             self->op.attached = 0;
@@ -225,7 +239,7 @@ static const zk_leaf_ops io_op_ops = {
 
 int zk_op_leaf_type_init(PyObject *module, zk_state *st) {
     const char *eager = getenv("ZOKIO_EAGER_IO");
-    eager_enabled = eager ? atoi(eager) : 3;
+    eager_override = eager && *eager ? atoi(eager) & 3 : -1;
     st->OpType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &io_op_spec, NULL);
     if (st->OpType == NULL)
         return -1;

@@ -25,10 +25,12 @@
  * EPOLL_CTL_DEL before the state goes.  epoll forgets an fd only when the
  * open file description dies, not when the fd number is closed: with a dup()
  * alive, a registration for a closed fd keeps firing, now for a number that
- * may belong to another file (libuv #4323).  So when an fd's last waiter
- * leaves (completed or cancelled) we EPOLL_CTL_DEL it synchronously, and the
- * scheduler must cancel an fd's ops (which DELs) before closing it.  ENOENT
- * or EBADF from DEL/MOD mean the fd was closed under us; we re-ADD or ignore.
+ * may belong to another file (libuv #4323).  So a registration that is
+ * still armed when its fd's last waiter leaves (a cancel) is DELeted
+ * synchronously; one whose EPOLLONESHOT already fired is disarmed and can
+ * never fire again, so it stays (saving an ADD and a DEL per wait) until a
+ * CLOSE op or the port's close DELs it (fd_forget).  ENOENT or EBADF from
+ * DEL/MOD mean the fd was closed under us; we re-ADD or ignore.
  *
  * Regular files cannot be polled: EPOLL_CTL_ADD answers EPERM.  They never
  * say EAGAIN either, so they never reach epoll here: the first (blocking,
@@ -167,11 +169,14 @@ static int fd_update_interest(epoll_port *e, fd_state *st)
     for (zk_op *p = st->pollers.head; p; p = p->backend_next)
         want |= (uint32_t)p->flags & (EPOLLIN | EPOLLOUT | EPOLLPRI | EPOLLRDHUP);
     if (!want) {
-        if (st->registered) {
-            /* Synchronously, before the state (and maybe the fd) goes. */
+        if (st->registered && st->armed) {
+            /* Still armed (its waiter was cancelled): DEL, so that it does
+             * not fire for nobody, or for a later file with this number. */
             zk_epoll_ctl(e, e->epfd, EPOLL_CTL_DEL, st->fd, NULL);
             st->registered = false;
         }
+        /* Disarmed (EPOLLONESHOT fired): keep the registration, the next
+         * waiter re-arms it with one MOD instead of an ADD and a DEL. */
         st->armed = 0;
         return 0;
     }
@@ -202,12 +207,26 @@ static int fd_update_interest(epoll_port *e, fd_state *st)
     return 0;
 }
 
+/* Forget an fd that nobody waits on: DEL whatever registration it has
+ * (before the fd is closed) and drop its state. */
+static void fd_forget(epoll_port *e, fd_state *st)
+{
+    if (st->registered)
+        zk_epoll_ctl(e, e->epfd, EPOLL_CTL_DEL, st->fd, NULL);
+    fd_remove(e, st);
+}
+
+/* An fd whose waiters all left keeps its state and its disarmed
+ * registration (re-armed by the next waiter); only an armed one is DELeted
+ * (fd_update_interest).  A disarmed registration never fires, so a stale
+ * one -- the fd closed with os.close(), its file kept alive by a dup() --
+ * is harmless, and a new file with the same number is ADDed when MOD says
+ * ENOENT.  States are kept per fd number, so they are bounded by the fd
+ * table; CLOSE ops and zk_port_close drop them (fd_forget). */
 static void fd_release_if_idle(epoll_port *e, fd_state *st)
 {
-    if (!st->readers.head && !st->writers.head && !st->pollers.head) {
-        fd_update_interest(e, st); /* DEL */
-        fd_remove(e, st);
-    }
+    if (!st->readers.head && !st->writers.head && !st->pollers.head)
+        fd_update_interest(e, st);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -331,7 +350,7 @@ static int e_submit(zk_port *port, zk_op *op)
         fail_queue(e, &st->readers, -EBADF);
         fail_queue(e, &st->writers, -EBADF);
         fail_queue(e, &st->pollers, -EBADF);
-        fd_release_if_idle(e, st);
+        fd_forget(e, st);
         st = NULL;
     }
     if (st && queue_of(st, op)->head && queue_of(st, op) != &st->pollers) {
@@ -458,7 +477,7 @@ static void e_close(zk_port *port)
             fail_queue(e, &s->readers, -ECANCELED);
             fail_queue(e, &s->writers, -ECANCELED);
             fail_queue(e, &s->pollers, -ECANCELED);
-            fd_release_if_idle(e, s);
+            fd_forget(e, s);
         }
     }
     while (e->c.ready.head)
