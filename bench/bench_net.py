@@ -382,6 +382,10 @@ def _merged(results: list[dict]) -> dict[tuple, dict[str, dict]]:
     return out
 
 
+def _lat(us: float) -> str:
+    return f"{us:.0f} µs" if us < 10_000 else f"{us / 1000:.1f} ms"
+
+
 def _size(n: int) -> str:
     return f"{n // 1024} KiB" if n >= 1024 else f"{n} B"
 
@@ -422,7 +426,7 @@ def report(results: list[dict]) -> dict:
                 rows.append([lab, _cell(m, "rps", C.fmt_num) + _range(m, "rps"),
                              _cell(m, "cpu_us", lambda v: f"{v:.2f} µs") + _range(m, "cpu_us"),
                              _cell(m, "server_cores", lambda v: f"{v:.2f}"),
-                             _cell(m, "p99_us", lambda v: f"{v:.0f} µs"), C.bg_cell(m)])
+                             _cell(m, "p99_us", _lat), C.bg_cell(m)])
         head = (["server", "RSS / conn", "RSS before", "RSS after", "bg load"] if k[0] == "idle" else
                 ["server", "req/s", "server CPU / req", "server cores", "p99", "bg load"])
         parts.append(f"#### {title}\n\n" + C.table(head, rows))

@@ -9,7 +9,6 @@ cancelled, its stream closed, and the process exits with status 0.
 from __future__ import annotations
 
 import argparse
-import inspect
 import resource
 import signal
 import sys
@@ -29,10 +28,7 @@ async def echo(stream) -> None:
 
 
 async def serve(host: str, port: int) -> None:
-    listener = TcpListener.bind(host, port)
-    if inspect.isawaitable(listener):
-        listener = await listener
-    async with listener:
+    async with TcpListener.bind(host, port) as listener:
         print(f"port {listener.local_address[1]}", flush=True)
         spawn = zokio.spawn
         async for stream, _address in listener:

@@ -29,7 +29,6 @@ limit is raised to the hard one at start-up, for 10,000+ connections.
 from __future__ import annotations
 
 import argparse
-import inspect
 import resource
 import signal
 import sys
@@ -273,10 +272,7 @@ async def handle(stream, limits: Limits) -> None:
 
 
 async def serve(host: str, port: int, limits: Limits) -> None:
-    listener = TcpListener.bind(host, port)
-    if inspect.isawaitable(listener):
-        listener = await listener
-    async with listener:
+    async with TcpListener.bind(host, port) as listener:
         print(f"port {listener.local_address[1]}", flush=True)
         spawn = zokio.spawn
         async for stream, _address in listener:
