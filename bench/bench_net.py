@@ -405,6 +405,19 @@ def _range(m: dict, key: str) -> str:
     return f" ({C.fmt_num(min(vals))}–{C.fmt_num(max(vals))})"
 
 
+NOTE = """\
+Servers: `zokio t=N BACKEND` is `examples/echo_server.py` / `examples/http_server.py`
+with `--threads N` and `ZOKIO_BACKEND`; the asyncio and uvloop rows are `bench/net_peers.py`
+(protocol API, and streams API with one task per connection), whose HTTP servers answer with
+the same parser and routes as zokio's example; `C epoll` is `bench/c/epoll_echo.c`, one
+thread. Loads: `echo-load` (closed loop: each connection sends S bytes and waits for them
+back) and `wrk -t2` on 127.0.0.1. `server CPU / req` is the server process's user + system
+time over the measured window divided by the requests served in it; `server cores` is that
+CPU time per second. The load generator needs about one of the two cores, so req/s of the
+faster servers is capped by the client: CPU per request is the figure that separates them.
+`bg load`: cores used by processes other than the case, its server and its load generator."""
+
+
 def report(results: list[dict]) -> dict:
     merged = _merged(results)
     rounds = max((len(m.get("procs", [m])) for g in merged.values() for m in g.values()), default=1)
@@ -432,7 +445,7 @@ def report(results: list[dict]) -> dict:
         parts.append(f"#### {title}\n\n" + C.table(head, rows))
         bars.extend(_bars(k, group))
     text = (f"### net (median of {rounds} interleaved round(s); ranges over the rounds in"
-            f" parentheses)\n\n" + "\n\n".join(parts))
+            f" parentheses)\n\n" + NOTE + "\n\n" + "\n\n".join(parts))
     return {"text": text, "bars": bars}
 
 

@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
-WORKLOADS = ("spawn", "cpu", "sleep", "stranded", "memory", "blocking", "misc")
+WORKLOADS = ("spawn", "cpu", "sleep", "stranded", "memory", "blocking", "misc", "net")
 DOC = os.path.join(C.REPO_DIR, "docs", "benchmarks.md")
 
 
@@ -234,7 +234,7 @@ def render_doc(info, bars, sections, timings, total, args) -> str:
         "python bench/run_all.py            # the same with an interpreter that has zokio installed",
         "python bench/bench_spawn.py        # one workload alone (also bench_cpu, bench_sleep,",
         "                                   # bench_stranded, bench_memory, bench_blocking,",
-        "                                   # bench_misc)",
+        "                                   # bench_misc, bench_net)",
         "```",
         "",
         "The interpreter must be a free-threaded CPython with zokio installed and, for the peers,",
@@ -243,6 +243,12 @@ def render_doc(info, bars, sections, timings, total, args) -> str:
         "`--json FILE` keeps every raw figure (all rounds, zokio's `Runtime.metrics()`),",
         "`--settle S` waits up to S seconds before each case for the machine to go idle (use it on",
         "a shared machine; the doc is only rewritten by a full run unless `--write` is given).",
+        "",
+        "The net workload also needs gcc (it compiles `bench/c/epoll_echo.c` and the load",
+        "generator `../shared/tools/echo-load.c`, or `$ZOKIO_ECHO_LOAD_C`, into a temporary",
+        "directory) and `wrk` (Debian package `wrk`; installed with apt-get when missing and the",
+        "bench runs as root, else the HTTP rows say missing). `--workloads net` runs it alone;",
+        "`python bench/bench_net.py --quick` is its ~3 min smoke run.",
         "",
     ]
     return "\n".join(lines)
