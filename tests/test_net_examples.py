@@ -372,16 +372,16 @@ def test_http_work_route(http):
 
 @pytest.mark.timeout(60)
 def test_http_idle_timeout_closes(start):
-    srv = start("http_server.py", "--threads", "2", "--idle-timeout", "1.0")
+    srv = start("http_server.py", "--threads", "2", "--idle-timeout", "1.5")
     idle = srv.connect()
     busy = srv.connect()
     f = busy.makefile("rb")
     t0 = time.monotonic()
-    # the busy connection sends a request every 0.25 s: never idle for 1 s
-    while time.monotonic() - t0 < 2.5:
+    # the busy connection sends a request every 0.2 s: never idle for 1.5 s
+    while time.monotonic() - t0 < 3.0:
         busy.sendall(b"GET / HTTP/1.1\r\n\r\n")
         assert read_response(f)[0] == 200
-        time.sleep(0.25)
+        time.sleep(0.2)
     assert at_eof(idle)  # closed by the server, long before IO_TIMEOUT
     waited = time.monotonic() - t0
     assert waited < IO_TIMEOUT - 1
