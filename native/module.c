@@ -143,6 +143,12 @@ static PyObject *mod_current_task(PyObject *module, PyObject *Py_UNUSED(ignored)
     return Py_NewRef((PyObject *)zk_current_task);
 }
 
+static PyObject *new_op(PyObject *module, zk_opcode opcode, int fd, PyObject *arg,
+                        PyObject *address, long long offset, int flags) {
+    zk_op_args a = {.arg = arg, .address = address, .offset = offset, .flags = flags};
+    return zk_io_op_new(get_state(module), opcode, fd, &a);
+}
+
 static PyObject *make_op(PyObject *module, PyObject *args, PyObject *kwds, zk_opcode opcode) {
     static char *kwlist[] = {"fd", "arg", "offset", NULL};
     int fd;
@@ -150,7 +156,7 @@ static PyObject *make_op(PyObject *module, PyObject *args, PyObject *kwds, zk_op
     long long offset = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|L", kwlist, &fd, &arg, &offset))
         return NULL;
-    return zk_io_op_new(get_state(module), opcode, fd, arg, offset);
+    return new_op(module, opcode, fd, arg, NULL, offset, 0);
 }
 
 static PyObject *mod_op_read(PyObject *module, PyObject *args, PyObject *kwds) {
@@ -159,6 +165,99 @@ static PyObject *mod_op_read(PyObject *module, PyObject *args, PyObject *kwds) {
 
 static PyObject *mod_op_write(PyObject *module, PyObject *args, PyObject *kwds) {
     return make_op(module, args, kwds, ZK_OP_WRITE);
+}
+
+/* op_accept(fd), op_close(fd) */
+static PyObject *mod_op_accept(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", NULL};
+    int fd;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i:op_accept", kwlist, &fd))
+        return NULL;
+    return new_op(module, ZK_OP_ACCEPT, fd, NULL, NULL, 0, 0);
+}
+
+static PyObject *mod_op_close(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", NULL};
+    int fd;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i:op_close", kwlist, &fd))
+        return NULL;
+    return new_op(module, ZK_OP_CLOSE, fd, NULL, NULL, 0, 0);
+}
+
+static PyObject *mod_op_connect(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", "address", NULL};
+    int fd;
+    PyObject *address;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO:op_connect", kwlist, &fd, &address))
+        return NULL;
+    return new_op(module, ZK_OP_CONNECT, fd, NULL, address, 0, 0);
+}
+
+/* op_recv(fd, n, flags=0), op_recvmsg(fd, n, flags=0) */
+static PyObject *recv_like(PyObject *module, PyObject *args, PyObject *kwds, zk_opcode opcode,
+                           const char *fmt) {
+    static char *kwlist[] = {"fd", "n", "flags", NULL};
+    int fd, flags = 0;
+    PyObject *n;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &fd, &n, &flags))
+        return NULL;
+    return new_op(module, opcode, fd, n, NULL, 0, flags);
+}
+
+static PyObject *mod_op_recv(PyObject *module, PyObject *args, PyObject *kwds) {
+    return recv_like(module, args, kwds, ZK_OP_RECV, "iO|i:op_recv");
+}
+
+static PyObject *mod_op_recvmsg(PyObject *module, PyObject *args, PyObject *kwds) {
+    return recv_like(module, args, kwds, ZK_OP_RECVMSG, "iO|i:op_recvmsg");
+}
+
+static PyObject *mod_op_recv_into(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", "buffer", "flags", "offset", NULL};
+    int fd, flags = 0;
+    PyObject *buffer;
+    Py_ssize_t offset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|in:op_recv_into", kwlist, &fd, &buffer,
+                                     &flags, &offset))
+        return NULL;
+    return new_op(module, ZK_OP_RECV_INTO, fd, buffer, NULL, offset, flags);
+}
+
+static PyObject *mod_op_send(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", "data", "flags", "offset", NULL};
+    int fd, flags = 0;
+    PyObject *data;
+    Py_ssize_t offset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|in:op_send", kwlist, &fd, &data, &flags,
+                                     &offset))
+        return NULL;
+    return new_op(module, ZK_OP_SEND, fd, data, NULL, offset, flags);
+}
+
+static PyObject *mod_op_sendmsg(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", "data", "address", "flags", NULL};
+    int fd, flags = 0;
+    PyObject *data, *address = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|Oi:op_sendmsg", kwlist, &fd, &data,
+                                     &address, &flags))
+        return NULL;
+    return new_op(module, ZK_OP_SENDMSG, fd, data, address, 0, flags);
+}
+
+static PyObject *mod_op_shutdown(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", "how", NULL};
+    int fd, how;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii:op_shutdown", kwlist, &fd, &how))
+        return NULL;
+    return new_op(module, ZK_OP_SHUTDOWN, fd, NULL, NULL, 0, how);
+}
+
+static PyObject *mod_op_poll(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", "events", NULL};
+    int fd, events;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ii:op_poll", kwlist, &fd, &events))
+        return NULL;
+    return new_op(module, ZK_OP_POLL, fd, NULL, NULL, 0, events);
 }
 
 static PyObject *mod_uring_available(PyObject *module, PyObject *Py_UNUSED(ignored)) {
@@ -206,6 +305,24 @@ static PyMethodDef module_methods[] = {
     {"current_task", mod_current_task, METH_NOARGS, NULL},
     {"op_read", (PyCFunction)(void (*)(void))mod_op_read, METH_VARARGS | METH_KEYWORDS, NULL},
     {"op_write", (PyCFunction)(void (*)(void))mod_op_write, METH_VARARGS | METH_KEYWORDS, NULL},
+#define OP_METHOD(name, doc) \
+    {#name, (PyCFunction)(void (*)(void))mod_##name, METH_VARARGS | METH_KEYWORDS, doc}
+    OP_METHOD(op_accept, "op_accept(fd) -> Op: (new_fd, address); the new fd is non-blocking "
+                         "and close-on-exec."),
+    OP_METHOD(op_connect, "op_connect(fd, address) -> Op: None once connected; a numeric "
+                          "address in the socket module's form for the fd's family."),
+    OP_METHOD(op_recv, "op_recv(fd, n, flags=0) -> Op: bytes (b'' at EOF)."),
+    OP_METHOD(op_recv_into, "op_recv_into(fd, buffer, flags=0, offset=0) -> Op: bytes "
+                            "received into buffer[offset:], no copy."),
+    OP_METHOD(op_send, "op_send(fd, data, flags=0, offset=0) -> Op: bytes sent from "
+                       "data[offset:] (MSG_NOSIGNAL always)."),
+    OP_METHOD(op_recvmsg, "op_recvmsg(fd, n, flags=0) -> Op: (bytes, address, msg_flags)."),
+    OP_METHOD(op_sendmsg, "op_sendmsg(fd, data, address=None, flags=0) -> Op: bytes sent."),
+    OP_METHOD(op_shutdown, "op_shutdown(fd, how) -> Op: None."),
+    OP_METHOD(op_close, "op_close(fd) -> Op: None.  Ops of this worker still waiting on fd "
+                        "end with OSError(EBADF) first."),
+    OP_METHOD(op_poll, "op_poll(fd, events) -> Op: the revents (poll bits)."),
+#undef OP_METHOD
     {"uring_available", mod_uring_available, METH_NOARGS, NULL},
     {"resolve_backend", mod_resolve_backend, METH_O, NULL},
     {NULL, NULL, 0, NULL},

@@ -5,15 +5,31 @@
  * (prep_rw), one syscall helper, and a buffer the kernel writes into (READ:
  * a bytearray made here) or reads from (WRITE: the caller's bytes-like
  * object, pinned through the buffer protocol).
+ *
+ * The socket ops follow the same pattern.  RECV fills a bytes object made
+ * for it (shrunk to what arrived); RECV_INTO and SEND use the caller's buffer
+ * from `offset` on, pinned, never copied.  ACCEPT, CONNECT, RECVMSG and
+ * SENDMSG keep their socket address (and RECVMSG/SENDMSG their msghdr and
+ * iovec) in the op record itself, so the kernel reads and writes memory that
+ * lives exactly as long as the op.  Addresses cross to and from Python in the
+ * socket module's forms (sockaddr_from_python / sockaddr_to_python below).
  */
 #define _GNU_SOURCE
 #include "io/op.h"
 #include "io/op_leaf.h"
 #include "io/port.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <linux/io_uring.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 /* Largest count a single read/write moves on Linux (MAX_RW_COUNT). */
@@ -23,6 +39,10 @@ static size_t rw_len(const zk_op *op) {
     return op->len > ZK_MAX_RW ? ZK_MAX_RW : op->len;
 }
 
+static inline uint64_t ptr64(const void *p) {
+    return (uint64_t)(uintptr_t)p;
+}
+
 /* ---- io_uring ----------------------------------------------------------- */
 
 /* fd, buffer, length and offset of a read or write.  With FEAT_RW_CUR_POS
@@ -30,9 +50,59 @@ static size_t rw_len(const zk_op *op) {
  * is what op->offset == -1 asks for. */
 static void prep_rw(struct io_uring_sqe *sqe, const zk_op *op) {
     sqe->fd = op->fd;
-    sqe->addr = (uint64_t)(uintptr_t)op->buf;
+    sqe->addr = ptr64(op->buf);
     sqe->len = (uint32_t)rw_len(op);
     sqe->off = op->offset >= 0 ? (uint64_t)op->offset : (uint64_t)-1;
+}
+
+/* The kernel writes the peer's address and its length into the op. */
+static void prep_accept(struct io_uring_sqe *sqe, const zk_op *op) {
+    sqe->fd = op->fd;
+    sqe->addr = ptr64(&op->addr);
+    sqe->addr2 = ptr64(&op->addrlen);
+    sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+}
+
+/* IORING_OP_CONNECT takes the address length in `off`. */
+static void prep_connect(struct io_uring_sqe *sqe, const zk_op *op) {
+    sqe->fd = op->fd;
+    sqe->addr = ptr64(&op->addr);
+    sqe->off = op->addrlen;
+}
+
+/* RECV and SEND: buffer, length, MSG_* flags (pin added MSG_NOSIGNAL to a
+ * send's). */
+static void prep_sock(struct io_uring_sqe *sqe, const zk_op *op) {
+    sqe->fd = op->fd;
+    sqe->addr = ptr64(op->buf);
+    sqe->len = (uint32_t)rw_len(op);
+    sqe->msg_flags = (uint32_t)op->flags;
+}
+
+/* RECVMSG and SENDMSG: the msghdr in the op (one iovec); len must be 1. */
+static void prep_msg(struct io_uring_sqe *sqe, const zk_op *op) {
+    sqe->fd = op->fd;
+    sqe->addr = ptr64(&op->msg);
+    sqe->len = 1;
+    sqe->msg_flags = (uint32_t)op->flags;
+}
+
+static void prep_shutdown(struct io_uring_sqe *sqe, const zk_op *op) {
+    sqe->fd = op->fd;
+    sqe->len = (uint32_t)op->flags;
+}
+
+static void prep_close(struct io_uring_sqe *sqe, const zk_op *op) {
+    sqe->fd = op->fd;
+}
+
+static void prep_poll(struct io_uring_sqe *sqe, const zk_op *op) {
+    sqe->fd = op->fd;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    sqe->poll32_events = __builtin_bswap32((uint32_t)op->flags);
+#else
+    sqe->poll32_events = (uint32_t)op->flags;
+#endif
 }
 
 /* ---- epoll: the non-blocking attempt ------------------------------------ */
@@ -43,7 +113,7 @@ static int64_t syscall_result(ssize_t n) {
     return n;
 }
 
-static int64_t attempt_read(const zk_op *op) {
+static int64_t attempt_read(zk_op *op) {
     ssize_t n;
     do {
         n = op->offset >= 0 ? pread(op->fd, op->buf, rw_len(op), op->offset)
@@ -52,7 +122,7 @@ static int64_t attempt_read(const zk_op *op) {
     return syscall_result(n);
 }
 
-static int64_t attempt_write(const zk_op *op) {
+static int64_t attempt_write(zk_op *op) {
     ssize_t n;
     do {
         n = op->offset >= 0 ? pwrite(op->fd, op->buf, rw_len(op), op->offset)
@@ -61,30 +131,380 @@ static int64_t attempt_write(const zk_op *op) {
     return syscall_result(n);
 }
 
-/* ---- Python: arguments in, result out ------------------------------------ */
-
-/* Point the op at the memory of the view pinned in self->view. */
-static void use_view(zk_io_op *self) {
-    self->view_held = 1;
-    self->op.buf = self->view.buf;
-    self->op.len = (size_t)self->view.len;
+/* ECONNABORTED: a connection reset while queued; io_uring retries it too. */
+static int64_t attempt_accept(zk_op *op) {
+    int fd;
+    do {
+        op->addrlen = sizeof op->addr;
+        fd = accept4(op->fd, (struct sockaddr *)&op->addr, &op->addrlen,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    } while (fd < 0 && (errno == EINTR || errno == ECONNABORTED));
+    return syscall_result(fd);
 }
 
-/* arg: the number of bytes to read, into a bytearray made for the op. */
-static int pin_read(zk_io_op *self, PyObject *arg) {
-    Py_ssize_t n = PyLong_AsSsize_t(arg);
+/* Stage 0: connect(); EINPROGRESS moves to stage 1 and waits for EPOLLOUT.
+ * Stage 1: never connect() again (after a failure that would start a new
+ * attempt): SO_ERROR says how it ended, getpeername whether it has ended. */
+static int64_t attempt_connect(zk_op *op) {
+    if (op->stage == 0) {
+        int r;
+        do {
+            r = connect(op->fd, (struct sockaddr *)&op->addr, op->addrlen);
+        } while (r < 0 && errno == EINTR);
+        if (r == 0)
+            return 0;
+        if (errno == EINPROGRESS) {
+            op->stage = 1;
+            return -EAGAIN;
+        }
+        if (errno == EINTR || errno == EALREADY)
+            op->stage = 1;
+        return syscall_result(r);  /* EAGAIN (Unix backlog full): retry */
+    }
+    int soerr = 0;
+    socklen_t len = sizeof soerr;
+    if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
+        return -errno;
+    if (soerr)
+        return -soerr;
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof peer;
+    if (getpeername(op->fd, (struct sockaddr *)&peer, &plen) == 0)
+        return 0;
+    return errno == ENOTCONN ? -EAGAIN : -errno;
+}
+
+static int64_t attempt_poll(zk_op *op);
+
+/* A zero-length receive waits until the socket is readable (or at EOF, or
+ * in error) and then says 0, consuming nothing: what io_uring's RECV does
+ * with len 0, emulated here because recv(2) would say 0 at once. */
+static int64_t attempt_recv(zk_op *op) {
+    if (rw_len(op) == 0) {
+        int events = op->flags;
+        op->flags = POLLIN;
+        int64_t r = attempt_poll(op);
+        op->flags = events;
+        if (r < 0)
+            return r;
+        /* Readable: an error (ECONNRESET...) still belongs to the recv. */
+        int soerr = 0;
+        socklen_t len = sizeof soerr;
+        if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr)
+            return -soerr;
+        return 0;
+    }
+    ssize_t n;
+    do {
+        n = recv(op->fd, op->buf, rw_len(op), op->flags | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    return syscall_result(n);
+}
+
+static int64_t attempt_send(zk_op *op) {
+    ssize_t n;
+    do {
+        n = send(op->fd, op->buf, rw_len(op), op->flags | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    return syscall_result(n);
+}
+
+static int64_t attempt_recvmsg(zk_op *op) {
+    ssize_t n;
+    do {
+        op->msg.msg_namelen = sizeof op->addr;
+        op->msg.msg_flags = 0;
+        n = recvmsg(op->fd, &op->msg, op->flags | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    return syscall_result(n);
+}
+
+static int64_t attempt_sendmsg(zk_op *op) {
+    ssize_t n;
+    do {
+        n = sendmsg(op->fd, &op->msg, op->flags | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    return syscall_result(n);
+}
+
+static int64_t attempt_shutdown(zk_op *op) {
+    return shutdown(op->fd, op->flags) < 0 ? -errno : 0;
+}
+
+/* Linux releases the fd even when close(2) says EINTR: never retry. */
+static int64_t attempt_close(zk_op *op) {
+    if (close(op->fd) < 0 && errno != EINTR)
+        return -errno;
+    return 0;
+}
+
+static int64_t attempt_poll(zk_op *op) {
+    struct pollfd p = {.fd = op->fd, .events = (short)op->flags, .revents = 0};
+    int n;
+    do {
+        n = poll(&p, 1, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    if (n == 0)
+        return -EAGAIN;
+    if (p.revents & POLLNVAL)
+        return -EBADF;
+    return (uint16_t)p.revents;
+}
+
+/* ---- socket addresses, to and from the socket module's forms ------------- */
+
+/* The family of a socket fd (SO_DOMAIN), or -1 with OSError set. */
+static int socket_family(int fd) {
+    int family = 0;
+    socklen_t len = sizeof family;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &len) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return family;
+}
+
+static int parse_port(PyObject *obj, uint16_t *port) {
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "port must be an int, not %.100s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    long v = PyLong_AsLong(obj);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || v > 65535) {
+        PyErr_Format(PyExc_ValueError, "port must be 0-65535, got %ld", v);
+        return -1;
+    }
+    *port = htons((uint16_t)v);
+    return 0;
+}
+
+static int parse_u32(PyObject *obj, const char *what, uint32_t *out) {
+    unsigned long v = PyLong_AsUnsignedLong(obj);
+    if (v == (unsigned long)-1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%s must be 0-4294967295", what);
+        }
+        return -1;
+    }
+    if (v > 0xffffffffUL) {
+        PyErr_Format(PyExc_ValueError, "%s must be 0-4294967295", what);
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* (host, port[, flowinfo[, scope_id]]) with a numeric host; '' is the
+ * wildcard address.  An IPv6 host may carry a zone: "fe80::1%eth0". */
+static int inet_from_python(int family, PyObject *obj, zk_op *op) {
+    Py_ssize_t n = PyTuple_Check(obj) ? PyTuple_GET_SIZE(obj) : -1;
+    Py_ssize_t max = family == AF_INET ? 2 : 4;
+    if (n < 2 || n > max) {
+        PyErr_Format(PyExc_TypeError,
+                     family == AF_INET ? "AF_INET address must be a tuple (host, port), not %R"
+                                       : "AF_INET6 address must be a tuple (host, port[, flowinfo"
+                                         "[, scope_id]]), not %R",
+                     obj);
+        return -1;
+    }
+    PyObject *host = PyTuple_GET_ITEM(obj, 0);
+    if (!PyUnicode_Check(host)) {
+        PyErr_Format(PyExc_TypeError, "host must be a str, not %.100s", Py_TYPE(host)->tp_name);
+        return -1;
+    }
+    const char *h = PyUnicode_AsUTF8(host);
+    if (h == NULL)
+        return -1;
+    uint16_t port;
+    if (parse_port(PyTuple_GET_ITEM(obj, 1), &port) < 0)
+        return -1;
+    memset(&op->addr, 0, sizeof op->addr);
+    if (family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&op->addr;
+        sin->sin_family = AF_INET;
+        sin->sin_port = port;
+        if (h[0] != '\0' && inet_pton(AF_INET, h, &sin->sin_addr) != 1) {
+            PyErr_Format(PyExc_ValueError, "%R is not a numeric IPv4 address", host);
+            return -1;
+        }
+        op->addrlen = sizeof *sin;
+        return 0;
+    }
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&op->addr;
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = port;
+    uint32_t flowinfo = 0, scope = 0;
+    if (n > 2 && parse_u32(PyTuple_GET_ITEM(obj, 2), "flowinfo", &flowinfo) < 0)
+        return -1;
+    if (n > 3 && parse_u32(PyTuple_GET_ITEM(obj, 3), "scope_id", &scope) < 0)
+        return -1;
+    char buf[INET6_ADDRSTRLEN + IF_NAMESIZE + 2];
+    if (strlen(h) >= sizeof buf) {
+        PyErr_Format(PyExc_ValueError, "%R is not a numeric IPv6 address", host);
+        return -1;
+    }
+    strcpy(buf, h);
+    char *zone = strchr(buf, '%');
+    if (zone != NULL) {
+        *zone++ = '\0';
+        char *end;
+        unsigned long z = strtoul(zone, &end, 10);
+        if (*zone && *end == '\0')
+            scope = (uint32_t)z;
+        else if ((scope = if_nametoindex(zone)) == 0) {
+            PyErr_Format(PyExc_ValueError, "%R: unknown interface in the zone", host);
+            return -1;
+        }
+    }
+    if (buf[0] != '\0' && inet_pton(AF_INET6, buf, &sin6->sin6_addr) != 1) {
+        PyErr_Format(PyExc_ValueError, "%R is not a numeric IPv6 address", host);
+        return -1;
+    }
+    sin6->sin6_flowinfo = htonl(flowinfo);
+    sin6->sin6_scope_id = scope;
+    op->addrlen = sizeof *sin6;
+    return 0;
+}
+
+/* A path (str, or bytes for any byte string); a leading NUL makes it an
+ * abstract name, used as is, else the path gets its terminating NUL. */
+static int unix_from_python(PyObject *obj, zk_op *op) {
+    PyObject *raw;
+    if (PyUnicode_Check(obj)) {
+        raw = PyUnicode_EncodeFSDefault(obj);
+    } else if (PyBytes_Check(obj) || PyByteArray_Check(obj) || PyObject_CheckBuffer(obj)) {
+        raw = PyBytes_FromObject(obj);
+    } else {
+        PyErr_Format(PyExc_TypeError, "AF_UNIX address must be str or bytes, not %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (raw == NULL)
+        return -1;
+    const char *p = PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    struct sockaddr_un *sun = (struct sockaddr_un *)&op->addr;
+    int abstract = n > 0 && p[0] == '\0';
+    if (n + (abstract ? 0 : 1) > (Py_ssize_t)sizeof sun->sun_path) {
+        Py_DECREF(raw);
+        PyErr_SetString(PyExc_ValueError, "AF_UNIX path too long");
+        return -1;
+    }
+    if (!abstract && memchr(p, '\0', (size_t)n) != NULL) {
+        Py_DECREF(raw);
+        PyErr_SetString(PyExc_ValueError, "AF_UNIX path contains a NUL byte");
+        return -1;
+    }
+    memset(&op->addr, 0, sizeof op->addr);
+    sun->sun_family = AF_UNIX;
+    memcpy(sun->sun_path, p, (size_t)n);
+    op->addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)n
+                              + (abstract ? 0 : 1));
+    Py_DECREF(raw);
+    return 0;
+}
+
+/* Fill op->addr/addrlen from `obj` in the form of the socket's family. */
+static int sockaddr_from_python(int fd, PyObject *obj, zk_op *op) {
+    int family = socket_family(fd);
+    if (family < 0)
+        return -1;
+    switch (family) {
+    case AF_INET:
+    case AF_INET6:
+        return inet_from_python(family, obj, op);
+    case AF_UNIX:
+        return unix_from_python(obj, op);
+    default:
+        PyErr_Format(PyExc_ValueError, "address family %d is not supported", family);
+        return -1;
+    }
+}
+
+/* The socket module's form of an address: (host, port) for AF_INET,
+ * (host, port, flowinfo, scope_id) for AF_INET6, str (or bytes for an
+ * abstract name, '' when unnamed) for AF_UNIX, None for no address. */
+static PyObject *sockaddr_to_python(const struct sockaddr_storage *ss, socklen_t len) {
+    if (len < sizeof(sa_family_t))
+        return Py_NewRef(Py_None);
+    char host[INET6_ADDRSTRLEN];
+    switch (ss->ss_family) {
+    case AF_INET: {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &sin->sin_addr, host, sizeof host);
+        return Py_BuildValue("(si)", host, (int)ntohs(sin->sin_port));
+    }
+    case AF_INET6: {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof host);
+        return Py_BuildValue("(siII)", host, (int)ntohs(sin6->sin6_port),
+                             (unsigned int)ntohl(sin6->sin6_flowinfo),
+                             (unsigned int)sin6->sin6_scope_id);
+    }
+    case AF_UNIX: {
+        const struct sockaddr_un *sun = (const struct sockaddr_un *)ss;
+        size_t off = offsetof(struct sockaddr_un, sun_path);
+        size_t n = len > off ? len - off : 0;
+        if (n > sizeof sun->sun_path)
+            n = sizeof sun->sun_path;
+        if (n > 0 && sun->sun_path[0] == '\0')
+            return PyBytes_FromStringAndSize(sun->sun_path, (Py_ssize_t)n);
+        return PyUnicode_DecodeFSDefaultAndSize(sun->sun_path,
+                                                (Py_ssize_t)strnlen(sun->sun_path, n));
+    }
+    default:
+        return Py_BuildValue("(iy#)", (int)ss->ss_family, (const char *)ss, (Py_ssize_t)len);
+    }
+}
+
+/* ---- Python: arguments in, result out ------------------------------------ */
+
+/* Point the op at the memory of the view pinned in self->view, from
+ * `offset` on (0 <= offset <= len, else ValueError). */
+static int use_view(zk_io_op *self, int64_t offset) {
+    self->view_held = 1;
+    if (offset < 0 || offset > (int64_t)self->view.len) {
+        PyErr_Format(PyExc_ValueError, "offset %lld is outside the buffer (0-%zd)",
+                     (long long)offset, self->view.len);
+        return -1;
+    }
+    self->op.buf = (char *)self->view.buf + offset;
+    self->op.len = (size_t)(self->view.len - offset);
+    return 0;
+}
+
+static Py_ssize_t size_arg(PyObject *arg, const char *what) {
+    if (arg == NULL || !PyIndex_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "%s size must be an int, not %.100s", what,
+                     arg ? Py_TYPE(arg)->tp_name : "nothing");
+        return -1;
+    }
+    Py_ssize_t n = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
     if (n == -1 && PyErr_Occurred())
         return -1;
     if (n < 0) {
-        PyErr_SetString(PyExc_ValueError, "read size must be >= 0");
+        PyErr_Format(PyExc_ValueError, "%s size must be >= 0", what);
         return -1;
     }
+    return n;
+}
+
+/* arg: the number of bytes to read, into a bytearray made for the op. */
+static int pin_read(zk_io_op *self, const zk_op_args *a) {
+    Py_ssize_t n = size_arg(a->arg, "read");
+    if (n < 0)
+        return -1;
+    self->op.offset = a->offset;
     self->own_buf = PyByteArray_FromStringAndSize(NULL, n);
     if (self->own_buf == NULL ||
         PyObject_GetBuffer(self->own_buf, &self->view, PyBUF_WRITABLE) < 0)
         return -1;
-    use_view(self);
-    return 0;
+    return use_view(self, 0);
 }
 
 /* The bytes read: a copy of the filled part of the bytearray. */
@@ -93,17 +513,166 @@ static PyObject *read_to_python(zk_io_op *self, int64_t result) {
 }
 
 /* arg: any bytes-like object, pinned as it is (no copy). */
-static int pin_write(zk_io_op *self, PyObject *arg) {
-    if (PyObject_GetBuffer(arg, &self->view, PyBUF_SIMPLE) < 0)
+static int pin_write(zk_io_op *self, const zk_op_args *a) {
+    if (PyObject_GetBuffer(a->arg, &self->view, PyBUF_SIMPLE) < 0)
         return -1;
-    use_view(self);
+    self->op.offset = a->offset;
+    return use_view(self, 0);
+}
+
+/* The number of bytes moved (or the revents of a poll). */
+static PyObject *count_to_python(zk_io_op *self, int64_t result) {
+    ZK_UNUSED(self);
+    return PyLong_FromLongLong(result);
+}
+
+static PyObject *none_to_python(zk_io_op *self, int64_t result) {
+    ZK_UNUSED(self), ZK_UNUSED(result);
+    return Py_NewRef(Py_None);
+}
+
+static int pin_nothing(zk_io_op *self, const zk_op_args *a) {
+    ZK_UNUSED(self), ZK_UNUSED(a);
     return 0;
 }
 
-/* The number of bytes written. */
-static PyObject *written_to_python(zk_io_op *self, int64_t result) {
+static int pin_accept(zk_io_op *self, const zk_op_args *a) {
+    ZK_UNUSED(a);
+    self->op.addrlen = sizeof self->op.addr;
+    return 0;
+}
+
+/* (new fd, peer address).  The fd is the caller's from here on; if the
+ * tuple cannot be made it is closed, never leaked. */
+static PyObject *accept_to_python(zk_io_op *self, int64_t result) {
+    PyObject *addr = sockaddr_to_python(&self->op.addr, self->op.addrlen);
+    PyObject *r = addr ? Py_BuildValue("(iN)", (int)result, addr) : NULL;
+    if (r == NULL)
+        close((int)result);
+    return r;
+}
+
+static int pin_connect(zk_io_op *self, const zk_op_args *a) {
+    if (a->address == NULL || a->address == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "connect needs an address");
+        return -1;
+    }
+    return sockaddr_from_python(self->op.fd, a->address, &self->op);
+}
+
+/* arg: the most bytes to receive, into a bytes object made for the op. */
+static int pin_recv(zk_io_op *self, const zk_op_args *a) {
+    Py_ssize_t n = size_arg(a->arg, "recv");
+    if (n < 0)
+        return -1;
+    self->own_buf = PyBytes_FromStringAndSize(NULL, n);
+    if (self->own_buf == NULL)
+        return -1;
+    self->op.buf = PyBytes_AS_STRING(self->own_buf);
+    self->op.len = (size_t)n;
+    return 0;
+}
+
+/* The bytes object itself, shrunk to what arrived (no copy). */
+static PyObject *recv_to_python(zk_io_op *self, int64_t result) {
+    PyObject *b = self->own_buf;
+    self->own_buf = NULL;
+    if (result != PyBytes_GET_SIZE(b)) {
+        if (result == 0) {
+            Py_DECREF(b);
+            return PyBytes_FromStringAndSize(NULL, 0);
+        }
+        if (_PyBytes_Resize(&b, (Py_ssize_t)result) < 0)
+            return NULL;
+    }
+    return b;
+}
+
+/* arg: a writable buffer, filled from args->offset on. */
+static int pin_recv_into(zk_io_op *self, const zk_op_args *a) {
+    if (PyObject_GetBuffer(a->arg, &self->view, PyBUF_WRITABLE) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "recv_into needs a writable buffer, not %.100s",
+                         Py_TYPE(a->arg)->tp_name);
+        }
+        return -1;
+    }
+    return use_view(self, a->offset);
+}
+
+/* arg: any bytes-like object, sent from args->offset on; never SIGPIPE. */
+static int pin_send(zk_io_op *self, const zk_op_args *a) {
+    if (PyObject_GetBuffer(a->arg, &self->view, PyBUF_SIMPLE) < 0)
+        return -1;
+    self->op.flags |= MSG_NOSIGNAL;
+    return use_view(self, a->offset);
+}
+
+static void use_msg(zk_io_op *self, int with_name) {
+    zk_op *op = &self->op;
+    op->iov.iov_base = op->buf;
+    op->iov.iov_len = rw_len(op);
+    memset(&op->msg, 0, sizeof op->msg);
+    op->msg.msg_name = with_name ? &op->addr : NULL;
+    op->msg.msg_namelen = with_name ? (with_name > 0 ? op->addrlen : sizeof op->addr) : 0;
+    op->msg.msg_iov = &op->iov;
+    op->msg.msg_iovlen = 1;
+}
+
+static int pin_recvmsg(zk_io_op *self, const zk_op_args *a) {
+    if (pin_recv(self, a) < 0)
+        return -1;
+    use_msg(self, -1);
+    return 0;
+}
+
+/* (data, source address or None, msg_flags: MSG_TRUNC when the datagram
+ * was longer than asked). */
+static PyObject *recvmsg_to_python(zk_io_op *self, int64_t result) {
+    int msg_flags = self->op.msg.msg_flags;
+    PyObject *addr = sockaddr_to_python(&self->op.addr, self->op.msg.msg_namelen);
+    if (addr == NULL)
+        return NULL;
+    PyObject *data = recv_to_python(self, result);
+    if (data == NULL) {
+        Py_DECREF(addr);
+        return NULL;
+    }
+    return Py_BuildValue("(NNi)", data, addr, msg_flags);
+}
+
+static int pin_sendmsg(zk_io_op *self, const zk_op_args *a) {
+    int named = a->address != NULL && a->address != Py_None;
+    if (named && sockaddr_from_python(self->op.fd, a->address, &self->op) < 0)
+        return -1;
+    if (PyObject_GetBuffer(a->arg, &self->view, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (use_view(self, 0) < 0)
+        return -1;
+    self->op.flags |= MSG_NOSIGNAL;
+    use_msg(self, named);
+    return 0;
+}
+
+static int pin_shutdown(zk_io_op *self, const zk_op_args *a) {
     ZK_UNUSED(self);
-    return PyLong_FromLongLong(result);
+    if (a->flags != SHUT_RD && a->flags != SHUT_WR && a->flags != SHUT_RDWR) {
+        PyErr_Format(PyExc_ValueError, "shutdown how must be SHUT_RD, SHUT_WR or SHUT_RDWR, "
+                     "not %d", a->flags);
+        return -1;
+    }
+    return 0;
+}
+
+static int pin_poll(zk_io_op *self, const zk_op_args *a) {
+    ZK_UNUSED(self);
+    if (a->flags <= 0 || a->flags > 0xffff) {
+        PyErr_Format(PyExc_ValueError, "poll events must be poll bits (POLLIN, POLLOUT, ...), "
+                     "not %d", a->flags);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- the table ------------------------------------------------------------ */
@@ -125,6 +694,97 @@ const zk_op_desc zk_op_descs[ZK_OP_COUNT] = {
         .attempt = attempt_write,
         .epoll_events = EPOLLOUT,
         .pin = pin_write,
-        .to_python = written_to_python,
+        .to_python = count_to_python,
+    },
+    [ZK_OP_ACCEPT] = {
+        .name = "accept",
+        .uring_opcode = IORING_OP_ACCEPT,
+        .uring_prep = prep_accept,
+        .attempt = attempt_accept,
+        .epoll_events = EPOLLIN,
+        .pin = pin_accept,
+        .to_python = accept_to_python,
+    },
+    [ZK_OP_CONNECT] = {
+        .name = "connect",
+        .uring_opcode = IORING_OP_CONNECT,
+        .uring_prep = prep_connect,
+        .attempt = attempt_connect,
+        .epoll_events = EPOLLOUT,
+        .pin = pin_connect,
+        .to_python = none_to_python,
+    },
+    [ZK_OP_RECV] = {
+        .name = "recv",
+        .uring_opcode = IORING_OP_RECV,
+        .uring_prep = prep_sock,
+        .attempt = attempt_recv,
+        .epoll_events = EPOLLIN,
+        .pin = pin_recv,
+        .to_python = recv_to_python,
+    },
+    [ZK_OP_RECV_INTO] = {
+        .name = "recv_into",
+        .uring_opcode = IORING_OP_RECV,
+        .uring_prep = prep_sock,
+        .attempt = attempt_recv,
+        .epoll_events = EPOLLIN,
+        .pin = pin_recv_into,
+        .to_python = count_to_python,
+    },
+    [ZK_OP_SEND] = {
+        .name = "send",
+        .uring_opcode = IORING_OP_SEND,
+        .uring_prep = prep_sock,
+        .attempt = attempt_send,
+        .epoll_events = EPOLLOUT,
+        .pin = pin_send,
+        .to_python = count_to_python,
+    },
+    [ZK_OP_RECVMSG] = {
+        .name = "recvmsg",
+        .uring_opcode = IORING_OP_RECVMSG,
+        .uring_prep = prep_msg,
+        .attempt = attempt_recvmsg,
+        .epoll_events = EPOLLIN,
+        .pin = pin_recvmsg,
+        .to_python = recvmsg_to_python,
+    },
+    [ZK_OP_SENDMSG] = {
+        .name = "sendmsg",
+        .uring_opcode = IORING_OP_SENDMSG,
+        .uring_prep = prep_msg,
+        .attempt = attempt_sendmsg,
+        .epoll_events = EPOLLOUT,
+        .pin = pin_sendmsg,
+        .to_python = count_to_python,
+    },
+    [ZK_OP_SHUTDOWN] = {
+        .name = "shutdown",
+        .uring_opcode = IORING_OP_SHUTDOWN,
+        .uring_prep = prep_shutdown,
+        .attempt = attempt_shutdown,
+        .epoll_events = EPOLLOUT,  /* never waits: shutdown does not block */
+        .pin = pin_shutdown,
+        .to_python = none_to_python,
+    },
+    [ZK_OP_CLOSE] = {
+        .name = "close",
+        .uring_opcode = IORING_OP_CLOSE,
+        .uring_prep = prep_close,
+        .attempt = attempt_close,
+        .epoll_events = EPOLLOUT,  /* never waits */
+        .closes_fd = 1,
+        .pin = pin_nothing,
+        .to_python = none_to_python,
+    },
+    [ZK_OP_POLL] = {
+        .name = "poll",
+        .uring_opcode = IORING_OP_POLL_ADD,
+        .uring_prep = prep_poll,
+        .attempt = attempt_poll,
+        .epoll_events = 0,  /* the op's own poll bits */
+        .pin = pin_poll,
+        .to_python = count_to_python,
     },
 };

@@ -7,7 +7,11 @@
  *   attempt, epoll_events      how the epoll backend emulates it: the plain
  *                              non-blocking syscall, tried at submit and again
  *                              on readiness, and the readiness it waits for
- *                              after EAGAIN (EPOLLIN or EPOLLOUT)
+ *                              after EAGAIN (EPOLLIN or EPOLLOUT; 0: the op's
+ *                              own `flags` are the poll bits it waits for)
+ *   closes_fd                  the op ends the fd: both backends first end
+ *                              every op of this port still waiting on that
+ *                              fd (their result: -EBADF), then run it
  *   pin, to_python             how the Op leaf (op_leaf.c) holds what Python
  *                              passed (a buffer pinned until the op's own
  *                              completion) and how a result >= 0 becomes the
@@ -26,11 +30,22 @@
 typedef enum zk_opcode {
     ZK_OP_READ = 1,   /* read(fd, buf, len) or pread when offset >= 0 */
     ZK_OP_WRITE = 2,  /* write(fd, buf, len) or pwrite when offset >= 0 */
+    ZK_OP_ACCEPT,     /* accept4(fd, &addr, &addrlen, NONBLOCK|CLOEXEC) */
+    ZK_OP_CONNECT,    /* connect(fd, &addr, addrlen) */
+    ZK_OP_RECV,       /* recv(fd, buf, len, flags) into a bytes made for it */
+    ZK_OP_RECV_INTO,  /* recv(fd, buf, len, flags) into the caller's buffer */
+    ZK_OP_SEND,       /* send(fd, buf, len, flags | MSG_NOSIGNAL) */
+    ZK_OP_RECVMSG,    /* recvmsg(fd, &msg, flags): data, source, msg_flags */
+    ZK_OP_SENDMSG,    /* sendmsg(fd, &msg, flags | MSG_NOSIGNAL) */
+    ZK_OP_SHUTDOWN,   /* shutdown(fd, flags) */
+    ZK_OP_CLOSE,      /* close(fd) */
+    ZK_OP_POLL,       /* poll(fd, flags): the revents */
     ZK_OP_COUNT       /* rows in zk_op_descs; 0 is no op */
 } zk_opcode;
 
 typedef struct zk_op zk_op;              /* the op record (port.h) */
 typedef struct zk_io_op zk_io_op;        /* the Op leaf (op_leaf.h) */
+typedef struct zk_op_args zk_op_args;    /* what Python passed (op_leaf.h) */
 struct io_uring_sqe;                     /* <linux/io_uring.h>, in op.c */
 /* PyObject, named without Python.h: the ports include this header and
  * never call Python (port_uring.c and port_epoll.c run detached). */
@@ -44,13 +59,16 @@ typedef struct zk_op_desc {
     void (*uring_prep)(struct io_uring_sqe *sqe, const zk_op *op);
     /* epoll: one non-blocking try.  Returns the result (bytes >= 0 or
      * -errno), -EAGAIN when the op must wait for epoll_events.  Retries
-     * EINTR itself. */
-    int64_t (*attempt)(const zk_op *op);
+     * EINTR itself.  May keep its progress in op->stage (connect). */
+    int64_t (*attempt)(zk_op *op);
     uint32_t epoll_events;
-    /* The Op leaf: pin `arg` (a size, a bytes-like object, ...) and point
-     * op.buf/op.len at the memory the kernel will use.  0, or -1 with an
-     * exception set.  Attached. */
-    int (*pin)(zk_io_op *self, struct _object *arg);
+    /* 1: the op closes op->fd (see the top of this file). */
+    uint8_t closes_fd;
+    /* The Op leaf: pin what Python passed (a size, a bytes-like object, an
+     * address, ...) and point op.buf/op.len (and op.addr, op.msg) at the
+     * memory the kernel will use.  0, or -1 with an exception set.
+     * Attached. */
+    int (*pin)(zk_io_op *self, const zk_op_args *args);
     /* The value of a successful op (result >= 0), as a new reference, or
      * NULL with an exception set.  Attached, on the op's worker, after the
      * port handed the op back. */

@@ -54,7 +54,7 @@ static PyType_Spec io_op_spec = {
     .slots = io_op_slots,
 };
 
-PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, PyObject *arg, int64_t offset) {
+PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, const zk_op_args *args) {
     const zk_op_desc *desc = zk_op_desc_of(opcode);
     if (desc == NULL) {
         PyErr_Format(PyExc_ValueError, "unknown opcode %d", (int)opcode);
@@ -77,10 +77,11 @@ PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, PyObject *arg, in
     self->ended_by_cancel = 0;
     self->op.opcode = opcode;
     self->op.fd = fd;
-    self->op.offset = offset;
+    self->op.offset = -1;
+    self->op.flags = args->flags;
     self->op.complete = io_op_complete;
     PyObject_GC_Track(self);
-    if (desc->pin(self, arg) < 0) {
+    if (desc->pin(self, args) < 0) {
         Py_DECREF(self);
         return NULL;
     }

@@ -27,10 +27,21 @@ struct zk_io_op {
     int ended_by_cancel;     /* its completion was -ECANCELED */
 };
 
+/* What Python passed to an op binding; each row's pin reads the fields it
+ * needs (borrowed references, valid during zk_io_op_new). */
+struct zk_op_args {
+    PyObject *arg;      /* READ/RECV: a size; WRITE/SEND/RECV_INTO/SENDMSG:
+                           a buffer; else unused (NULL) */
+    PyObject *address;  /* CONNECT, SENDMSG: an address in the socket
+                           module's form, or NULL/None */
+    int64_t offset;     /* READ/WRITE: file offset (-1: the position);
+                           RECV_INTO/SEND: start in the buffer */
+    int flags;          /* MSG_* flags, poll bits, shutdown's `how` */
+};
+
 /* Create the Op type, register its awaitable kind.  Module init. */
 int zk_op_leaf_type_init(PyObject *module, zk_state *st);
-/* An Op for `opcode` on fd; `arg` is what the row's pin takes (a size for
- * READ, a bytes-like object for WRITE).  offset -1: the fd's position. */
-PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, PyObject *arg, int64_t offset);
+/* An Op for `opcode` on fd, its arguments pinned by the row's pin. */
+PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, const zk_op_args *args);
 
 #endif

@@ -27,6 +27,8 @@
 
 #include <stdint.h>
 #include <stddef.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "io/op.h"
 
@@ -47,8 +49,18 @@ struct zk_op {
     void *buf;
     size_t len;
     int64_t offset;             /* -1: the fd's current position / a stream */
+    int flags;                  /* MSG_* of recv/send, poll bits of POLL,
+                                   `how` of SHUTDOWN */
+    uint32_t stage;             /* the row's own progress (epoll CONNECT:
+                                   1 once connect() said EINPROGRESS) */
+    socklen_t addrlen;          /* bytes of addr used (in and out) */
+    struct sockaddr_storage addr; /* ACCEPT/RECVMSG: the peer; CONNECT,
+                                   SENDMSG: the destination */
+    struct msghdr msg;          /* RECVMSG/SENDMSG: name = addr, iov */
+    struct iovec iov;           /* RECVMSG/SENDMSG: buf, len */
     zk_op_complete_fn complete; /* result: bytes (>= 0) or -errno;
-                                   -ECANCELED after a successful cancel */
+                                   -ECANCELED after a successful cancel,
+                                   -EBADF when a CLOSE of the fd ended it */
     /* Owned by the backend while the op is in flight; zero before submit. */
     zk_op *backend_next;
     zk_op *backend_prev;

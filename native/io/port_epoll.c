@@ -59,6 +59,8 @@ typedef struct fd_state {
     uint32_t armed;        /* interest armed now (0 after the oneshot fired) */
     zk_op_list readers;    /* FIFO of ops waiting for EPOLLIN (READ) */
     zk_op_list writers;    /* FIFO of ops waiting for EPOLLOUT (WRITE) */
+    zk_op_list pollers;    /* POLL ops (row epoll_events 0): each waits for
+                              its own poll bits, independently of the rest */
     struct fd_state *next; /* hash chain */
 } fd_state;
 
@@ -142,6 +144,8 @@ static int fd_update_interest(epoll_port *e, fd_state *st)
 {
     uint32_t want = (st->readers.head ? (uint32_t)EPOLLIN : 0u)
                     | (st->writers.head ? (uint32_t)EPOLLOUT : 0u);
+    for (zk_op *p = st->pollers.head; p; p = p->backend_next)
+        want |= (uint32_t)p->flags & (EPOLLIN | EPOLLOUT | EPOLLPRI | EPOLLRDHUP);
     if (!want) {
         if (st->registered) {
             /* Synchronously, before the state (and maybe the fd) goes. */
@@ -180,7 +184,7 @@ static int fd_update_interest(epoll_port *e, fd_state *st)
 
 static void fd_release_if_idle(epoll_port *e, fd_state *st)
 {
-    if (!st->readers.head && !st->writers.head) {
+    if (!st->readers.head && !st->writers.head && !st->pollers.head) {
         fd_update_interest(e, st); /* DEL */
         fd_remove(e, st);
     }
@@ -190,17 +194,36 @@ static void fd_release_if_idle(epoll_port *e, fd_state *st)
 /* Ops                                                                       */
 
 /* The op's plain non-blocking syscall (its row in op.h). */
-static inline int64_t do_io(const zk_op *op)
+static inline int64_t do_io(zk_op *op)
 {
     return zk_op_descs[op->opcode].attempt(op);
 }
 
-/* An op that waits for EPOLLOUT queues with the writers, any other with the
- * readers (its row says which readiness it needs). */
+/* An op that waits for EPOLLOUT queues with the writers, a POLL with the
+ * pollers, any other with the readers (its row says which readiness it
+ * needs). */
 static inline zk_op_list *queue_of(fd_state *st, const zk_op *op)
 {
-    return zk_op_descs[op->opcode].epoll_events & EPOLLOUT ? &st->writers
-                                                           : &st->readers;
+    uint32_t ev = zk_op_descs[op->opcode].epoll_events;
+    if (ev == 0)
+        return &st->pollers;
+    return ev & EPOLLOUT ? &st->writers : &st->readers;
+}
+
+/* Retry every poller: each waits for its own bits, none blocks the next. */
+static void run_pollers(epoll_port *e, zk_op_list *q)
+{
+    zk_op *op = q->head;
+    while (op != NULL) {
+        zk_op *next = op->backend_next;
+        int64_t r = do_io(op);
+        if (r != -EAGAIN) {
+            zk_op_list_unlink(q, op);
+            e->waiting--;
+            zk_port_post(&e->c, op, r);
+        }
+        op = next;
+    }
 }
 
 /* Retry a queue's ops in order until one would block. */
@@ -236,6 +259,7 @@ static void rearm_or_fail(epoll_port *e, fd_state *st)
         int64_t res = err == EPERM ? -EAGAIN : -(int64_t)err;
         fail_queue(e, &st->readers, res);
         fail_queue(e, &st->writers, res);
+        fail_queue(e, &st->pollers, res);
     }
     fd_release_if_idle(e, st);
 }
@@ -251,6 +275,10 @@ static void handle_event(epoll_port *e, const struct epoll_event *ev)
         return; /* stale: the state went away after epoll_wait filled ev */
     st->armed = 0; /* EPOLLONESHOT disarmed it */
     uint32_t m = ev->events;
+    /* Pollers first: they report the readiness a reader may then consume
+     * (as io_uring does: a poll fires on the wakeup itself). */
+    if (st->pollers.head)
+        run_pollers(e, &st->pollers);
     if (m & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP))
         run_queue(e, &st->readers);
     if (m & (EPOLLOUT | EPOLLERR | EPOLLHUP))
@@ -275,7 +303,17 @@ static int e_submit(zk_port *port, zk_op *op)
 {
     epoll_port *e = E(port);
     fd_state *st = fd_lookup(e, op->fd);
-    if (st && queue_of(st, op)->head) {
+    if (st && zk_op_descs[op->opcode].closes_fd) {
+        /* The fd is about to go: end its waiters (-EBADF) and DEL it while
+         * the number still names it.  Ops on other workers' ports are not
+         * reached: whoever closes must have ended those first. */
+        fail_queue(e, &st->readers, -EBADF);
+        fail_queue(e, &st->writers, -EBADF);
+        fail_queue(e, &st->pollers, -EBADF);
+        fd_release_if_idle(e, st);
+        st = NULL;
+    }
+    if (st && queue_of(st, op)->head && queue_of(st, op) != &st->pollers) {
         /* Others wait in this direction: keep FIFO order (two writes to a
          * stream must not overtake each other).  The registration already
          * covers this direction. */
@@ -395,6 +433,7 @@ static void e_close(zk_port *port)
         while ((s = e->buckets[i]) != NULL) {
             fail_queue(e, &s->readers, -ECANCELED);
             fail_queue(e, &s->writers, -ECANCELED);
+            fail_queue(e, &s->pollers, -ECANCELED);
             fd_release_if_idle(e, s);
         }
     }

@@ -252,6 +252,9 @@ static void handle_cqe(uring_port *u, uint64_t user_data, int32_t res,
     }
     zk_op *op = (zk_op *)(uintptr_t)user_data;
     zk_op_list_unlink(&u->kernel, op);
+    /* Cancelled though we never asked: a CLOSE of its fd did (u_submit). */
+    if (res == -ECANCELED && !(op->backend_flags & ZK_OPF_CANCEL_SENT))
+        res = -EBADF;
     if (op->backend_flags & ZK_OPF_CANCEL_DEFERRED) {
         op->backend_flags &= ~ZK_OPF_CANCEL_DEFERRED;
         u->deferred_cancels--;
@@ -388,6 +391,19 @@ static int u_submit(zk_port *port, zk_op *op)
     if (!sqe)
         return err;
     const zk_op_desc *desc = &zk_op_descs[op->opcode]; /* checked by port.c */
+    if (desc->closes_fd) {
+        /* First cancel every op of this ring on the fd (5.19: by fd, all of
+         * them); they end with -EBADF (handle_cqe).  SQEs are issued in
+         * order, so the cancel runs while the fd still names the file. */
+        sqe->opcode = IORING_OP_ASYNC_CANCEL;
+        sqe->fd = op->fd;
+        sqe->cancel_flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
+        sqe->user_data = TAG_IGNORE;
+        commit_sqe(u);
+        sqe = get_sqe(u, &err);
+        if (!sqe)
+            return err;
+    }
     sqe->opcode = desc->uring_opcode;
     desc->uring_prep(sqe, op);
     sqe->user_data = (uint64_t)(uintptr_t)op;

@@ -1,27 +1,20 @@
 """The socket ops zokio.net is built on, and the errors it raises.
 
-Every op here returns an awaitable that completes through the worker's
-completion port (``zokio._native.op_*``): on io_uring the kernel does the
-I/O, on epoll the port tries the non-blocking syscall and waits for
-readiness on EAGAIN.  Addresses are in the ``socket`` module's form.
-
-Where the running ``zokio._native`` predates an op (older builds have only
-``op_read``/``op_write``), a slower stand-in written here takes its place:
-it tries the non-blocking syscall and, on EAGAIN, waits for readiness with
-``poll()`` on the blocking pool.  The stand-ins keep the ops' contracts
-(results, errors, cancellation), so the classes above them do not know
-which one they run on.  ``NATIVE_OPS`` names the ops the native module has.
+Every op returns an awaitable that completes through the worker's
+completion port (``zokio._native.op_*``, one row each in native/io/op.c):
+on io_uring the kernel does the I/O, on epoll the port tries the
+non-blocking syscall and waits for readiness on EAGAIN.  Addresses are in
+the ``socket`` module's form.  An op that fails raises ``OSError`` built from
+its errno (so the matching subclass: ``ConnectionResetError``...); the
+classes add the address to the message (``with_address``).
 """
 from __future__ import annotations
 
 import errno
 import os
-import select
-import socket
 from typing import Any
 
 from .. import _native
-from .._api import spawn_blocking
 
 __all__ = [
     "BusyResourceError", "ClosedResourceError", "IncompleteReadError",
@@ -92,156 +85,13 @@ def fmt_address(address: Any) -> str:
     return repr(address)
 
 
-# ---- stand-ins for ops the native module does not have (yet) -------------
-
-_POLL_SLICE_MS = 50  # a stand-in's poll() wakes this often to see if it was abandoned
-
-
-def _poll_fd(fd: int, events: int, abandoned: list) -> int:
-    """Blocking-pool job: wait until ``fd`` reports one of ``events``."""
-    p = select.poll()
-    p.register(fd, events)
-    while not abandoned:
-        try:
-            got = p.poll(_POLL_SLICE_MS)
-        except InterruptedError:
-            continue
-        if got:
-            return got[0][1]
-    return 0
-
-
-async def _wait_fd(fd: int, events: int) -> int:
-    abandoned: list = []
-    try:
-        return await spawn_blocking(_poll_fd, fd, events, abandoned)
-    finally:
-        abandoned.append(True)  # a cancelled wait lets its pool thread go
-
-
-def _sock(fd: int, family: int = -1, type: int = -1) -> socket.socket:
-    """A socket object over ``fd`` for one call; the caller detaches it."""
-    if family < 0:
-        return socket.socket(fileno=fd)
-    return socket.socket(family, type, 0, fd)
-
-
-async def _accept_standin(fd: int) -> tuple[int, Any]:
-    s = _sock(fd)
-    try:
-        while True:
-            try:
-                new_fd, addr = s._accept()  # type: ignore[attr-defined]
-            except BlockingIOError:
-                await _wait_fd(fd, select.POLLIN)
-                continue
-            os.set_blocking(new_fd, False)
-            return new_fd, addr
-    finally:
-        s.detach()
-
-
-async def _connect_standin(fd: int, address: Any) -> None:
-    s = _sock(fd)
-    try:
-        err = s.connect_ex(address)
-        if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
-            await _wait_fd(fd, select.POLLOUT)
-            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err not in (0, errno.EISCONN):
-            raise OSError(err, os.strerror(err))
-    finally:
-        s.detach()
-
-
-def _recv_standin(fd: int, n: int, flags: int = 0) -> Any:
-    if flags:
-        return _recvmsg_bytes(fd, n, flags)
-    return _native.op_read(fd, n)
-
-
-async def _recvmsg_bytes(fd: int, n: int, flags: int) -> bytes:
-    data, _addr, _fl = await _recvmsg_standin(fd, n, flags)
-    return data
-
-
-async def _recv_into_standin(fd: int, buffer: Any, flags: int = 0, offset: int = 0) -> int:
-    with memoryview(buffer) as mv, mv.cast("B") as b:
-        want = len(b) - offset
-        if want <= 0:
-            return 0
-        data = await _recv_standin(fd, want, flags)
-        b[offset:offset + len(data)] = data
-        return len(data)
-
-
-def _send_standin(fd: int, data: Any, flags: int = 0, offset: int = 0) -> Any:
-    if offset:
-        data = bytes(memoryview(data).cast("B")[offset:])
-    if flags:
-        return _sendmsg_standin(fd, data, None, flags)
-    return _native.op_write(fd, data)
-
-
-async def _recvmsg_standin(fd: int, n: int, flags: int = 0) -> tuple[bytes, Any, int]:
-    s = _sock(fd)
-    try:
-        while True:
-            try:
-                data, _anc, msg_flags, addr = s.recvmsg(n, 0, flags)
-                return data, addr, msg_flags
-            except BlockingIOError:
-                await _wait_fd(fd, select.POLLIN)
-    finally:
-        s.detach()
-
-
-async def _sendmsg_standin(fd: int, data: Any, address: Any = None, flags: int = 0) -> int:
-    s = _sock(fd)
-    try:
-        while True:
-            try:
-                if address is None:
-                    return s.sendmsg([data], [], flags | socket.MSG_NOSIGNAL)
-                return s.sendmsg([data], [], flags | socket.MSG_NOSIGNAL, address)
-            except BlockingIOError:
-                await _wait_fd(fd, select.POLLOUT)
-    finally:
-        s.detach()
-
-
-async def _shutdown_standin(fd: int, how: int) -> None:
-    s = _sock(fd)
-    try:
-        s.shutdown(how)
-    finally:
-        s.detach()
-
-
-async def _close_standin(fd: int) -> None:
-    os.close(fd)
-
-
-def _poll_standin(fd: int, events: int) -> Any:
-    return _wait_fd(fd, events)
-
-
-def _pick(name: str, standin: Any) -> Any:
-    op = getattr(_native, name, None)
-    if op is not None:
-        NATIVE_OPS.append(name)
-        return op
-    return standin
-
-
-NATIVE_OPS: list[str] = []
-op_accept = _pick("op_accept", _accept_standin)
-op_connect = _pick("op_connect", _connect_standin)
-op_recv = _pick("op_recv", _recv_standin)
-op_recv_into = _pick("op_recv_into", _recv_into_standin)
-op_send = _pick("op_send", _send_standin)
-op_recvmsg = _pick("op_recvmsg", _recvmsg_standin)
-op_sendmsg = _pick("op_sendmsg", _sendmsg_standin)
-op_shutdown = _pick("op_shutdown", _shutdown_standin)
-op_close = _pick("op_close", _close_standin)
-op_poll = _pick("op_poll", _poll_standin)
+# ---- the ops ---------------------------------------------------------------
+# Bound once here; the classes call them as ``_ops.op_recv(...)``.
+op_accept = _native.op_accept
+op_connect = _native.op_connect
+op_recv = _native.op_recv
+op_recv_into = _native.op_recv_into
+op_send = _native.op_send
+op_recvmsg = _native.op_recvmsg
+op_sendmsg = _native.op_sendmsg
+op_shutdown = _native.op_shutdown

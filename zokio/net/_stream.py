@@ -37,6 +37,7 @@ from typing import Any, Optional
 
 from .._api import sleep
 from . import _ops
+from .._native import op_accept, op_recv, op_recv_into, op_send, op_shutdown
 from ._ops import (
     BusyResourceError,
     IncompleteReadError,
@@ -135,8 +136,8 @@ class _FdOwner:
             sock = self._sock = socket.socket(self._family, self._type, 0, self._fd)
         return sock
 
-    def _sockname(self) -> Any:
-        if self._closed:
+    def _sockname(self, check: bool = True) -> Any:
+        if check and self._closed:
             raise closed_error(self._kind)
         s = self._sock
         if s is not None:
@@ -209,7 +210,7 @@ class SocketStream(_FdOwner):
                 return self._take(n)
             if self._closed:
                 raise closed_error(self._kind)
-            data = await _ops.op_recv(self._fd, n)
+            data = await op_recv(self._fd, n)
         except OSError as e:
             raise self._error(e, "reading from") from None
         finally:
@@ -233,7 +234,7 @@ class SocketStream(_FdOwner):
                 return self._take_into(buffer)
             if self._closed:
                 raise closed_error(self._kind)
-            k = await _ops.op_recv_into(self._fd, buffer)
+            k = await op_recv_into(self._fd, buffer)
         except OSError as e:
             raise self._error(e, "reading from") from None
         finally:
@@ -294,7 +295,7 @@ class SocketStream(_FdOwner):
             if got < n and self._closed:
                 raise closed_error(self._kind)
             fd = self._fd
-            recv_into = _ops.op_recv_into
+            recv_into = op_recv_into
             while got < n:
                 k = await recv_into(fd, buf, 0, got)
                 if not k:
@@ -347,7 +348,7 @@ class SocketStream(_FdOwner):
                     start = max(0, len(buf) - seplen + 1)
                 if self._closed:
                     raise closed_error(self._kind)
-                chunk = await _ops.op_recv(self._fd, _READ_CHUNK)
+                chunk = await op_recv(self._fd, _READ_CHUNK)
                 if not chunk:
                     if self._closed:
                         raise closed_error(self._kind)
@@ -385,7 +386,7 @@ class SocketStream(_FdOwner):
         try:
             if self._closed:
                 raise closed_error(self._kind)
-            return await _ops.op_send(self._fd, data)
+            return await op_send(self._fd, data)
         except OSError as e:
             raise self._error(e, "writing to") from None
         finally:
@@ -406,7 +407,7 @@ class SocketStream(_FdOwner):
             if self._closed:
                 raise closed_error(self._kind)
             fd = self._fd
-            send = _ops.op_send
+            send = op_send
             sent = await send(fd, data)
             cls = type(data)
             total = len(data) if (cls is bytes or cls is bytearray) else memoryview(data).nbytes
@@ -434,7 +435,7 @@ class SocketStream(_FdOwner):
         try:
             if self._closed:
                 raise closed_error(self._kind)
-            await _ops.op_shutdown(self._fd, socket.SHUT_WR)
+            await op_shutdown(self._fd, socket.SHUT_WR)
         except OSError as e:
             raise self._error(e, "shutting down") from None
         finally:
@@ -508,7 +509,7 @@ class SocketListener(_FdOwner):
                 if self._closed:
                     raise closed_error(self._kind)
                 try:
-                    fd, addr = await _ops.op_accept(self._fd)
+                    fd, addr = await op_accept(self._fd)
                     break
                 except OSError as e:
                     if self._closed:
@@ -522,6 +523,9 @@ class SocketListener(_FdOwner):
                     if err in _ACCEPT_RETRY_ERRNOS:
                         continue
                     raise with_address(e, "accepting on", self._sockname()) from None
+            if self._closed:  # the connection that woke us up, or one racing close()
+                os.close(fd)
+                raise closed_error(self._kind)
         finally:
             t.append(None)
             if self._closed:

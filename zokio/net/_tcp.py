@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from .._api import timeout as _timeout
 from . import _ops
+from .._native import op_connect
 from ._resolve import _numeric, lookup_host
 from ._stream import SocketListener, SocketStream
 
@@ -68,7 +69,7 @@ class TcpStream(SocketStream):
                 pass
             fd = sock.detach()
             try:
-                await _ops.op_connect(fd, addr)
+                await op_connect(fd, addr)
             except OSError as e:
                 os.close(fd)
                 errors.append(_ops.with_address(e, "connecting to", addr))

@@ -5,6 +5,7 @@ import socket
 from typing import Any, Optional
 
 from . import _ops
+from .._native import op_recv, op_recvmsg, op_send, op_sendmsg
 from ._ops import closed_error, with_address
 from ._resolve import _numeric, lookup_host
 from ._stream import _FdOwner
@@ -36,6 +37,35 @@ class UdpSocket(_FdOwner):
 
     def _idle(self) -> bool:
         return bool(self._rtok) and bool(self._wtok)
+
+    def _wake_pending(self) -> None:
+        """Complete a pending receive before the fd closes.  shutdown()
+        does not do it for UDP (a non-blocking recv on a shut-down UDP
+        socket says EAGAIN while poll says readable), so an empty datagram
+        is sent to this socket from a throw-away one; a connected socket is
+        first re-connected to that sender, or it would drop the datagram.
+        The receive returns it, sees the socket closed and raises
+        ClosedResourceError."""
+        if self._rtok:
+            return  # no receive in flight
+        me = socket.socket(self._family, socket.SOCK_DGRAM, 0, self._fd)
+        try:
+            local = me.getsockname()
+            host = local[0]
+            if host in ("0.0.0.0", ""):
+                host = "127.0.0.1"
+            elif host == "::":
+                host = "::1"
+            target = (host,) + tuple(local[1:])
+            with socket.socket(self._family, socket.SOCK_DGRAM) as waker:
+                waker.connect(target)
+                if self._peer is not None:
+                    me.connect(waker.getsockname())
+                waker.send(b"")
+        except OSError:
+            pass
+        finally:
+            me.detach()
 
     def __repr__(self) -> str:
         return f"<UdpSocket {'closed' if self._closed else f'fd={self._fd}'}>"
@@ -113,7 +143,7 @@ class UdpSocket(_FdOwner):
         try:
             if self._closed:
                 raise closed_error(self._kind)
-            return await _ops.op_sendmsg(self._fd, data, addr)
+            return await op_sendmsg(self._fd, data, addr)
         except OSError as e:
             raise self._error(e, "sending to", addr) from None
         finally:
@@ -132,7 +162,7 @@ class UdpSocket(_FdOwner):
         try:
             if self._closed:
                 raise closed_error(self._kind)
-            data, addr, _flags = await _ops.op_recvmsg(self._fd, n)
+            data, addr, _flags = await op_recvmsg(self._fd, n)
         except OSError as e:
             raise self._error(e, "receiving on", self._local_or_none()) from None
         finally:
@@ -153,7 +183,7 @@ class UdpSocket(_FdOwner):
         try:
             if self._closed:
                 raise closed_error(self._kind)
-            return await _ops.op_send(self._fd, data)
+            return await op_send(self._fd, data)
         except OSError as e:
             raise self._error(e, "sending to", self._peer) from None
         finally:
@@ -172,7 +202,7 @@ class UdpSocket(_FdOwner):
         try:
             if self._closed:
                 raise closed_error(self._kind)
-            data = await _ops.op_recv(self._fd, n)
+            data = await op_recv(self._fd, n)
         except OSError as e:
             raise self._error(e, "receiving from", self._peer) from None
         finally:

@@ -13,6 +13,7 @@ import stat
 from typing import Any, Optional
 
 from . import _ops
+from .._native import op_connect
 from ._stream import SocketListener, SocketStream
 
 
@@ -32,7 +33,7 @@ class UnixStream(SocketStream):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         fd = sock.detach()
         try:
-            await _ops.op_connect(fd, path)
+            await op_connect(fd, path)
         except OSError as e:
             os.close(fd)
             raise _ops.with_address(e, "connecting to", path) from None
@@ -88,6 +89,19 @@ class UnixListener(SocketListener):
             except OSError:
                 pass
         return self
+
+    def _wake_pending(self) -> None:
+        """Complete a pending accept before the fd closes.  shutdown() does
+        not do it for Unix listeners (poll says readable, accept says
+        EAGAIN), so connect to ourselves: the accept returns that
+        connection, sees the listener closed, closes it and raises
+        ClosedResourceError."""
+        try:
+            address = self._sockname(check=False)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK) as w:
+                w.connect(address)
+        except OSError:
+            pass
 
     def _on_closed(self) -> None:
         path = getattr(self, "_path", None)

@@ -1,0 +1,714 @@
+"""Socket ops on the completion port (zokio._native.op_accept, op_connect,
+op_recv, op_recv_into, op_send, op_recvmsg, op_sendmsg, op_shutdown,
+op_close, op_poll), awaited inside tasks on whichever backend ZOKIO_BACKEND
+selects.  Servers listen on 127.0.0.1, ::1 and Unix sockets only."""
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import select
+import socket
+import struct
+import time
+import uuid
+
+import pytest
+
+import zokio
+from zokio import _native as N
+from conftest import fd_details, open_fds, wait_for
+
+
+def _has_ipv6():
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAS_IPV6 = _has_ipv6()
+
+
+@pytest.fixture(autouse=True)
+def no_fd_left():
+    """Every test must leave the process with the fds it found."""
+    gc.collect()
+    before = open_fds()
+    yield
+    gc.collect()
+    # The runtime fixture shuts down after this check would run if we did not
+    # wait: allow the rings/epoll fds of a runtime being closed to go.
+    ok = wait_for(lambda: open_fds() <= before, timeout=5)
+    assert ok, "fds left open: " + ", ".join(fd_details(open_fds() - before))
+
+
+@pytest.fixture
+def rt(make_runtime):
+    rt = make_runtime(2)
+    yield rt
+    rt.shutdown(timeout=10)
+
+
+@pytest.fixture
+def rt1(make_runtime):
+    rt = make_runtime(1)
+    yield rt
+    rt.shutdown(timeout=10)
+
+
+def nb(sock):
+    sock.setblocking(False)
+    return sock
+
+
+def listener(family):
+    """(listening socket, address to connect to, cleanup)."""
+    if family == "ipv4":
+        s = nb(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        s.bind(("127.0.0.1", 0))
+        addr = s.getsockname()
+    elif family == "ipv6":
+        s = nb(socket.socket(socket.AF_INET6, socket.SOCK_STREAM))
+        s.bind(("::1", 0))
+        addr = s.getsockname()
+    elif family == "unix":
+        path = f"/tmp/zokio-test-{uuid.uuid4().hex[:12]}.sock"
+        s = nb(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        s.bind(path)
+        addr = path
+    else:
+        s = nb(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        addr = b"\0zokio-test-" + uuid.uuid4().hex[:12].encode()
+        s.bind(addr)
+    s.listen(16)
+
+    def cleanup():
+        s.close()
+        if family == "unix":
+            try:
+                os.unlink(addr)
+            except FileNotFoundError:
+                pass
+    return s, addr, cleanup
+
+
+def client_for(family):
+    fam = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(family, socket.AF_UNIX)
+    return nb(socket.socket(fam, socket.SOCK_STREAM))
+
+
+async def aw(op):
+    """A coroutine awaiting one op (spawn takes coroutines)."""
+    return await op
+
+
+async def send_all(fd, data):
+    off = 0
+    while off < len(data):
+        n = await N.op_send(fd, data, 0, off)
+        assert 0 < n <= len(data) - off
+        off += n
+
+
+async def recv_exactly(fd, n):
+    out = bytearray()
+    while len(out) < n:
+        chunk = await N.op_recv(fd, n - len(out))
+        if not chunk:
+            raise EOFError(f"EOF after {len(out)} of {n} bytes")
+        out += chunk
+    return bytes(out)
+
+
+FAMILIES = ["ipv4", pytest.param("ipv6", marks=pytest.mark.skipif(not HAS_IPV6, reason="no ::1")),
+            "unix", "abstract"]
+
+
+# ---- accept + connect + round trips ------------------------------------------
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_accept_connect_round_trip(rt, family):
+    ls, addr, cleanup = listener(family)
+    c = client_for(family)
+    try:
+        async def server():
+            fd, peer = await N.op_accept(ls.fileno())
+            try:
+                assert os.get_blocking(fd) is False
+                assert os.get_inheritable(fd) is False
+                for _ in range(20):
+                    msg = await N.op_recv(fd, 4096)
+                    await send_all(fd, msg.upper())
+                return peer
+            finally:
+                os.close(fd)
+
+        async def main():
+            srv = zokio.spawn(server())
+            assert await N.op_connect(c.fileno(), addr) is None
+            got = []
+            for i in range(20):
+                msg = f"message {i} ".encode() * (i + 1)
+                await send_all(c.fileno(), msg)
+                got.append(await recv_exactly(c.fileno(), len(msg)) == msg.upper())
+            return got, await srv
+
+        got, peer = rt.block_on(main())
+        assert all(got)
+        if family in ("ipv4", "ipv6"):
+            assert peer == c.getsockname()
+            assert len(peer) == (2 if family == "ipv4" else 4)
+        else:
+            assert peer == ""  # an unbound Unix client is unnamed
+    finally:
+        c.close()
+        cleanup()
+
+
+@pytest.mark.timeout(30)
+def test_accept_reports_named_unix_peer(rt1):
+    ls, addr, cleanup = listener("abstract")
+    c = client_for("abstract")
+    name = b"\0zokio-peer-" + uuid.uuid4().hex[:8].encode()
+    c.bind(name)
+    try:
+        async def main():
+            acc = zokio.spawn(aw(N.op_accept(ls.fileno())))
+            await N.op_connect(c.fileno(), addr)
+            return await acc
+
+        fd, peer = rt1.block_on(main())
+        os.close(fd)
+        assert peer == name
+    finally:
+        c.close()
+        cleanup()
+
+
+@pytest.mark.timeout(30)
+def test_socketpair_round_trip_and_recv_into_offset(rt):
+    a, b = map(nb, socket.socketpair())
+    try:
+        async def main():
+            assert await N.op_send(a.fileno(), b"xxhello", 0, 2) == 5
+            buf = bytearray(b"........")
+            n = await N.op_recv_into(b.fileno(), buf, 0, 3)
+            assert (n, bytes(buf)) == (5, b"...hello")
+            # A memoryview of a larger object, and an offset at the very end.
+            big = bytearray(16)
+            await N.op_send(b.fileno(), memoryview(b"0123456789"))
+            n2 = await N.op_recv_into(a.fileno(), memoryview(big), 0, 6)
+            assert bytes(big) == b"\0" * 6 + b"0123456789"
+            # An empty window waits for readability, then says 0 and
+            # consumes nothing (both backends).
+            zero = zokio.spawn(aw(N.op_recv_into(a.fileno(), big, 0, 16)))
+            await zokio.sleep(0.03)
+            early = zero.done()
+            await N.op_send(b.fileno(), b"!")
+            return n2, early, await zero, await N.op_recv(a.fileno(), 10)
+
+        assert rt.block_on(main()) == (10, False, 0, b"!")
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.timeout(30)
+def test_recv_waits_for_data_and_peek_flag(rt):
+    a, b = map(nb, socket.socketpair())
+    try:
+        async def late_writer():
+            await zokio.sleep(0.05)
+            return await N.op_send(a.fileno(), b"late data")
+
+        async def main():
+            w = zokio.spawn(late_writer())
+            t0 = time.monotonic()
+            peeked = await N.op_recv(b.fileno(), 100, socket.MSG_PEEK)
+            waited = time.monotonic() - t0
+            data = await N.op_recv(b.fileno(), 100)
+            return peeked, data, await w, waited
+
+        peeked, data, n, waited = rt.block_on(main())
+        assert peeked == data == b"late data" and n == 9
+        assert waited >= 0.03
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.timeout(30)
+def test_large_transfer_both_ways(rt):
+    a, b = map(nb, socket.socketpair())
+    payload = os.urandom(3 * 1024 * 1024)
+    try:
+        async def pump(src, dst):
+            await send_all(src, payload)
+
+        async def main():
+            w1 = zokio.spawn(pump(a.fileno(), b.fileno()))
+            w2 = zokio.spawn(pump(b.fileno(), a.fileno()))
+            r1 = zokio.spawn(recv_exactly(b.fileno(), len(payload)))
+            r2 = zokio.spawn(recv_exactly(a.fileno(), len(payload)))
+            await w1
+            await w2
+            return await r1 == payload, await r2 == payload
+
+        assert rt.block_on(main()) == (True, True)
+    finally:
+        a.close()
+        b.close()
+
+
+# ---- errors -------------------------------------------------------------------
+
+@pytest.mark.timeout(30)
+def test_refused_connect_raises_connection_refused(rt):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    c = nb(socket.socket())
+    try:
+        async def main():
+            with pytest.raises(ConnectionRefusedError) as ei:
+                await N.op_connect(c.fileno(), ("127.0.0.1", port))
+            return ei.value.errno
+
+        assert rt.block_on(main()) == errno.ECONNREFUSED
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(30)
+def test_connect_to_missing_unix_path(rt):
+    c = client_for("unix")
+    try:
+        async def main():
+            with pytest.raises(FileNotFoundError):
+                await N.op_connect(c.fileno(), f"/tmp/zokio-missing-{uuid.uuid4().hex}")
+
+        rt.block_on(main())
+    finally:
+        c.close()
+
+
+@pytest.mark.timeout(30)
+def test_recv_at_eof_is_empty(rt):
+    a, b = map(nb, socket.socketpair())
+    try:
+        async def main():
+            h = zokio.spawn(aw(N.op_recv(b.fileno(), 10)))
+            await zokio.sleep(0.02)
+            a.close()
+            first = await h
+            again = await N.op_recv(b.fileno(), 10)
+            return first, again
+
+        assert rt.block_on(main()) == (b"", b"")
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.timeout(30)
+def test_peer_reset_raises_connection_reset(rt):
+    ls, addr, cleanup = listener("ipv4")
+    c = client_for("ipv4")
+    try:
+        async def main():
+            acc = zokio.spawn(aw(N.op_accept(ls.fileno())))
+            await N.op_connect(c.fileno(), addr)
+            fd, _ = await acc
+            try:
+                pending = zokio.spawn(aw(N.op_recv(fd, 100)))
+                await zokio.sleep(0.02)
+                # SO_LINGER 0: close() sends RST.
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()
+                with pytest.raises(ConnectionResetError) as ei:
+                    await pending
+                return ei.value.errno
+            finally:
+                os.close(fd)
+
+        assert rt.block_on(main()) == errno.ECONNRESET
+    finally:
+        c.close()
+        cleanup()
+
+
+@pytest.mark.timeout(30)
+def test_send_after_peer_close_is_broken_pipe_without_sigpipe(rt):
+    a, b = map(nb, socket.socketpair())
+    b.close()
+    try:
+        async def main():
+            with pytest.raises(BrokenPipeError) as ei:
+                await N.op_send(a.fileno(), b"nobody listens")
+            with pytest.raises(BrokenPipeError):
+                await N.op_sendmsg(a.fileno(), b"nor here")
+            return ei.value.errno
+
+        # A SIGPIPE would kill the interpreter (its default disposition is
+        # ignored by CPython, so also check that nothing is pending).
+        assert rt.block_on(main()) == errno.EPIPE
+        import signal
+        assert signal.SIGPIPE not in signal.sigpending()
+    finally:
+        a.close()
+
+
+@pytest.mark.timeout(30)
+def test_invalid_arguments(rt):
+    a, b = map(nb, socket.socketpair())
+    tcp = nb(socket.socket())
+    r, w = os.pipe()
+    try:
+        fd = a.fileno()
+        with pytest.raises(ValueError):
+            N.op_recv(fd, -1)
+        with pytest.raises(TypeError):
+            N.op_recv(fd, "10")
+        with pytest.raises(TypeError):
+            N.op_recv("3", 10)
+        with pytest.raises(ValueError):
+            N.op_recv(-1, 10)
+        with pytest.raises(TypeError):
+            N.op_send(fd, 12345)
+        with pytest.raises(ValueError):
+            N.op_send(fd, b"abc", 0, 4)
+        with pytest.raises(ValueError):
+            N.op_send(fd, b"abc", 0, -1)
+        with pytest.raises(TypeError):
+            N.op_recv_into(fd, b"read-only bytes")
+        with pytest.raises(ValueError):
+            N.op_recv_into(fd, bytearray(4), 0, 5)
+        with pytest.raises(ValueError):
+            N.op_shutdown(fd, 7)
+        with pytest.raises(ValueError):
+            N.op_poll(fd, 0)
+        with pytest.raises(TypeError):
+            N.op_connect(tcp.fileno(), "127.0.0.1:80")
+        with pytest.raises(TypeError):
+            N.op_connect(tcp.fileno(), ("127.0.0.1",))
+        with pytest.raises(ValueError):
+            N.op_connect(tcp.fileno(), ("localhost", 80))  # numeric hosts only
+        with pytest.raises(ValueError):
+            N.op_connect(tcp.fileno(), ("127.0.0.1", 70000))
+        with pytest.raises(TypeError):
+            N.op_connect(tcp.fileno(), ("127.0.0.1", "80"))
+        with pytest.raises(TypeError):
+            N.op_connect(fd, 42)  # AF_UNIX wants a path
+        with pytest.raises(ValueError):
+            N.op_connect(fd, "x" * 200)
+        with pytest.raises(OSError) as ei:
+            N.op_connect(r, ("127.0.0.1", 80))  # not a socket
+        assert ei.value.errno == errno.ENOTSOCK
+        with pytest.raises(TypeError):
+            N.op_sendmsg(tcp.fileno(), b"x", "not an inet address")
+
+        async def main():
+            with pytest.raises(OSError) as e2:
+                await N.op_recv(w, 10)  # a pipe is not a socket
+            return e2.value.errno
+
+        assert rt.block_on(main()) == errno.ENOTSOCK
+    finally:
+        for s in (a, b, tcp):
+            s.close()
+        os.close(r)
+        os.close(w)
+
+
+# ---- UDP -----------------------------------------------------------------------
+
+@pytest.mark.timeout(30)
+def test_udp_boundaries_and_truncation(rt):
+    u1 = nb(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    u2 = nb(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    u1.bind(("127.0.0.1", 0))
+    u2.bind(("127.0.0.1", 0))
+    try:
+        async def main():
+            dst = u1.getsockname()
+            for msg in (b"one", b"two two", b"x" * 100, b""):
+                assert await N.op_sendmsg(u2.fileno(), msg, dst) == len(msg)
+            got = []
+            for _ in range(4):
+                got.append(await N.op_recvmsg(u1.fileno(), 10))
+            # A datagram waited for, then sent back with a connected socket.
+            pending = zokio.spawn(aw(N.op_recvmsg(u2.fileno(), 64)))
+            await zokio.sleep(0.02)
+            u1.connect(u2.getsockname())
+            await N.op_sendmsg(u1.fileno(), b"reply")
+            return got, await pending
+
+        got, reply = rt.block_on(main())
+        src = u2.getsockname()
+        assert got[0] == (b"one", src, 0)
+        assert got[1] == (b"two two", src, 0)
+        data, addr, flags = got[2]
+        assert data == b"x" * 10 and addr == src and flags & socket.MSG_TRUNC
+        assert got[3] == (b"", src, 0)
+        assert reply == (b"reply", u1.getsockname(), 0)
+    finally:
+        u1.close()
+        u2.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not HAS_IPV6, reason="no ::1")
+def test_udp_ipv6_addresses(rt):
+    u1 = nb(socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
+    u2 = nb(socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
+    u1.bind(("::1", 0))
+    u2.bind(("::1", 0))
+    try:
+        async def main():
+            await N.op_sendmsg(u2.fileno(), b"v6", u1.getsockname()[:2])
+            return await N.op_recvmsg(u1.fileno(), 10)
+
+        assert rt.block_on(main()) == (b"v6", u2.getsockname(), 0)
+    finally:
+        u1.close()
+        u2.close()
+
+
+# ---- shutdown, close, poll -------------------------------------------------------
+
+@pytest.mark.timeout(30)
+def test_shutdown_write_is_eof_for_peer(rt):
+    a, b = map(nb, socket.socketpair())
+    try:
+        async def main():
+            await N.op_send(a.fileno(), b"last words")
+            await N.op_shutdown(a.fileno(), socket.SHUT_WR)
+            data = await N.op_recv(b.fileno(), 100)
+            eof = await N.op_recv(b.fileno(), 100)
+            # The other direction still works.
+            await N.op_send(b.fileno(), b"answer")
+            back = await N.op_recv(a.fileno(), 100)
+            with pytest.raises(BrokenPipeError):
+                await N.op_send(a.fileno(), b"too late")
+            return data, eof, back
+
+        assert rt.block_on(main()) == (b"last words", b"", b"answer")
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.timeout(30)
+def test_close_completes_pending_ops_on_the_fd_with_an_error(rt1):
+    a, b = map(nb, socket.socketpair())
+    fd = b.detach()
+    try:
+        async def main():
+            recv = zokio.spawn(aw(N.op_recv(fd, 100)))
+            poll = zokio.spawn(aw(N.op_poll(fd, select.POLLIN)))
+            await zokio.sleep(0.05)
+            assert not recv.done() and not poll.done()
+            await N.op_close(fd)
+            errs = []
+            for h in (recv, poll):
+                try:
+                    await h
+                    errs.append(None)
+                except OSError as e:
+                    errs.append(e.errno)
+            return errs
+
+        assert rt1.block_on(main()) == [errno.EBADF, errno.EBADF]
+        with pytest.raises(OSError):
+            os.fstat(fd)  # really closed
+    finally:
+        a.close()
+
+
+@pytest.mark.timeout(30)
+def test_close_plain_and_bad_fd(rt):
+    a, b = socket.socketpair()
+    fa, fb = a.detach(), b.detach()
+    r, w = os.pipe()
+
+    async def main():
+        await N.op_close(fa)
+        await N.op_close(r)  # any fd, not only sockets
+        with pytest.raises(OSError) as ei:
+            await N.op_close(fa)
+        return ei.value.errno
+
+    try:
+        assert rt.block_on(main()) == errno.EBADF
+        for fd in (fa, r):
+            with pytest.raises(OSError):
+                os.fstat(fd)
+    finally:
+        for fd in (fb, w):
+            os.close(fd)
+
+
+@pytest.mark.timeout(30)
+def test_poll_readiness(rt):
+    a, b = map(nb, socket.socketpair())
+    r, w = os.pipe()
+    try:
+        async def main():
+            out = await N.op_poll(a.fileno(), select.POLLOUT)
+            pending = zokio.spawn(aw(N.op_poll(b.fileno(), select.POLLIN)))
+            pipe_pending = zokio.spawn(aw(N.op_poll(r, select.POLLIN)))
+            await zokio.sleep(0.05)
+            early = (pending.done(), pipe_pending.done())
+            await N.op_send(a.fileno(), b"x")
+            os.write(w, b"y")
+            rin = await pending
+            pin = await pipe_pending
+            # Poll does not consume: the byte is still there.
+            data = await N.op_recv(b.fileno(), 10)
+            a.close()
+            hup = await N.op_poll(b.fileno(), select.POLLIN)
+            return out, early, rin, pin, data, hup
+
+        out, early, rin, pin, data, hup = rt.block_on(main())
+        assert out & select.POLLOUT
+        assert early == (False, False)
+        assert rin & select.POLLIN and pin & select.POLLIN
+        assert data == b"x"
+        assert hup & (select.POLLIN | select.POLLHUP)
+    finally:
+        a.close()
+        b.close()
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.timeout(30)
+def test_poll_in_and_out_on_one_fd_at_once(rt1):
+    """Readers, writers and pollers on the same fd at the same time."""
+    a, b = map(nb, socket.socketpair())
+    try:
+        async def main():
+            rd = zokio.spawn(aw(N.op_recv(b.fileno(), 10)))
+            pin = zokio.spawn(aw(N.op_poll(b.fileno(), select.POLLIN)))
+            await zokio.sleep(0.02)
+            pout = await N.op_poll(b.fileno(), select.POLLOUT)
+            assert not rd.done() and not pin.done()
+            await N.op_send(a.fileno(), b"z")
+            return pout, await pin, await rd
+
+        pout, pin, data = rt1.block_on(main())
+        assert pout & select.POLLOUT and pin & select.POLLIN and data == b"z"
+    finally:
+        a.close()
+        b.close()
+
+
+# ---- cancellation -----------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_cancelled_recv_loses_nothing(rt):
+    a, b = map(nb, socket.socketpair())
+    try:
+        for rnd in range(20):
+            h = rt.spawn(aw(N.op_recv(b.fileno(), 1000)))
+            time.sleep(0.005)
+            h.cancel()
+            try:
+                early = h.result(timeout=5)
+            except zokio.Cancelled:
+                early = b""
+            msg = f"round {rnd} payload".encode()
+            a.send(msg)
+
+            async def rest(n):
+                return await recv_exactly(b.fileno(), n)
+
+            got = rt.spawn(rest(len(msg) - len(early))).result(timeout=5)
+            assert early + got == msg
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.timeout(60)
+def test_cancelled_accept_leaks_no_connection(rt):
+    ls, addr, cleanup = listener("ipv4")
+    clients = []
+    try:
+        base = len(open_fds())
+        for rnd in range(10):
+            h = rt.spawn(aw(N.op_accept(ls.fileno())))
+            time.sleep(0.005)
+            h.cancel()
+            c = client_for("ipv4")
+            clients.append(c)
+            try:
+                c.connect(addr)
+            except BlockingIOError:
+                pass
+            try:
+                fd, _ = h.result(timeout=5)  # the accept won the race
+            except zokio.Cancelled:
+                fd, _ = rt.spawn(aw(N.op_accept(ls.fileno()))).result(timeout=5)
+            # The accepted fd is the peer of this round's client.
+            os.write(fd, b"hi")
+            assert wait_for(lambda: select.select([c], [], [], 0)[0], timeout=5)
+            assert c.recv(2) == b"hi"
+            os.close(fd)
+        for c in clients:
+            c.close()
+        clients.clear()
+        assert len(open_fds()) == base
+    finally:
+        for c in clients:
+            c.close()
+        cleanup()
+
+
+@pytest.mark.timeout(60)
+def test_cancel_pending_connect_then_close(rt):
+    # A listener with a full backlog that never accepts: connects hang on
+    # SYN retries (Linux drops the SYN), so a connect stays pending.
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(0)
+    addr = ls.getsockname()
+    fillers = []
+    c = None
+    try:
+        for _ in range(4):
+            f = nb(socket.socket())
+            try:
+                f.connect(addr)
+            except BlockingIOError:
+                pass
+            fillers.append(f)
+        time.sleep(0.05)
+        c = nb(socket.socket())
+
+        async def conn():
+            await N.op_connect(c.fileno(), addr)
+            return "connected"
+
+        h = rt.spawn(conn())
+        time.sleep(0.1)
+        if not h.done():
+            h.cancel()
+        try:
+            outcome = h.result(timeout=5)
+        except zokio.Cancelled:
+            outcome = "cancelled"
+        assert outcome in ("cancelled", "connected")
+    finally:
+        if c is not None:
+            c.close()
+        for f in fillers:
+            f.close()
+        ls.close()
