@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import resource
 import signal
+import socket
 import sys
 
 import zokio
-from zokio.net import TcpListener
+from zokio.net import TcpListener, UnixStream
 
 
 async def echo(stream) -> None:
@@ -27,12 +28,36 @@ async def echo(stream) -> None:
         pass  # the peer reset the connection: nothing to answer
 
 
-async def serve(host: str, port: int) -> None:
+async def accept_loop(listener) -> None:
+    spawn = zokio.spawn
+    async for stream, _address in listener:
+        spawn(echo(stream))
+
+
+async def serve(host: str, port: int, stop_signal: socket.socket) -> None:
     async with TcpListener.bind(host, port) as listener:
         print(f"port {listener.local_address[1]}", flush=True)
-        spawn = zokio.spawn
-        async for stream, _address in listener:
-            spawn(echo(stream))
+        acceptor = zokio.spawn(accept_loop(listener))
+        async with UnixStream.from_socket(stop_signal) as stop:
+            await stop.read(1)  # SIGINT or SIGTERM arrived
+        acceptor.cancel()
+
+
+def stop_signal_sockets() -> tuple[socket.socket, socket.socket]:
+    """Two connected sockets; the first becomes readable when SIGINT or SIGTERM arrives.
+
+    The interpreter's C-level handler writes the signal number to the wakeup
+    fd at once, whichever thread it interrupts; a task reading the other end
+    then ends the server.  (Letting KeyboardInterrupt out of the main thread's
+    wait in block_on is not enough on the free-threaded 3.13 build: with
+    other threads attached, the waiting main thread may not be woken to run
+    the Python handler.)"""
+    receive, send = socket.socketpair()
+    send.setblocking(False)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: None)
+    signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
+    return receive, send
 
 
 def raise_fd_limit() -> None:
@@ -49,15 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: one per CPU)")
     args = p.parse_args(argv)
     raise_fd_limit()
-    # SIGTERM stops the server the way Ctrl-C does.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    receive, send = stop_signal_sockets()
     rt = zokio.Runtime(threads=args.threads)
     try:
-        rt.block_on(serve(args.host, args.port))
-    except KeyboardInterrupt:
-        pass
+        rt.block_on(serve(args.host, args.port, receive))
     finally:
         rt.shutdown(timeout=10)
+        signal.set_wakeup_fd(-1)
+        send.close()
     return 0
 
 

@@ -31,11 +31,12 @@ from __future__ import annotations
 import argparse
 import resource
 import signal
+import socket
 import sys
 import time
 
 import zokio
-from zokio.net import TcpListener
+from zokio.net import TcpListener, UnixStream
 
 READ_SIZE = 65536
 
@@ -271,12 +272,36 @@ async def handle(stream, limits: Limits) -> None:
         pass  # reset by the client, or the stream was closed under us
 
 
-async def serve(host: str, port: int, limits: Limits) -> None:
+async def accept_loop(listener, limits: Limits) -> None:
+    spawn = zokio.spawn
+    async for stream, _address in listener:
+        spawn(handle(stream, limits))
+
+
+async def serve(host: str, port: int, limits: Limits, stop_signal: socket.socket) -> None:
     async with TcpListener.bind(host, port) as listener:
         print(f"port {listener.local_address[1]}", flush=True)
-        spawn = zokio.spawn
-        async for stream, _address in listener:
-            spawn(handle(stream, limits))
+        acceptor = zokio.spawn(accept_loop(listener, limits))
+        async with UnixStream.from_socket(stop_signal) as stop:
+            await stop.read(1)  # SIGINT or SIGTERM arrived
+        acceptor.cancel()
+
+
+def stop_signal_sockets() -> tuple[socket.socket, socket.socket]:
+    """Two connected sockets; the first becomes readable when SIGINT or SIGTERM arrives.
+
+    The interpreter's C-level handler writes the signal number to the wakeup
+    fd at once, whichever thread it interrupts; a task reading the other end
+    then ends the server.  (Letting KeyboardInterrupt out of the main thread's
+    wait in block_on is not enough on the free-threaded 3.13 build: with
+    other threads attached, the waiting main thread may not be woken to run
+    the Python handler.)"""
+    receive, send = socket.socketpair()
+    send.setblocking(False)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: None)
+    signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
+    return receive, send
 
 
 def raise_fd_limit() -> None:
@@ -301,15 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     LOOPS_PER_US = args.loops_per_us or calibrate()
     print(f"/work loop: {LOOPS_PER_US:.2f} iterations per us", file=sys.stderr, flush=True)
     raise_fd_limit()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     limits = Limits(args.max_head, args.max_body, args.idle_timeout)
+    receive, send = stop_signal_sockets()
     rt = zokio.Runtime(threads=args.threads)
     try:
-        rt.block_on(serve(args.host, args.port, limits))
-    except KeyboardInterrupt:
-        pass
+        rt.block_on(serve(args.host, args.port, limits, receive))
     finally:
         rt.shutdown(timeout=10)
+        signal.set_wakeup_fd(-1)
+        send.close()
     return 0
 
 
