@@ -260,6 +260,25 @@ static PyObject *mod_op_poll(PyObject *module, PyObject *args, PyObject *kwds) {
     return new_op(module, ZK_OP_POLL, fd, NULL, NULL, 0, events);
 }
 
+/* port_stats(): the counters of the calling worker's completion port. */
+static PyObject *mod_port_stats(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    ZK_UNUSED(module);
+    zk_port *port = zk_port_current();
+    if (port == NULL)
+        Py_RETURN_NONE;
+    zk_port_stats st;
+    zk_port_get_stats(port, &st);
+    return Py_BuildValue("{s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n}", "backend",
+                         zk_port_backend_name(zk_port_backend(port)), "submitted",
+                         (unsigned long long)st.submitted, "completed",
+                         (unsigned long long)st.completed, "enters",
+                         (unsigned long long)st.enters, "sqes", (unsigned long long)st.sqes,
+                         "ctls", (unsigned long long)st.ctls, "pbuf_used",
+                         (unsigned long long)st.pbuf_used, "pbuf_misses",
+                         (unsigned long long)st.pbuf_misses, "inflight",
+                         (Py_ssize_t)zk_port_inflight(port));
+}
+
 static PyObject *mod_uring_available(PyObject *module, PyObject *Py_UNUSED(ignored)) {
     ZK_UNUSED(module);
     return PyBool_FromLong(zk_port_uring_available());
@@ -323,6 +342,10 @@ static PyMethodDef module_methods[] = {
                         "end with OSError(EBADF) first."),
     OP_METHOD(op_poll, "op_poll(fd, events) -> Op: the revents (poll bits)."),
 #undef OP_METHOD
+    {"port_stats", mod_port_stats, METH_NOARGS,
+     "port_stats() -> dict | None: counters of the completion port of the worker "
+     "thread calling it (None elsewhere): submitted, completed, enters "
+     "(io_uring_enter or epoll_wait calls), sqes, ctls (epoll_ctl calls), inflight."},
     {"uring_available", mod_uring_available, METH_NOARGS, NULL},
     {"resolve_backend", mod_resolve_backend, METH_O, NULL},
     {NULL, NULL, 0, NULL},

@@ -25,6 +25,7 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -176,6 +177,55 @@ static int64_t attempt_connect(zk_op *op) {
 
 static int64_t attempt_poll(zk_op *op);
 
+/* Per-thread scratch memory of port_buffer receives (op.h): ZK_SCRATCH
+ * bytes, malloc'd at a thread's first such attempt, freed at thread exit. */
+#define ZK_SCRATCH 65536u
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static _Thread_local char *scratch;
+
+static void scratch_key_init(void) {
+    pthread_key_create(&scratch_key, free);
+}
+
+static char *thread_scratch(void) {
+    if (scratch == NULL) {
+        pthread_once(&scratch_once, scratch_key_init);
+        scratch = malloc(ZK_SCRATCH);
+        if (scratch != NULL)
+            pthread_setspecific(scratch_key, scratch);
+    }
+    return scratch;
+}
+
+/* A receive with no buffer of its own (op->buf NULL): into scratch; what
+ * arrived is then copied to memory of its own size (buf_owned), unless the
+ * caller consumes it at once (op->attached).  Nothing is allocated while
+ * the socket has nothing to give (EAGAIN). */
+static int64_t recv_to_scratch(zk_op *op) {
+    char *sc = thread_scratch();
+    if (sc == NULL)
+        return -ENOMEM;
+    size_t len = op->len < ZK_SCRATCH ? op->len : ZK_SCRATCH;
+    ssize_t n;
+    do {
+        n = recv(op->fd, sc, len, op->flags | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return syscall_result(n);
+    if (op->attached) {
+        op->buf = sc;
+        return n;
+    }
+    char *copy = malloc((size_t)n);
+    if (copy == NULL)
+        return -ENOMEM;
+    memcpy(copy, sc, (size_t)n);
+    op->buf = copy;
+    op->buf_owned = 1;
+    return n;
+}
+
 /* A zero-length receive waits until the socket is readable (or at EOF, or
  * in error) and then says 0, consuming nothing: what io_uring's RECV does
  * with len 0, emulated here because recv(2) would say 0 at once. */
@@ -194,6 +244,8 @@ static int64_t attempt_recv(zk_op *op) {
             return -soerr;
         return 0;
     }
+    if (op->buf == NULL)
+        return recv_to_scratch(op);
     ssize_t n;
     do {
         n = recv(op->fd, op->buf, rw_len(op), op->flags | MSG_DONTWAIT);
@@ -560,6 +612,25 @@ static int pin_connect(zk_io_op *self, const zk_op_args *a) {
     return sockaddr_from_python(self->op.fd, a->address, &self->op);
 }
 
+/* arg: the most bytes to receive.  RECV pins nothing: the data arrives in
+ * memory the port or the attempt chose (port_buffer, op.h), at most
+ * ZK_SCRATCH bytes at a time. */
+static int pin_recv_lazy(zk_io_op *self, const zk_op_args *a) {
+    Py_ssize_t n = size_arg(a->arg, "recv");
+    if (n < 0)
+        return -1;
+    self->op.buf = NULL;
+    self->op.len = (size_t)n < ZK_SCRATCH ? (size_t)n : ZK_SCRATCH;
+    return 0;
+}
+
+/* A copy of what arrived, wherever it is (op->buf). */
+static PyObject *recv_lazy_to_python(zk_io_op *self, int64_t result) {
+    if (result == 0)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    return PyBytes_FromStringAndSize(self->op.buf, (Py_ssize_t)result);
+}
+
 /* arg: the most bytes to receive, into a bytes object made for the op. */
 static int pin_recv(zk_io_op *self, const zk_op_args *a) {
     Py_ssize_t n = size_arg(a->arg, "recv");
@@ -698,6 +769,7 @@ const zk_op_desc zk_op_descs[ZK_OP_COUNT] = {
     },
     [ZK_OP_ACCEPT] = {
         .name = "accept",
+        .eager = 1,
         .uring_opcode = IORING_OP_ACCEPT,
         .uring_prep = prep_accept,
         .attempt = attempt_accept,
@@ -716,15 +788,18 @@ const zk_op_desc zk_op_descs[ZK_OP_COUNT] = {
     },
     [ZK_OP_RECV] = {
         .name = "recv",
+        .eager = 1,
+        .port_buffer = 1,
         .uring_opcode = IORING_OP_RECV,
         .uring_prep = prep_sock,
         .attempt = attempt_recv,
         .epoll_events = EPOLLIN,
-        .pin = pin_recv,
-        .to_python = recv_to_python,
+        .pin = pin_recv_lazy,
+        .to_python = recv_lazy_to_python,
     },
     [ZK_OP_RECV_INTO] = {
         .name = "recv_into",
+        .eager = 1,
         .uring_opcode = IORING_OP_RECV,
         .uring_prep = prep_sock,
         .attempt = attempt_recv,
@@ -734,6 +809,7 @@ const zk_op_desc zk_op_descs[ZK_OP_COUNT] = {
     },
     [ZK_OP_SEND] = {
         .name = "send",
+        .eager = 1,
         .uring_opcode = IORING_OP_SEND,
         .uring_prep = prep_sock,
         .attempt = attempt_send,
@@ -743,6 +819,7 @@ const zk_op_desc zk_op_descs[ZK_OP_COUNT] = {
     },
     [ZK_OP_RECVMSG] = {
         .name = "recvmsg",
+        .eager = 1,
         .uring_opcode = IORING_OP_RECVMSG,
         .uring_prep = prep_msg,
         .attempt = attempt_recvmsg,
@@ -752,6 +829,7 @@ const zk_op_desc zk_op_descs[ZK_OP_COUNT] = {
     },
     [ZK_OP_SENDMSG] = {
         .name = "sendmsg",
+        .eager = 1,
         .uring_opcode = IORING_OP_SENDMSG,
         .uring_prep = prep_msg,
         .attempt = attempt_sendmsg,
@@ -780,6 +858,7 @@ const zk_op_desc zk_op_descs[ZK_OP_COUNT] = {
     },
     [ZK_OP_POLL] = {
         .name = "poll",
+        .eager = 1,
         .uring_opcode = IORING_OP_POLL_ADD,
         .uring_prep = prep_poll,
         .attempt = attempt_poll,

@@ -9,6 +9,8 @@
  *                              on readiness, and the readiness it waits for
  *                              after EAGAIN (EPOLLIN or EPOLLOUT; 0: the op's
  *                              own `flags` are the poll bits it waits for)
+ *   eager                      the Op leaf tries `attempt` itself first
+ *   port_buffer                the op waits without a buffer of its own
  *   closes_fd                  the op ends the fd: both backends first end
  *                              every op of this port still waiting on that
  *                              fd (their result: -EBADF), then run it
@@ -64,6 +66,20 @@ typedef struct zk_op_desc {
     uint32_t epoll_events;
     /* 1: the op closes op->fd (see the top of this file). */
     uint8_t closes_fd;
+    /* 1: the Op leaf may make the attempt itself, attached, when first
+     * awaited: an op that can finish at once (data waiting, room to send)
+     * then never suspends the task nor reaches the port.  On by default on
+     * epoll, off on io_uring, where it measured slower (op_leaf.c).   Only for
+     * ops whose attempt is a cheap non-blocking syscall with no state of
+     * its own (not regular-file READ/WRITE, CONNECT, CLOSE). */
+    uint8_t eager;
+    /* 1: the op may be submitted with op->buf == NULL (a receive that pins
+     * no memory while it waits).  io_uring picks a buffer of the port's
+     * provided-buffer ring when data arrives (or, when the ring is empty,
+     * retries into memory it mallocs: buf_owned); the attempt receives into
+     * per-thread scratch memory and keeps a malloc'd copy of what arrived
+     * (buf_owned), or leaves it in scratch when op->attached. */
+    uint8_t port_buffer;
     /* The Op leaf: pin what Python passed (a size, a bytes-like object, an
      * address, ...) and point op.buf/op.len (and op.addr, op.msg) at the
      * memory the kernel will use.  0, or -1 with an exception set.

@@ -20,7 +20,9 @@ struct zk_io_op {
     PyObject *own_buf;       /* a buffer object pin made for the op (READ: the
                                 bytearray it fills); NULL when the op uses
                                 the caller's buffer */
+    zk_state *st;            /* the module state (Cancelled, ...) */
     zk_worker *worker;       /* port it was submitted to */
+    int eager_tried;         /* the row's attempt was made at first await */
     int submitted;           /* in flight; written by the owning worker */
     int view_held;
     int cancel_requested;    /* an interrupt asked the port to cancel it */

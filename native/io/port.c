@@ -184,6 +184,19 @@ const char *zk_port_backend_name(zk_backend backend)
 
 #define COMMON(port) ((zk_port_common *)(port))
 
+/* The port of this thread (each worker opens one, on its own thread). */
+static _Thread_local zk_port *current_port;
+
+zk_port *zk_port_current(void)
+{
+    return current_port;
+}
+
+void zk_port_get_stats(const zk_port *port, zk_port_stats *out)
+{
+    *out = ((const zk_port_common *)port)->stats;
+}
+
 zk_port *zk_port_open(zk_backend backend, int *err)
 {
     int dummy;
@@ -200,10 +213,17 @@ zk_port *zk_port_open(zk_backend backend, int *err)
             *err = reason;
             return NULL;
         }
-        return zk_port_uring_open(err);
+        zk_port *p = zk_port_uring_open(err);
+        if (p)
+            current_port = p;
+        return p;
     }
-    case ZK_BACKEND_EPOLL:
-        return zk_port_epoll_open(err);
+    case ZK_BACKEND_EPOLL: {
+        zk_port *p = zk_port_epoll_open(err);
+        if (p)
+            current_port = p;
+        return p;
+    }
     default:
         *err = EINVAL;
         return NULL;
@@ -212,8 +232,11 @@ zk_port *zk_port_open(zk_backend backend, int *err)
 
 void zk_port_close(zk_port *port)
 {
-    if (port)
+    if (port) {
+        if (current_port == port)
+            current_port = NULL;
         COMMON(port)->vt->close(port);
+    }
 }
 
 int zk_port_submit(zk_port *port, zk_op *op)
@@ -231,8 +254,10 @@ int zk_port_submit(zk_port *port, zk_op *op)
     op->backend_flags = ZK_OPF_INFLIGHT;
     op->backend_result = 0;
     int r = c->vt->submit(port, op);
-    if (r == 0)
+    if (r == 0) {
         c->inflight++;
+        c->stats.submitted++;
+    }
     else
         op->backend_flags = 0;
     return r;
@@ -347,10 +372,15 @@ int zk_port_deliver_ready(zk_port_common *c)
     zk_op *op;
     while ((op = zk_op_list_pop(&batch)) != NULL) {
         int64_t result = op->backend_result;
+        uint32_t flags = op->backend_flags;
+        uint16_t bid = op->backend_bid;
         op->backend_flags = 0; /* the op leaves the port */
         c->inflight--;
+        c->stats.completed++;
         n++;
-        op->complete(op, result);
+        op->complete(op, result); /* may free the op */
+        if (flags & ZK_OPF_PBUF)
+            c->vt->recycle((zk_port *)c, bid);
     }
     return n;
 }

@@ -53,11 +53,25 @@ struct zk_op {
                                    `how` of SHUTDOWN */
     uint32_t stage;             /* the row's own progress (epoll CONNECT:
                                    1 once connect() said EINPROGRESS) */
+    uint8_t tried;              /* the caller just made the row's attempt and
+                                   it said EAGAIN: epoll waits for readiness
+                                   without trying again first */
+    uint8_t attached;           /* the attempt runs attached and its result is
+                                   consumed at once (the Op leaf's eager try):
+                                   a row may leave the data in per-thread
+                                   scratch memory */
+    uint8_t buf_owned;          /* buf was malloc'd for the op (by its attempt
+                                   or by the port): the caller free()s it
+                                   after `complete` */
+    uint16_t backend_bid;       /* io_uring: provided buffer holding the data */
     socklen_t addrlen;          /* bytes of addr used (in and out) */
     struct sockaddr_storage addr; /* ACCEPT/RECVMSG: the peer; CONNECT,
                                    SENDMSG: the destination */
     struct msghdr msg;          /* RECVMSG/SENDMSG: name = addr, iov */
     struct iovec iov;           /* RECVMSG/SENDMSG: buf, len */
+    /* A row with port_buffer (op.h) may leave buf NULL: the data then
+     * arrives in memory the port or the attempt chose, and buf points at it
+     * when `complete` runs -- valid until `complete` returns. */
     zk_op_complete_fn complete; /* result: bytes (>= 0) or -errno;
                                    -ECANCELED after a successful cancel,
                                    -EBADF when a CLOSE of the fd ended it */
@@ -111,6 +125,23 @@ void zk_port_wake(zk_port *port);
 
 /* Number of ops in flight (submitted, not yet completed). */
 size_t zk_port_inflight(const zk_port *port);
+
+/* Counters of one port, for tests and benchmarks.  Owner thread only. */
+typedef struct zk_port_stats {
+    uint64_t submitted;   /* ops accepted by zk_port_submit */
+    uint64_t completed;   /* `complete` callbacks run */
+    uint64_t enters;      /* io_uring_enter / epoll_wait system calls */
+    uint64_t sqes;        /* io_uring: SQEs handed to the kernel */
+    uint64_t ctls;        /* epoll: epoll_ctl system calls */
+    uint64_t pbuf_used;   /* io_uring: receives served by a provided buffer */
+    uint64_t pbuf_misses; /* io_uring: -ENOBUFS (ring empty), retried into
+                             malloc'd memory */
+} zk_port_stats;
+
+void zk_port_get_stats(const zk_port *port, zk_port_stats *out);
+
+/* The port opened on the calling thread and not yet closed, or NULL. */
+zk_port *zk_port_current(void);
 
 zk_backend zk_port_backend(const zk_port *port);
 const char *zk_port_backend_name(zk_backend backend);

@@ -25,10 +25,12 @@
  * EPOLL_CTL_DEL before the state goes.  epoll forgets an fd only when the
  * open file description dies, not when the fd number is closed: with a dup()
  * alive, a registration for a closed fd keeps firing, now for a number that
- * may belong to another file (libuv #4323).  So when an fd's last waiter
- * leaves (completed or cancelled) we EPOLL_CTL_DEL it synchronously, and the
- * scheduler must cancel an fd's ops (which DELs) before closing it.  ENOENT
- * or EBADF from DEL/MOD mean the fd was closed under us; we re-ADD or ignore.
+ * may belong to another file (libuv #4323).  So a registration that is
+ * still armed when its fd's last waiter leaves (a cancel) is DELeted
+ * synchronously; one whose EPOLLONESHOT already fired is disarmed and can
+ * never fire again, so it stays (saving an ADD and a DEL per wait) until a
+ * CLOSE op or the port's close DELs it (fd_forget).  ENOENT or EBADF from
+ * DEL/MOD mean the fd was closed under us; we re-ADD or ignore.
  *
  * Regular files cannot be polled: EPOLL_CTL_ADD answers EPERM.  They never
  * say EAGAIN either, so they never reach epoll here: the first (blocking,
@@ -39,6 +41,20 @@
  *
  * Wake channel: the port's eventfd sits in the epoll set, level-triggered,
  * tagged with a data value no fd can have; process() drains it.
+ *
+ * POLL ops (row epoll_events 0) wait in a third queue per fd, each for its
+ * own poll bits; they are retried before the readers so that they see the
+ * readiness a reader then consumes, as io_uring's POLL_ADD does.
+ *
+ * CLOSE (row closes_fd): before close(2), the fd's waiters in this port end
+ * with -EBADF and the fd is DELeted while its number still names it.  Ops
+ * waiting on the fd in another worker's port are not reached (their
+ * registration silently goes with the file if this was its last fd): whoever
+ * closes an fd shared across workers must cancel those ops first.
+ *
+ * An op the Op leaf already tried (op->tried: its eager attempt said
+ * EAGAIN) goes straight to its queue: arming EPOLLONESHOT reports readiness
+ * that arrived in between, so nothing is missed.
  */
 #define _GNU_SOURCE
 #include "io/port_internal.h"
@@ -138,6 +154,12 @@ static void fd_remove(epoll_port *e, fd_state *st)
     free(st);
 }
 
+static int zk_epoll_ctl(epoll_port *e, int epfd, int op, int fd, struct epoll_event *ev)
+{
+    e->c.stats.ctls++;
+    return epoll_ctl(epfd, op, fd, ev);
+}
+
 /* Make the registration match the queues: MOD/ADD with the union of the
  * interests, or DEL when nobody waits.  Returns 0 or a positive errno. */
 static int fd_update_interest(epoll_port *e, fd_state *st)
@@ -147,11 +169,14 @@ static int fd_update_interest(epoll_port *e, fd_state *st)
     for (zk_op *p = st->pollers.head; p; p = p->backend_next)
         want |= (uint32_t)p->flags & (EPOLLIN | EPOLLOUT | EPOLLPRI | EPOLLRDHUP);
     if (!want) {
-        if (st->registered) {
-            /* Synchronously, before the state (and maybe the fd) goes. */
-            epoll_ctl(e->epfd, EPOLL_CTL_DEL, st->fd, NULL);
+        if (st->registered && st->armed) {
+            /* Still armed (its waiter was cancelled): DEL, so that it does
+             * not fire for nobody, or for a later file with this number. */
+            zk_epoll_ctl(e, e->epfd, EPOLL_CTL_DEL, st->fd, NULL);
             st->registered = false;
         }
+        /* Disarmed (EPOLLONESHOT fired): keep the registration, the next
+         * waiter re-arms it with one MOD instead of an ADD and a DEL. */
         st->armed = 0;
         return 0;
     }
@@ -163,13 +188,13 @@ static int fd_update_interest(epoll_port *e, fd_state *st)
     ev.data.u64 = (uint64_t)(uint32_t)st->fd;
     int r;
     if (st->registered) {
-        r = epoll_ctl(e->epfd, EPOLL_CTL_MOD, st->fd, &ev);
+        r = zk_epoll_ctl(e, e->epfd, EPOLL_CTL_MOD, st->fd, &ev);
         if (r < 0 && errno == ENOENT) /* fd closed and reopened under us */
-            r = epoll_ctl(e->epfd, EPOLL_CTL_ADD, st->fd, &ev);
+            r = zk_epoll_ctl(e, e->epfd, EPOLL_CTL_ADD, st->fd, &ev);
     } else {
-        r = epoll_ctl(e->epfd, EPOLL_CTL_ADD, st->fd, &ev);
+        r = zk_epoll_ctl(e, e->epfd, EPOLL_CTL_ADD, st->fd, &ev);
         if (r < 0 && errno == EEXIST)
-            r = epoll_ctl(e->epfd, EPOLL_CTL_MOD, st->fd, &ev);
+            r = zk_epoll_ctl(e, e->epfd, EPOLL_CTL_MOD, st->fd, &ev);
     }
     if (r < 0) {
         int err = errno;
@@ -182,12 +207,26 @@ static int fd_update_interest(epoll_port *e, fd_state *st)
     return 0;
 }
 
+/* Forget an fd that nobody waits on: DEL whatever registration it has
+ * (before the fd is closed) and drop its state. */
+static void fd_forget(epoll_port *e, fd_state *st)
+{
+    if (st->registered)
+        zk_epoll_ctl(e, e->epfd, EPOLL_CTL_DEL, st->fd, NULL);
+    fd_remove(e, st);
+}
+
+/* An fd whose waiters all left keeps its state and its disarmed
+ * registration (re-armed by the next waiter); only an armed one is DELeted
+ * (fd_update_interest).  A disarmed registration never fires, so a stale
+ * one -- the fd closed with os.close(), its file kept alive by a dup() --
+ * is harmless, and a new file with the same number is ADDed when MOD says
+ * ENOENT.  States are kept per fd number, so they are bounded by the fd
+ * table; CLOSE ops and zk_port_close drop them (fd_forget). */
 static void fd_release_if_idle(epoll_port *e, fd_state *st)
 {
-    if (!st->readers.head && !st->writers.head && !st->pollers.head) {
-        fd_update_interest(e, st); /* DEL */
-        fd_remove(e, st);
-    }
+    if (!st->readers.head && !st->writers.head && !st->pollers.head)
+        fd_update_interest(e, st);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -289,6 +328,7 @@ static void handle_event(epoll_port *e, const struct epoll_event *ev)
 static int poll_events(epoll_port *e, int timeout_ms)
 {
     int n = epoll_wait(e->epfd, e->events, MAX_EVENTS, timeout_ms);
+    e->c.stats.enters++;
     if (n < 0)
         return -errno;
     for (int i = 0; i < n; i++)
@@ -310,7 +350,7 @@ static int e_submit(zk_port *port, zk_op *op)
         fail_queue(e, &st->readers, -EBADF);
         fail_queue(e, &st->writers, -EBADF);
         fail_queue(e, &st->pollers, -EBADF);
-        fd_release_if_idle(e, st);
+        fd_forget(e, st);
         st = NULL;
     }
     if (st && queue_of(st, op)->head && queue_of(st, op) != &st->pollers) {
@@ -321,7 +361,10 @@ static int e_submit(zk_port *port, zk_op *op)
         e->waiting++;
         return 0;
     }
-    int64_t r = do_io(op);
+    /* An op whose caller just tried it (op->tried) waits at once: arming
+     * the registration reports readiness that arrived since. */
+    int64_t r = op->tried ? -EAGAIN : do_io(op);
+    op->tried = 0;
     if (r != -EAGAIN) {
         zk_port_post(&e->c, op, r); /* delivered by process() */
         return 0;
@@ -434,7 +477,7 @@ static void e_close(zk_port *port)
             fail_queue(e, &s->readers, -ECANCELED);
             fail_queue(e, &s->writers, -ECANCELED);
             fail_queue(e, &s->pollers, -ECANCELED);
-            fd_release_if_idle(e, s);
+            fd_forget(e, s);
         }
     }
     while (e->c.ready.head)
@@ -448,6 +491,7 @@ static const zk_port_vtable epoll_vtable = {
     .cancel = e_cancel,
     .wait = e_wait,
     .process = e_process,
+    .recycle = NULL,
 };
 
 zk_port *zk_port_epoll_open(int *err)
@@ -476,7 +520,7 @@ zk_port *zk_port_epoll_open(int *err)
         memset(&ev, 0, sizeof ev);
         ev.events = EPOLLIN; /* level-triggered: drained by process() */
         ev.data.u64 = TAG_WAKE;
-        if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->c.wake_fd, &ev) < 0)
+        if (zk_epoll_ctl(e, e->epfd, EPOLL_CTL_ADD, e->c.wake_fd, &ev) < 0)
             rc = errno;
     }
     if (rc) {

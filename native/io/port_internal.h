@@ -21,6 +21,9 @@ typedef struct zk_port_vtable {
     void (*cancel)(zk_port *port, zk_op *op);
     int (*wait)(zk_port *port, int64_t timeout_ns);
     int (*process)(zk_port *port);
+    /* Give a provided buffer back once its op's `complete` returned (NULL
+     * for a backend that has none). */
+    void (*recycle)(zk_port *port, uint16_t bid);
 } zk_port_vtable;
 
 /* backend_flags bits, shared vocabulary of both backends. */
@@ -28,6 +31,9 @@ typedef struct zk_port_vtable {
 #define ZK_OPF_READY 0x2u          /* result known, queued for delivery */
 #define ZK_OPF_CANCEL_SENT 0x4u    /* a cancel was issued (do not issue twice) */
 #define ZK_OPF_CANCEL_DEFERRED 0x8u /* io_uring: cancel SQE not yet queued */
+#define ZK_OPF_PBUF 0x10u          /* io_uring: the data is in provided buffer
+                                      backend_bid, recycled after `complete` */
+#define ZK_OPF_BUFSEL 0x20u        /* io_uring: submitted with BUFFER_SELECT */
 
 /* A FIFO of ops linked through backend_next/backend_prev (doubly linked so
  * that an op can be unlinked from the middle in O(1)). */
@@ -77,6 +83,7 @@ typedef struct zk_port_common {
     size_t inflight;    /* submitted, `complete` not yet called */
     bool closing;       /* zk_port_close in progress: submit refuses */
     zk_op_list ready;   /* results known, `complete` not yet called (FIFO) */
+    zk_port_stats stats; /* owner thread only */
     /* 1 while a wake is pending (its eventfd write already done); 0 otherwise.
      * Set by zk_port_wake (exchange, seq_cst); cleared by the owner when a
      * zk_port_wait starts or ends (exchange, seq_cst).  A wake that finds it

@@ -70,6 +70,33 @@
  *
  * What each op puts in its SQE is its row in op.h's table: this file writes
  * the opcode and user_data and lets the row fill in the rest.
+ *
+ * Batching.  zk_port_submit only writes SQEs into the ring; nothing enters
+ * the kernel until the scheduler's next zk_port_wait (its maintenance pass,
+ * or parking), which hands every SQE of the pass to the kernel in one
+ * io_uring_enter, and zk_port_process reaps every CQE there is.  get_sqe
+ * enters early only when the SQ (256 entries) is full.  port_stats() counts
+ * enters and SQEs (test_net_ops.py checks 50 ops -> a few enters).
+ *
+ * Provided buffers.  A row with port_buffer (RECV) may be submitted without
+ * a buffer: the SQE says IOSQE_BUFFER_SELECT and the kernel takes one of the
+ * port's PBUF_ENTRIES buffers (IORING_REGISTER_PBUF_RING, 5.19) only when
+ * data arrives, so an idle receive pins no memory.  The CQE names the buffer
+ * (IORING_CQE_F_BUFFER, id in the upper 16 bits); op->buf points into it
+ * while `complete` copies the data out, and zk_port_deliver_ready hands it
+ * back to the ring right after (recycle).  When the ring is empty the
+ * receive fails with -ENOBUFS although data waits: process() resubmits it
+ * into memory malloc'd for it (op->buf_owned, freed by the op's owner).  A
+ * kernel that refuses the ring gets malloc'd memory at submit instead.
+ *
+ * CLOSE.  A row with closes_fd is preceded by an ASYNC_CANCEL keyed on the
+ * fd (IORING_ASYNC_CANCEL_FD | _ALL, 5.19): every op of this ring on that
+ * file ends.  Those ops get -ECANCELED without us having asked (no
+ * ZK_OPF_CANCEL_SENT), which handle_cqe reports as -EBADF: the fd was
+ * closed under them.  Ops on other workers' rings are not reached; they
+ * hold their own reference to the file and stay pending until they
+ * complete or are cancelled, so whoever closes an fd shared across workers
+ * must cancel those first.
  */
 #define _GNU_SOURCE
 #include "io/port_internal.h"
@@ -88,6 +115,9 @@
 /* Constants newer than the oldest header we build against. */
 #ifndef __NR_io_uring_setup
 #define __NR_io_uring_setup 425
+#endif
+#ifndef __NR_io_uring_register
+#define __NR_io_uring_register 427
 #endif
 #ifndef __NR_io_uring_enter
 #define __NR_io_uring_enter 426
@@ -138,6 +168,13 @@ struct zk_getevents_arg {
 #define TAG_IGNORE 0ull /* cancel SQEs: their own CQE is dropped */
 #define TAG_WAKE 1ull   /* the POLL_ADD on the wake eventfd */
 
+/* The provided-buffer ring: PBUF_ENTRIES buffers of PBUF_SIZE bytes per
+ * port, group PBUF_BGID.  Anonymous memory: a buffer costs resident memory
+ * only once the kernel wrote into it. */
+#define PBUF_ENTRIES 32u
+#define PBUF_SIZE 65536u
+#define PBUF_BGID 0
+
 #define SQ_ENTRIES 256u
 #define CQ_ENTRIES 4096u
 #define CLOSE_POLL_NS 100000000ll   /* close(): wait slice, 100 ms */
@@ -176,6 +213,14 @@ typedef struct uring_port {
     zk_op_list kernel;
     size_t deferred_cancels; /* ops with ZK_OPF_CANCEL_DEFERRED */
 
+    /* Provided buffers (IORING_REGISTER_PBUF_RING, 5.19); pbuf_ring NULL
+     * when the kernel refused it (ops then get malloc'd memory at submit). */
+    struct io_uring_buf_ring *pbuf_ring;
+    size_t pbuf_ring_sz;
+    char *pbuf_mem;
+    uint16_t pbuf_tail;
+    zk_op_list nobufs;   /* -ENOBUFS: resubmitted by process() */
+
     bool wake_armed;     /* a POLL_ADD on wake_fd is in the kernel / SQ */
     bool wake_multishot; /* false once the kernel rejected POLL_ADD_MULTI */
     bool wake_seen;      /* a wake CQE was reaped: drain wake_fd */
@@ -187,11 +232,15 @@ typedef struct uring_port {
 /* ------------------------------------------------------------------------ */
 /* Syscalls and ring access                                                  */
 
-static int sys_enter(int fd, unsigned to_submit, unsigned min_complete,
-                     unsigned flags, void *arg, size_t argsz)
+static int sys_enter(zk_port_common *c, int fd, unsigned to_submit,
+                     unsigned min_complete, unsigned flags, void *arg,
+                     size_t argsz)
 {
     long r = syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags,
                      arg, argsz);
+    c->stats.enters++;
+    if (r > 0)
+        c->stats.sqes += (uint64_t)r; /* SQEs the kernel consumed */
     return r < 0 ? -errno : (int)r;
 }
 
@@ -255,6 +304,23 @@ static void handle_cqe(uring_port *u, uint64_t user_data, int32_t res,
     /* Cancelled though we never asked: a CLOSE of its fd did (u_submit). */
     if (res == -ECANCELED && !(op->backend_flags & ZK_OPF_CANCEL_SENT))
         res = -EBADF;
+    if (flags & IORING_CQE_F_BUFFER) {
+        uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+        op->buf = u->pbuf_mem + (size_t)bid * PBUF_SIZE;
+        op->backend_bid = bid;
+        op->backend_flags |= ZK_OPF_PBUF;
+        u->c.stats.pbuf_used++;
+    } else if (res == -ENOBUFS && (op->backend_flags & ZK_OPF_BUFSEL)) {
+        /* The ring ran dry while data waited: process() resubmits the op
+         * into memory of its own. */
+        if (!u->c.closing && !(op->backend_flags & ZK_OPF_CANCEL_SENT)) {
+            u->c.stats.pbuf_misses++;
+            zk_op_list_push(&u->nobufs, op);
+            return;
+        }
+        res = -ECANCELED;
+    }
+    op->backend_flags &= ~ZK_OPF_BUFSEL;
     if (op->backend_flags & ZK_OPF_CANCEL_DEFERRED) {
         op->backend_flags &= ~ZK_OPF_CANCEL_DEFERRED;
         u->deferred_cancels--;
@@ -293,7 +359,7 @@ static int flush(uring_port *u, bool getevents)
     unsigned pending = sq_pending(u);
     if (!pending && !getevents)
         return 0;
-    return sys_enter(u->ring_fd, pending, 0,
+    return sys_enter(&u->c, u->ring_fd, pending, 0,
                      getevents ? IORING_ENTER_GETEVENTS : 0, NULL, 0);
 }
 
@@ -329,6 +395,92 @@ static inline void commit_sqe(uring_port *u)
 {
     u->sq_tail++;
     store_release(u->sq_ktail, u->sq_tail); /* SQE contents before tail */
+}
+
+/* Hand buffer `bid` to the kernel (again).  The ring's tail overlays the
+ * last field of bufs[0], so entries are written field by field. */
+static void pbuf_add(uring_port *u, uint16_t bid)
+{
+    struct io_uring_buf *b = &u->pbuf_ring->bufs[u->pbuf_tail & (PBUF_ENTRIES - 1)];
+    b->addr = (uint64_t)(uintptr_t)(u->pbuf_mem + (size_t)bid * PBUF_SIZE);
+    b->len = PBUF_SIZE;
+    b->bid = bid;
+    u->pbuf_tail++;
+    __atomic_store_n(&u->pbuf_ring->tail, u->pbuf_tail, __ATOMIC_RELEASE);
+}
+
+static void u_recycle(zk_port *port, uint16_t bid)
+{
+    uring_port *u = U(port);
+    if (u->pbuf_ring)
+        pbuf_add(u, bid);
+}
+
+/* Register the provided-buffer ring; on any refusal the port works
+ * without it. */
+static void setup_pbuf(uring_port *u)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    size_t ring_sz = PBUF_ENTRIES * sizeof(struct io_uring_buf);
+    ring_sz = (ring_sz + (size_t)page - 1) & ~((size_t)page - 1);
+    void *ring = mmap(NULL, ring_sz, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ring == MAP_FAILED)
+        return;
+    void *mem = mmap(NULL, (size_t)PBUF_ENTRIES * PBUF_SIZE,
+                     PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem == MAP_FAILED) {
+        munmap(ring, ring_sz);
+        return;
+    }
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (uint64_t)(uintptr_t)ring;
+    reg.ring_entries = PBUF_ENTRIES;
+    reg.bgid = PBUF_BGID;
+    if (syscall(__NR_io_uring_register, u->ring_fd, IORING_REGISTER_PBUF_RING,
+                &reg, 1) < 0) {
+        munmap(mem, (size_t)PBUF_ENTRIES * PBUF_SIZE);
+        munmap(ring, ring_sz);
+        return;
+    }
+    u->pbuf_ring = ring;
+    u->pbuf_ring_sz = ring_sz;
+    u->pbuf_mem = mem;
+    u->pbuf_tail = 0;
+    for (unsigned i = 0; i < PBUF_ENTRIES; i++)
+        pbuf_add(u, (uint16_t)i);
+}
+
+/* Resubmit the ops that found the ring empty, each into memory of its
+ * own (freed by the op's owner: buf_owned). */
+static void retry_nobufs(uring_port *u)
+{
+    zk_op *op;
+    while ((op = zk_op_list_pop(&u->nobufs)) != NULL) {
+        op->backend_flags &= ~ZK_OPF_BUFSEL;
+        if (op->backend_flags & ZK_OPF_CANCEL_SENT) {
+            zk_port_post(&u->c, op, -ECANCELED);
+            continue;
+        }
+        int err = 0;
+        op->buf = malloc(op->len);
+        struct io_uring_sqe *sqe = op->buf ? get_sqe(u, &err) : NULL;
+        if (!sqe) {
+            free(op->buf);
+            op->buf = NULL;
+            zk_port_post(&u->c, op, -(int64_t)(err ? err : ENOMEM));
+            continue;
+        }
+        op->buf_owned = 1;
+        const zk_op_desc *desc = &zk_op_descs[op->opcode];
+        sqe->opcode = desc->uring_opcode;
+        desc->uring_prep(sqe, op);
+        sqe->user_data = (uint64_t)(uintptr_t)op;
+        commit_sqe(u);
+        zk_op_list_push(&u->kernel, op);
+    }
 }
 
 static bool queue_cancel(uring_port *u, uint64_t target)
@@ -406,6 +558,23 @@ static int u_submit(zk_port *port, zk_op *op)
     }
     sqe->opcode = desc->uring_opcode;
     desc->uring_prep(sqe, op);
+    if (desc->port_buffer && op->buf == NULL && op->len > 0) {
+        if (u->pbuf_ring) {
+            /* The kernel picks a buffer when data arrives. */
+            sqe->flags |= IOSQE_BUFFER_SELECT;
+            sqe->buf_group = PBUF_BGID;
+            sqe->addr = 0;
+            if (sqe->len > PBUF_SIZE)
+                sqe->len = PBUF_SIZE;
+            op->backend_flags |= ZK_OPF_BUFSEL;
+        } else {
+            op->buf = malloc(op->len);
+            if (!op->buf)
+                return ENOMEM; /* the SQE was not committed */
+            op->buf_owned = 1;
+            sqe->addr = (uint64_t)(uintptr_t)op->buf;
+        }
+    }
     sqe->user_data = (uint64_t)(uintptr_t)op;
     commit_sqe(u);
     zk_op_list_push(&u->kernel, op);
@@ -437,7 +606,7 @@ static int u_wait(zk_port *port, int64_t timeout_ns)
     if (!block) {
         unsigned pending = sq_pending(u);
         if (pending || need_getevents(u))
-            r = sys_enter(u->ring_fd, pending, 0, IORING_ENTER_GETEVENTS,
+            r = sys_enter(&u->c, u->ring_fd, pending, 0, IORING_ENTER_GETEVENTS,
                           NULL, 0);
     } else {
         struct __kernel_timespec ts;
@@ -449,7 +618,7 @@ static int u_wait(zk_port *port, int64_t timeout_ns)
             ts.tv_nsec = timeout_ns % 1000000000ll;
             arg.ts = (uint64_t)(uintptr_t)&ts;
         }
-        r = sys_enter(u->ring_fd, sq_pending(u), 1,
+        r = sys_enter(&u->c, u->ring_fd, sq_pending(u), 1,
                       IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg,
                       sizeof arg);
     }
@@ -475,6 +644,8 @@ static int u_process(zk_port *port)
         if (!reap(u))
             break;
     }
+    if (u->nobufs.head)
+        retry_nobufs(u);
     if (u->wake_seen) {
         u->wake_seen = false;
         zk_port_wake_drain(&u->c);
@@ -493,6 +664,10 @@ static void u_free(uring_port *u)
         munmap(u->sq_ring, u->sq_ring_sz);
     if (u->ring_fd >= 0)
         close(u->ring_fd);
+    if (u->pbuf_ring) {
+        munmap(u->pbuf_mem, (size_t)PBUF_ENTRIES * PBUF_SIZE);
+        munmap(u->pbuf_ring, u->pbuf_ring_sz);
+    }
     zk_port_common_fini(&u->c);
     free(u);
 }
@@ -501,6 +676,9 @@ static void u_close(zk_port *port)
 {
     uring_port *u = U(port);
     u->c.closing = true;
+    zk_op *nb;
+    while ((nb = zk_op_list_pop(&u->nobufs)) != NULL)
+        zk_port_post(&u->c, nb, -ECANCELED);
 
     /* 1. Ask the kernel to give back every op (and the wake poll). */
     for (zk_op *op = u->kernel.head; op; op = op->backend_next) {
@@ -528,7 +706,7 @@ static void u_close(zk_port *port)
         memset(&arg, 0, sizeof arg);
         arg.sigmask_sz = _NSIG / 8;
         arg.ts = (uint64_t)(uintptr_t)&ts;
-        int r = sys_enter(u->ring_fd, sq_pending(u), 1,
+        int r = sys_enter(&u->c, u->ring_fd, sq_pending(u), 1,
                           IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg,
                           sizeof arg);
         if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY
@@ -569,6 +747,7 @@ static const zk_port_vtable uring_vtable = {
     .cancel = u_cancel,
     .wait = u_wait,
     .process = u_process,
+    .recycle = u_recycle,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -683,6 +862,7 @@ zk_port *zk_port_uring_open(int *err)
         *err = e;
         return NULL;
     }
+    setup_pbuf(u);
     arm_wake(u); /* submitted by the first wait */
     return (zk_port *)u;
 }

@@ -15,6 +15,8 @@ import pytest
 import zokio
 from zokio import net
 
+from _net_fixtures import no_fd_leak  # noqa: F401  (autouse: no fd left open)
+
 
 async def _pair(listener):
     c = await net.TcpStream.connect("127.0.0.1", listener.local_address[1])

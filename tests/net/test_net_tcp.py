@@ -17,6 +17,8 @@ import pytest
 import zokio
 from zokio import net
 
+from _net_fixtures import no_fd_leak  # noqa: F401  (autouse: no fd left open)
+
 
 def pattern(n: int, seed: int = 0) -> bytes:
     """n bytes that differ with position and seed (catches reordering)."""
@@ -603,3 +605,39 @@ def test_lookup_host(rt):
     assert (socket.AF_INET, ("127.0.0.1", 80)) in named
     assert v6 == [(socket.AF_INET6, ("::1", 80, 0, 0))]
     assert "no-such-host.invalid" in str(err)
+
+
+@pytest.mark.timeout(30)
+def test_connect_tries_every_address_in_order(rt, monkeypatch):
+    """connect() goes through lookup_host's addresses in order: a refused
+    first address is skipped; when all fail, the error names every one."""
+    from zokio.net import _tcp
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    answers = {}
+
+    async def fake_lookup(host, port):
+        return answers[host]
+
+    monkeypatch.setattr(_tcp, "lookup_host", fake_lookup)
+
+    async def main():
+        async with net.TcpListener.bind("127.0.0.1", 0) as listener:
+            port = listener.local_address[1]
+            answers["two"] = [(socket.AF_INET, ("127.0.0.1", dead_port)),
+                              (socket.AF_INET, ("127.0.0.1", port))]
+            answers["none"] = [(socket.AF_INET, ("127.0.0.1", dead_port)),
+                               (socket.AF_INET, ("127.0.0.2", dead_port))]
+            async with await net.TcpStream.connect("two", 0) as c:
+                s, _ = await listener.accept()
+                assert c.peer_address == ("127.0.0.1", port)
+                s.close()
+            with pytest.raises(ConnectionRefusedError) as info:
+                await net.TcpStream.connect("none", 0)
+            return info.value
+
+    exc = rt.block_on(main())
+    assert f"127.0.0.1:{dead_port}" in str(exc) and f"127.0.0.2:{dead_port}" in str(exc)

@@ -11,6 +11,8 @@ import pytest
 import zokio
 from zokio import net
 
+from _net_fixtures import no_fd_leak  # noqa: F401  (autouse: no fd left open)
+
 
 @pytest.mark.timeout(30)
 def test_udp_datagram_boundaries(rt):

@@ -23,13 +23,15 @@ Ownership rules (they are what makes the classes safe on several workers):
   retry a syscall on its number (the epoll backend would then act on
   whatever file reuses the number).  ``_fdbox`` holds the fd once; taking
   it with ``pop()`` makes the close happen exactly once whichever thread
-  gets there.  Each side stores its own flag before reading the other's
+  gets there, and ``close()`` holds it (popped) while it wakes the op, so
+  the wake never reaches a reused number.  Each side stores its own flag before reading the other's
   (close: ``_closed`` then the tokens; an op: its token then ``_closed``), so
   at least one of them sees the other.
 """
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import warnings
@@ -47,6 +49,7 @@ from ._ops import (
 )
 
 _READ_CHUNK = 65536
+_logger = logging.getLogger("zokio")
 
 # accept() errors after which the listener waits and tries again: fd
 # exhaustion and transient kernel memory shortage.
@@ -85,8 +88,8 @@ class _FdOwner:
     def _idle(self) -> bool:  # no op holds a token
         raise NotImplementedError
 
-    def _wake_pending(self) -> None:
-        _shutdown_fd(self._fd, self._family, self._type, socket.SHUT_RDWR)
+    def _wake_pending(self, fd: int) -> None:
+        _shutdown_fd(fd, self._family, self._type, socket.SHUT_RDWR)
 
     def close(self) -> None:
         """Close it.  An op pending on it (in another task) completes with
@@ -95,8 +98,22 @@ class _FdOwner:
         if self._closed:
             return
         self._closed = True
-        if not self._idle() and self._fdbox:
-            self._wake_pending()
+        if not self._idle():
+            # Wake the op in flight.  Hold the fd (take it out of the box)
+            # meanwhile: an op ending now cannot close it under us, so the
+            # number cannot be reused by another file before the wake.
+            box = self._fdbox
+            try:
+                fd = box.pop()
+            except IndexError:
+                return
+            try:
+                self._wake_pending(fd)
+            finally:
+                box.append(fd)
+        # If the op ended while we held the fd, its _finish_close found the
+        # box empty; this one sees its token back (the box's lock orders the
+        # two), so one of the two closes the fd.
         self._finish_close()
 
     def _finish_close(self) -> None:
@@ -478,9 +495,9 @@ class SocketListener(_FdOwner):
     def _idle(self) -> bool:
         return bool(self._atok)
 
-    def _wake_pending(self) -> None:
-        # SHUT_RD on a listening socket fails a pending accept (EINVAL).
-        _shutdown_fd(self._fd, self._family, self._type, socket.SHUT_RD)
+    def _wake_pending(self, fd: int) -> None:
+        # SHUT_RD on a listening TCP socket fails a pending accept (EINVAL).
+        _shutdown_fd(fd, self._family, self._type, socket.SHUT_RD)
 
     def __repr__(self) -> str:
         if self._closed:
@@ -517,6 +534,9 @@ class SocketListener(_FdOwner):
                     err = e.errno
                     if err in _ACCEPT_BACKOFF_ERRNOS:
                         self._backoffs += 1
+                        if delay == 0.0:  # once per episode
+                            _logger.warning("%r: accept failed (%s); backing off until it succeeds",
+                                            self, e)
                         delay = min(max(delay * 2, ACCEPT_BACKOFF_FIRST), ACCEPT_BACKOFF_MAX)
                         await sleep(delay)
                         continue

@@ -38,7 +38,7 @@ class UdpSocket(_FdOwner):
     def _idle(self) -> bool:
         return bool(self._rtok) and bool(self._wtok)
 
-    def _wake_pending(self) -> None:
+    def _wake_pending(self, fd: int) -> None:
         """Complete a pending receive before the fd closes.  shutdown()
         does not do it for UDP (a non-blocking recv on a shut-down UDP
         socket says EAGAIN while poll says readable), so an empty datagram
@@ -48,7 +48,7 @@ class UdpSocket(_FdOwner):
         ClosedResourceError."""
         if self._rtok:
             return  # no receive in flight
-        me = socket.socket(self._family, socket.SOCK_DGRAM, 0, self._fd)
+        me = socket.socket(self._family, socket.SOCK_DGRAM, 0, fd)
         try:
             local = me.getsockname()
             host = local[0]

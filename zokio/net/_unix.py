@@ -90,14 +90,18 @@ class UnixListener(SocketListener):
                 pass
         return self
 
-    def _wake_pending(self) -> None:
+    def _wake_pending(self, fd: int) -> None:
         """Complete a pending accept before the fd closes.  shutdown() does
         not do it for Unix listeners (poll says readable, accept says
         EAGAIN), so connect to ourselves: the accept returns that
         connection, sees the listener closed, closes it and raises
         ClosedResourceError."""
         try:
-            address = self._sockname(check=False)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+            try:
+                address = s.getsockname()
+            finally:
+                s.detach()
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK) as w:
                 w.connect(address)
         except OSError:

@@ -1,7 +1,10 @@
-"""Fixtures of the zokio.net tests (tests/conftest.py's fixtures apply too).
+"""The fd-leak fixture of the zokio.net tests.
 
-Every test here runs under ``no_fd_leak``: the set of open fds after the
-test (runtimes shut down, garbage collected) must equal the set before it.
+Each test module here imports ``no_fd_leak`` (an autouse fixture), so every
+test runs under it: the set of open fds after the test (runtimes shut down,
+garbage collected) must equal the set before it.  (It is not in a
+tests/net/conftest.py: a second module named ``conftest`` would shadow
+tests/conftest.py for the test files that import helpers from it.)
 """
 from __future__ import annotations
 
