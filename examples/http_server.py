@@ -142,10 +142,11 @@ def spin(loops: int) -> int:
 
 
 def calibrate() -> float:
-    """Loop iterations of spin() per microsecond on this machine (the fastest of 7 tries)."""
-    n = 200_000
+    """Loop iterations of spin() per microsecond on this machine: the fastest of
+    many short tries, so that a busy machine's preemptions are left out."""
+    n = 20_000
     best = float("inf")
-    for _ in range(7):
+    for _ in range(50):
         t0 = time.perf_counter()
         spin(n)
         best = min(best, time.perf_counter() - t0)
