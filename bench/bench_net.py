@@ -415,7 +415,14 @@ back) and `wrk -t2` on 127.0.0.1. `server CPU / req` is the server process's use
 time over the measured window divided by the requests served in it; `server cores` is that
 CPU time per second. The load generator needs about one of the two cores, so req/s of the
 faster servers is capped by the client: CPU per request is the figure that separates them.
-`bg load`: cores used by processes other than the case, its server and its load generator."""
+`bg load`: cores used by processes other than the case, its server and its load generator.
+
+threads=1 against threads=2: with the load generator on one of the two cores, one core is left
+for the server. On the echo and hello rows a second worker thread then mostly adds cross-thread
+wake-ups and stealing, so it tends to cost CPU per request rather than save it. The `/work`
+rows are where a second thread can pay: each request holds its worker for 200 µs of Python,
+and on the free-threaded interpreter two workers run that Python at the same time, as far as
+the cores that wrk leaves allow; asyncio and uvloop run it on one thread whatever the machine."""
 
 
 def report(results: list[dict]) -> dict:

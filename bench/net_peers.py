@@ -100,9 +100,12 @@ def http_protocol_factory(hs, limits):
             error = None
             while True:
                 end = buf.find(b"\r\n\r\n", pos)
-                if end < 0 or end - pos > max_head:
-                    if end - pos > max_head or len(buf) - pos > max_head:
+                if end < 0:  # no complete head yet
+                    if len(buf) - pos > max_head:
                         error = HttpError(431, f"request head over {max_head} bytes")
+                    break
+                if end - pos > max_head:
+                    error = HttpError(431, f"request head over {max_head} bytes")
                     break
                 try:
                     method, target, keep, length, echo_conn = parse_head(buf[pos:end], max_body)
@@ -162,9 +165,12 @@ def http_streams_handler(hs, limits):
                 error = None
                 while True:
                     end = buf.find(b"\r\n\r\n", pos)
-                    if end < 0 or end - pos > max_head:
-                        if end - pos > max_head or len(buf) - pos > max_head:
+                    if end < 0:  # no complete head yet
+                        if len(buf) - pos > max_head:
                             error = HttpError(431, f"request head over {max_head} bytes")
+                        break
+                    if end - pos > max_head:
+                        error = HttpError(431, f"request head over {max_head} bytes")
                         break
                     try:
                         method, target, keep, length, echo_conn = parse_head(buf[pos:end], max_body)
