@@ -43,7 +43,7 @@ READ_SIZE = 65536
 
 
 class EchoProtocol(asyncio.Protocol):
-    __slots__ = ("transport", "paused")
+    __slots__ = ("transport",)
 
     def connection_made(self, transport):
         self.transport = transport

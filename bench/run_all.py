@@ -1,7 +1,7 @@
 """Run every zokio benchmark against its peers and write docs/benchmarks.md.
 
-    python bench/run_all.py            # full run (~10-15 min on 2 cores), writes the doc
-    python bench/run_all.py --quick    # smoke run (~2 min), prints only
+    python bench/run_all.py            # full run (~30-35 min on 2 cores, net ~20 of them), writes the doc
+    python bench/run_all.py --quick    # smoke run (~4 min), prints only
     python bench/run_all.py --only zokio,asyncio --workloads spawn,sleep
 
 Every case runs in a fresh subprocess of the benchmark interpreter (``--python``,
@@ -230,7 +230,7 @@ def render_doc(info, bars, sections, timings, total, args) -> str:
         "```sh",
         "./scripts/bench.sh                 # tox env bench: free-threaded CPython + uvloop + trio,",
         "                                   # zokio built from an sdist; full run, rewrites this file",
-        "./scripts/bench.sh --quick         # arguments go to bench/run_all.py: ~2 min smoke run",
+        "./scripts/bench.sh --quick         # arguments go to bench/run_all.py: ~4 min smoke run",
         "python bench/run_all.py            # the same with an interpreter that has zokio installed",
         "python bench/bench_spawn.py        # one workload alone (also bench_cpu, bench_sleep,",
         "                                   # bench_stranded, bench_memory, bench_blocking,",

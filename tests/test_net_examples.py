@@ -17,8 +17,6 @@ import time
 
 import pytest
 
-pytest.importorskip("zokio.net", reason="zokio.net is not built into this zokio")
-
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 IO_TIMEOUT = 15.0
 
