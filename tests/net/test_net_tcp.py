@@ -641,3 +641,45 @@ def test_connect_tries_every_address_in_order(rt, monkeypatch):
 
     exc = rt.block_on(main())
     assert f"127.0.0.1:{dead_port}" in str(exc) and f"127.0.0.2:{dead_port}" in str(exc)
+
+
+@pytest.mark.timeout(60)
+def test_close_and_socket_racing_from_threads(rt):
+    """Threads released together call close() and socket() on the same
+    streams, while a task has a read pending on each: every fd is closed
+    exactly once (a second os.close would raise EBADF out of close()), no
+    call fails with anything but ClosedResourceError, and every pending
+    read ends with ClosedResourceError."""
+    rounds, nthreads = 100, 4
+
+    async def setup():
+        a, b = net.UnixStream.pair()
+        return a, b, zokio.spawn(b.read())
+
+    errors = []
+    for _ in range(rounds):
+        a, b, pending = rt.block_on(setup())
+        barrier = threading.Barrier(nthreads)
+
+        def hammer(i):
+            try:
+                barrier.wait(timeout=10)
+                if i % 2:
+                    try:
+                        b.socket()
+                    except net.ClosedResourceError:
+                        pass
+                b.close()
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(nthreads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with pytest.raises(net.ClosedResourceError):
+            pending.result(timeout=10)
+        a.close()
+        assert b.closed and b.fileno() == -1
+    assert not errors, errors[:3]

@@ -22,9 +22,10 @@ Ownership rules (they are what makes the classes safe on several workers):
   token is back.  The fd is therefore never closed while the port may still
   retry a syscall on its number (the epoll backend would then act on
   whatever file reuses the number).  ``_fdbox`` holds the fd once; taking
-  it with ``pop()`` makes the close happen exactly once whichever thread
-  gets there, and ``close()`` holds it (popped) while it wakes the op, so
-  the wake never reaches a reused number.  Each side stores its own flag before reading the other's
+  it out (``pop()``, under ``_fd_lock``) makes the close happen exactly once
+  whichever thread gets there; the wake and ``socket()`` use the fd only
+  under the same lock while it is still in the box, so neither can reach a
+  number already closed and reused by another file.  Each side stores its own flag before reading the other's
   (close: ``_closed`` then the tokens; an op: its token then ``_closed``), so
   at least one of them sees the other.
 """
@@ -34,6 +35,7 @@ import errno
 import logging
 import os
 import socket
+import threading
 import warnings
 from typing import Any, Optional
 
@@ -49,6 +51,13 @@ from ._ops import (
 )
 
 _READ_CHUNK = 65536
+
+# Guards the cold paths that touch an fd another thread may be closing:
+# taking the fd out of its box to close it, waking a pending op, making the
+# socket object of socket().  Never held on the read/write path.  Reentrant:
+# a garbage collection inside it may finalize another stream, whose
+# __del__ closes its fd through here on the same thread.
+_fd_lock = threading.RLock()
 _logger = logging.getLogger("zokio")
 
 # accept() errors after which the listener waits and tries again: fd
@@ -99,34 +108,27 @@ class _FdOwner:
             return
         self._closed = True
         if not self._idle():
-            # Wake the op in flight.  Hold the fd (take it out of the box)
-            # meanwhile: an op ending now cannot close it under us, so the
-            # number cannot be reused by another file before the wake.
-            box = self._fdbox
-            try:
-                fd = box.pop()
-            except IndexError:
-                return
-            try:
-                self._wake_pending(fd)
-            finally:
-                box.append(fd)
-        # If the op ended while we held the fd, its _finish_close found the
-        # box empty; this one sees its token back (the box's lock orders the
-        # two), so one of the two closes the fd.
+            # Wake the op in flight.  Under _fd_lock the fd cannot be closed
+            # (that takes it out of the box under the same lock), so the
+            # wake never reaches a number reused by another file.
+            with _fd_lock:
+                box = self._fdbox
+                if box:
+                    self._wake_pending(box[0])
         self._finish_close()
 
     def _finish_close(self) -> None:
         if not self._idle():
             return  # the op in flight closes it when it ends
-        try:
-            fd = self._fdbox.pop()
-        except IndexError:
-            return  # someone else closed it
-        self._fd = -1
-        sock = self._sock
-        if sock is not None:
-            sock.detach()
+        with _fd_lock:
+            try:
+                fd = self._fdbox.pop()
+            except IndexError:
+                return  # someone else closed it
+            self._fd = -1
+            sock = self._sock
+            if sock is not None:
+                sock.detach()
         self._on_closed()
         os.close(fd)
 
@@ -150,7 +152,13 @@ class _FdOwner:
             raise closed_error(self._kind)
         sock = self._sock
         if sock is None:
-            sock = self._sock = socket.socket(self._family, self._type, 0, self._fd)
+            with _fd_lock:  # one socket object, and never over a closed fd
+                sock = self._sock
+                if sock is None:
+                    if not self._fdbox:
+                        raise closed_error(self._kind)
+                    sock = self._sock = socket.socket(self._family, self._type, 0,
+                                                      self._fdbox[0])
         return sock
 
     def _sockname(self, check: bool = True) -> Any:

@@ -60,7 +60,7 @@ class TcpStream(SocketStream):
     @classmethod
     async def _connect(cls, host: str, port: int) -> "TcpStream":
         addrs = await lookup_host(host, port)
-        errors: list[OSError] = []
+        failures: list[tuple[Any, OSError]] = []
         for family, addr in addrs:
             sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             try:
@@ -72,21 +72,20 @@ class TcpStream(SocketStream):
                 await op_connect(fd, addr)
             except OSError as e:
                 os.close(fd)
-                errors.append(_ops.with_address(e, "connecting to", addr))
+                failures.append((addr, e))
                 continue
             except BaseException:
                 os.close(fd)
                 raise
             return cls(fd, family, addr)
-        if not errors:
+        if not failures:
             raise OSError(errno.EADDRNOTAVAIL, f"no address found for {host!r}")
-        if len(errors) == 1 or len({e.errno for e in errors}) == 1:
-            first = errors[0]
-            if len(errors) == 1:
-                raise first
-            where = ", ".join(_ops.fmt_address(a) for _f, a in addrs)
-            raise type(first)(first.errno, f"{first.strerror.split(' (')[0]} (connecting to {where})")
-        raise OSError("could not connect to any address: " + "; ".join(str(e) for e in errors))
+        first = failures[0][1]
+        if len({e.errno for _a, e in failures}) == 1 and first.errno is not None:
+            where = ", ".join(_ops.fmt_address(a) for a, _e in failures)
+            raise type(first)(first.errno, f"{first.strerror} (connecting to {where})")
+        raise OSError("could not connect to any address: " + "; ".join(
+            f"{_ops.fmt_address(a)}: {e}" for a, e in failures))
 
     @classmethod
     def from_socket(cls, sock: socket.socket) -> "TcpStream":
