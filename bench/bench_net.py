@@ -443,7 +443,9 @@ def report(results: list[dict]) -> dict:
                              _cell(m, "rss_before", lambda v: f"{v / 2**20:.1f} MiB"),
                              _cell(m, "rss_after", lambda v: f"{v / 2**20:.1f} MiB"), C.bg_cell(m)])
             else:
-                rows.append([lab, _cell(m, "rps", C.fmt_num) + _range(m, "rps"),
+                errs = sum(r.get("errors") or 0 for r in m.get("procs", [m]) if r.get("status") == "ok")
+                rows.append([lab, _cell(m, "rps", C.fmt_num) + _range(m, "rps")
+                             + (f" ({errs} wrk errors)" if errs else ""),
                              _cell(m, "cpu_us", lambda v: f"{v:.2f} µs") + _range(m, "cpu_us"),
                              _cell(m, "server_cores", lambda v: f"{v:.2f}"),
                              _cell(m, "p99_us", _lat), C.bg_cell(m)])
