@@ -298,7 +298,11 @@ def emit_and_exit(res: dict[str, Any]) -> None:
     if j0 and j1 and w1 - w0 > 0.3:  # jiffies are 10 ms: too coarse for short cases
         hz = os.sysconf("SC_CLK_TCK")
         busy = (j1[0] - j0[0]) / hz
-        own = (c1.user - c0.user) + (c1.system - c0.system)
+        # The case's own CPU includes the children it waited for (a server
+        # and a load generator it started), so that they are not counted as
+        # other load.
+        own = ((c1.user - c0.user) + (c1.system - c0.system)
+               + (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system))
         res["other_cpu"] = round(max(0.0, busy - own) / (w1 - w0), 3)
         res["own_cpu"] = round(own / (w1 - w0), 3)
     sys.stdout.write(RESULT_MARK + json.dumps(res) + "\n")

@@ -1,7 +1,7 @@
 """Run every zokio benchmark against its peers and write docs/benchmarks.md.
 
-    python bench/run_all.py            # full run (~10-15 min on 2 cores), writes the doc
-    python bench/run_all.py --quick    # smoke run (~2 min), prints only
+    python bench/run_all.py            # full run (~30-35 min on 2 cores, net ~20 of them), writes the doc
+    python bench/run_all.py --quick    # smoke run (~4 min), prints only
     python bench/run_all.py --only zokio,asyncio --workloads spawn,sleep
 
 Every case runs in a fresh subprocess of the benchmark interpreter (``--python``,
@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
-WORKLOADS = ("spawn", "cpu", "sleep", "stranded", "memory", "blocking", "misc")
+WORKLOADS = ("spawn", "cpu", "sleep", "stranded", "memory", "blocking", "misc", "net")
 DOC = os.path.join(C.REPO_DIR, "docs", "benchmarks.md")
 
 
@@ -230,11 +230,11 @@ def render_doc(info, bars, sections, timings, total, args) -> str:
         "```sh",
         "./scripts/bench.sh                 # tox env bench: free-threaded CPython + uvloop + trio,",
         "                                   # zokio built from an sdist; full run, rewrites this file",
-        "./scripts/bench.sh --quick         # arguments go to bench/run_all.py: ~2 min smoke run",
+        "./scripts/bench.sh --quick         # arguments go to bench/run_all.py: ~4 min smoke run",
         "python bench/run_all.py            # the same with an interpreter that has zokio installed",
         "python bench/bench_spawn.py        # one workload alone (also bench_cpu, bench_sleep,",
         "                                   # bench_stranded, bench_memory, bench_blocking,",
-        "                                   # bench_misc)",
+        "                                   # bench_misc, bench_net)",
         "```",
         "",
         "The interpreter must be a free-threaded CPython with zokio installed and, for the peers,",
@@ -243,6 +243,12 @@ def render_doc(info, bars, sections, timings, total, args) -> str:
         "`--json FILE` keeps every raw figure (all rounds, zokio's `Runtime.metrics()`),",
         "`--settle S` waits up to S seconds before each case for the machine to go idle (use it on",
         "a shared machine; the doc is only rewritten by a full run unless `--write` is given).",
+        "",
+        "The net workload also needs gcc (it compiles `bench/c/epoll_echo.c` and the load",
+        "generator `../shared/tools/echo-load.c`, or `$ZOKIO_ECHO_LOAD_C`, into a temporary",
+        "directory) and `wrk` (Debian package `wrk`; installed with apt-get when missing and the",
+        "bench runs as root, else the HTTP rows say missing). `--workloads net` runs it alone;",
+        "`python bench/bench_net.py --quick` is its ~3 min smoke run.",
         "",
     ]
     return "\n".join(lines)
