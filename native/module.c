@@ -268,14 +268,16 @@ static PyObject *mod_port_stats(PyObject *module, PyObject *Py_UNUSED(ignored)) 
         Py_RETURN_NONE;
     zk_port_stats st;
     zk_port_get_stats(port, &st);
-    return Py_BuildValue("{s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n}", "backend",
+    return Py_BuildValue("{s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n}", "backend",
                          zk_port_backend_name(zk_port_backend(port)), "submitted",
                          (unsigned long long)st.submitted, "completed",
                          (unsigned long long)st.completed, "enters",
                          (unsigned long long)st.enters, "sqes", (unsigned long long)st.sqes,
                          "ctls", (unsigned long long)st.ctls, "pbuf_used",
                          (unsigned long long)st.pbuf_used, "pbuf_misses",
-                         (unsigned long long)st.pbuf_misses, "inflight",
+                         (unsigned long long)st.pbuf_misses, "ms_accepts",
+                         (unsigned long long)st.ms_accepts, "ms_arms",
+                         (unsigned long long)st.ms_arms, "inflight",
                          (Py_ssize_t)zk_port_inflight(port));
 }
 

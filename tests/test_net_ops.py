@@ -907,3 +907,183 @@ def test_echo_many_connections_two_workers(rt):
         assert rt.block_on(main()) == [True] * n_conn
     finally:
         cleanup()
+
+
+# ---- accept: queued connections (io_uring: one multishot ACCEPT) --------------------
+
+@pytest.mark.timeout(60)
+def test_accept_loop_and_close_of_a_listener_with_queued_connections(rt1):
+    """An accept loop serves 20 connections; on io_uring one multishot
+    ACCEPT SQE serves them (a few SQEs, not one per connection).  Then 5
+    more connections arrive while nobody accepts: on io_uring the port has
+    already accepted them; closing the listener with op_close must close
+    them (their clients see EOF or a reset), and no fd is left behind."""
+    ls, addr, cleanup = listener("ipv4")
+    ls.listen(64)
+    lfd = ls.detach()
+    clients = []
+    try:
+        async def main():
+            before = N.port_stats()
+            for i in range(20):
+                c = client_for("ipv4")
+                clients.append(c)
+                try:
+                    c.connect(addr)
+                except BlockingIOError:
+                    pass
+                fd, peer = await N.op_accept(lfd)
+                assert peer == c.getsockname()
+                os.close(fd)
+            mid = N.port_stats()
+            # A pending accept keeps the multishot armed; cancel it, then
+            # connections arrive with nobody accepting.
+            h = zokio.spawn(aw(N.op_accept(lfd)))
+            await zokio.sleep(0.01)
+            h.cancel()
+            try:
+                fd, _ = await h
+                os.close(fd)
+            except zokio.Cancelled:
+                pass
+            late = []
+            for i in range(5):
+                c = client_for("ipv4")
+                late.append(c)
+                try:
+                    c.connect(addr)
+                except BlockingIOError:
+                    pass
+            await zokio.sleep(0.05)
+            # The next accept gets the first of them.
+            fd, peer = await N.op_accept(lfd)
+            assert peer == late[0].getsockname()
+            os.close(fd)
+            await N.op_close(lfd)
+            return before, mid, late
+
+        before, mid, late = rt1.block_on(main())
+        clients.extend(late)
+        if mid["backend"] == "io_uring":
+            assert mid["ms_accepts"] - before["ms_accepts"] == 20
+            assert mid["ms_arms"] - before["ms_arms"] <= 3, (before, mid)
+        # The 4 connections nobody accepted are gone: their clients see EOF
+        # or a reset, never silence.
+        for c in late[1:]:
+            c.setblocking(True)
+            c.settimeout(5)
+            try:
+                assert c.recv(10) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        for c in clients:
+            c.close()
+        try:
+            os.close(lfd)
+        except OSError:
+            pass
+        cleanup()
+
+
+@pytest.mark.timeout(60)
+def test_runtime_shutdown_closes_connections_nobody_accepted(make_runtime):
+    rt = make_runtime(1)
+    ls, addr, cleanup = listener("ipv4")
+    clients = []
+    try:
+        async def main():
+            fd, _ = await aw_accept_after_connect(ls, addr, clients)
+            os.close(fd)
+            # An accept left pending at shutdown; more connections arrive:
+            # it takes one, the port (io_uring) or the kernel's backlog
+            # (epoll) holds the others.
+            async def take_one():
+                fd, _ = await N.op_accept(ls.fileno())
+                os.close(fd)
+            zokio.spawn(take_one())
+            await zokio.sleep(0.01)
+            for _ in range(3):
+                c = client_for("ipv4")
+                clients.append(c)
+                try:
+                    c.connect(addr)
+                except BlockingIOError:
+                    pass
+            await zokio.sleep(0.05)
+            st = N.port_stats()
+            if st["backend"] == "io_uring":
+                # The first connection, the one take_one got, and the two
+                # queued in the port that nobody accepted.
+                assert st["ms_accepts"] == 4, st
+
+        before = open_fds()
+        rt.block_on(main())
+        rt.shutdown(timeout=10)
+        # Only the clients remain of what this test opened.
+        extra = open_fds() - before
+        mine = {str(c.fileno()) for c in clients}
+        assert extra <= mine, fd_details(extra - mine)
+    finally:
+        for c in clients:
+            c.close()
+        cleanup()
+
+
+async def aw_accept_after_connect(ls, addr, clients):
+    c = client_for("ipv4")
+    clients.append(c)
+    try:
+        c.connect(addr)
+    except BlockingIOError:
+        pass
+    return await N.op_accept(ls.fileno())
+
+
+@pytest.mark.timeout(60)
+def test_listener_fd_number_reused_after_plain_close(rt1):
+    """A listener closed with plain close(2) after serving an accept, its
+    number reused by a new listener: the new listener's accept gets its own
+    connection, never one queued for the old file, and nothing leaks."""
+    ls1, addr1, cleanup1 = listener("ipv4")
+    clients = []
+    ls2 = None
+    try:
+        lfd = ls1.fileno()
+
+        def connect(addr):
+            c = client_for("ipv4")
+            clients.append(c)
+            try:
+                c.connect(addr)
+            except BlockingIOError:
+                pass
+            return c
+
+        async def main():
+            nonlocal ls2
+            c = connect(addr1)
+            fd, peer = await N.op_accept(lfd)
+            assert peer == c.getsockname()
+            os.close(fd)
+            connect(addr1)  # may be queued in the port (io_uring)
+            await zokio.sleep(0.02)
+            ls1.close()  # plain close, no op_close
+            ls2 = nb(socket.socket())
+            ls2.bind(("127.0.0.1", 0))
+            ls2.listen(8)
+            assert ls2.fileno() == lfd  # the number was reused
+            c2 = connect(ls2.getsockname())
+            fd, peer = await N.op_accept(lfd)
+            try:
+                return peer == c2.getsockname()
+            finally:
+                os.close(fd)
+
+        assert rt1.block_on(main())
+    finally:
+        for c in clients:
+            c.close()
+        if ls2 is not None:
+            ls2.close()
+        cleanup1()
