@@ -1087,3 +1087,38 @@ def test_listener_fd_number_reused_after_plain_close(rt1):
         if ls2 is not None:
             ls2.close()
         cleanup1()
+
+
+# ---- idle receives pin no buffer --------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_idle_receives_allocate_no_buffers(rt1):
+    """300 tasks parked in op_recv(fd, 65536) with nothing to read: Python
+    memory grows by the tasks and ops, not by 300 buffers of 64 KiB (io_uring
+    picks a provided buffer when data arrives, epoll receives into scratch
+    memory once readable).  The data then arrives intact."""
+    import tracemalloc
+    pairs = [tuple(map(nb, socket.socketpair())) for _ in range(300)]
+    try:
+        async def main():
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                hs = [zokio.spawn(aw(N.op_recv(b.fileno(), 65536))) for _, b in pairs]
+                await zokio.sleep(0.1)
+                parked = tracemalloc.get_traced_memory()[0] - base
+            finally:
+                tracemalloc.stop()
+            for i, (a, _) in enumerate(pairs):
+                a.send(b"%d" % i)
+            got = [await h for h in hs]
+            return parked, got
+
+        parked, got = rt1.block_on(main())
+        assert got == [b"%d" % i for i in range(300)]
+        # 64 KiB each would be 19.7 MB; tasks and ops take ~1 KiB each.
+        assert parked < 300 * 4096, parked
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
