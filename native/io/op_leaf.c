@@ -138,13 +138,13 @@ static void io_op_finish(zk_io_op *self, zk_state *st, int64_t result) {
 
 /* Which eager rows try at first await: bit 1 rows that wait for input
  * (recv, accept, ...), bit 2 rows that wait for output (send, sendmsg).
- * Measured (tests/../report: 64-byte messages over socketpairs, one worker):
- * on epoll it saves ~45% CPU per message when a connection has several
- * messages in flight and costs nothing in request/response, so both bits
- * are on; on io_uring request/response over 16 connections costs 20-50%
- * more CPU with it (one io_uring_enter for a whole pass beats a syscall per
- * op), so it is off there.  ZOKIO_EAGER_IO=0..3 (read once at module init)
- * overrides both, for measurements. */
+ * Measured with 64-byte messages over socketpairs on one worker: on epoll
+ * it saves ~45% CPU per message when a connection has several messages in
+ * flight and costs nothing in request/response, so both bits are on; on
+ * io_uring request/response over 16 connections cost 20-50% more CPU with
+ * it (one io_uring_enter for a whole pass beats a syscall per op), so it is
+ * off there.  ZOKIO_EAGER_IO=0..3 (read once at module init) overrides
+ * both, for measurements. */
 static int eager_override = -1;
 
 static inline int eager_mask(void) {
@@ -162,7 +162,9 @@ static PyObject *io_op_iternext(zk_io_op *self) {
     if (!self->eager_tried && zk_current_task != NULL) {
         self->eager_tried = 1;
         const zk_op_desc *d = &zk_op_descs[self->op.opcode];
-        if (d->eager && (eager_mask() & (d->epoll_events & EPOLLOUT ? 2 : 1)) && !self->submitted && !zk_leaf_is_done(&self->leaf)) {
+        int bit = d->epoll_events & EPOLLOUT ? 2 : 1;
+        if (d->eager && (eager_mask() & bit) && !self->submitted &&
+            !zk_leaf_is_done(&self->leaf)) {
             self->op.attached = 1;
             int64_t r = d->attempt(&self->op);
             self->op.attached = 0;
