@@ -125,6 +125,13 @@ async def recv_exactly(fd, n):
     return bytes(out)
 
 
+def eager_input_on_uring():
+    """ZOKIO_EAGER_IO forces eager receives/accepts on io_uring too (they
+    then bypass the port when they can finish at once)."""
+    v = os.environ.get("ZOKIO_EAGER_IO")
+    return bool(v) and int(v) & 1 != 0
+
+
 FAMILIES = ["ipv4", pytest.param("ipv6", marks=pytest.mark.skipif(not HAS_IPV6, reason="no ::1")),
             "unix", "abstract"]
 
@@ -964,7 +971,7 @@ def test_accept_loop_and_close_of_a_listener_with_queued_connections(rt1):
 
         before, mid, late = rt1.block_on(main())
         clients.extend(late)
-        if mid["backend"] == "io_uring":
+        if mid["backend"] == "io_uring" and not eager_input_on_uring():
             assert mid["ms_accepts"] - before["ms_accepts"] == 20
             assert mid["ms_arms"] - before["ms_arms"] <= 3, (before, mid)
         # The 4 connections nobody accepted are gone: their clients see EOF
@@ -1012,7 +1019,7 @@ def test_runtime_shutdown_closes_connections_nobody_accepted(make_runtime):
                     pass
             await zokio.sleep(0.05)
             st = N.port_stats()
-            if st["backend"] == "io_uring":
+            if st["backend"] == "io_uring" and not eager_input_on_uring():
                 # The first connection, the one take_one got, and the two
                 # queued in the port that nobody accepted.
                 assert st["ms_accepts"] == 4, st
