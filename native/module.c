@@ -340,8 +340,8 @@ static PyMethodDef module_methods[] = {
     OP_METHOD(op_recvmsg, "op_recvmsg(fd, n, flags=0) -> Op: (bytes, address, msg_flags)."),
     OP_METHOD(op_sendmsg, "op_sendmsg(fd, data, address=None, flags=0) -> Op: bytes sent."),
     OP_METHOD(op_shutdown, "op_shutdown(fd, how) -> Op: None."),
-    OP_METHOD(op_close, "op_close(fd) -> Op: None.  Ops of this worker still waiting on fd "
-                        "end with OSError(EBADF) first."),
+    OP_METHOD(op_close, "op_close(fd) -> Op: None.  Ops still waiting on fd, on any worker, "
+                        "end with OSError(EBADF)."),
     OP_METHOD(op_poll, "op_poll(fd, events) -> Op: the revents (poll bits)."),
 #undef OP_METHOD
     {"port_stats", mod_port_stats, METH_NOARGS,

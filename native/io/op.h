@@ -14,7 +14,8 @@
  *   uring_multishot            io_uring: one multishot SQE serves many ops
  *   closes_fd                  the op ends the fd: both backends first end
  *                              every op of this port still waiting on that
- *                              fd (their result: -EBADF), then run it
+ *                              fd (their result: -EBADF), then run it; the
+ *                              Op leaf has the other workers cancel theirs
  *   pin, to_python             how the Op leaf (op_leaf.c) holds what Python
  *                              passed (a buffer pinned until the op's own
  *                              completion) and how a result >= 0 becomes the

@@ -110,10 +110,10 @@
  * fd (IORING_ASYNC_CANCEL_FD | _ALL, 5.19): every op of this ring on that
  * file ends.  Those ops get -ECANCELED without us having asked (no
  * ZK_OPF_CANCEL_SENT), which handle_cqe reports as -EBADF: the fd was
- * closed under them.  Ops on other workers' rings are not reached; they
- * hold their own reference to the file and stay pending until they
- * complete or are cancelled, so whoever closes an fd shared across workers
- * must cancel those first.
+ * closed under them.  Ops on other workers' rings are not reached here
+ * (they hold their own reference to the file): the Op leaf cancels them
+ * through their workers before the CLOSE is submitted (op_leaf.c, the
+ * registry of ops by fd).
  */
 #define _GNU_SOURCE
 #include "io/port_internal.h"
