@@ -268,14 +268,16 @@ static PyObject *mod_port_stats(PyObject *module, PyObject *Py_UNUSED(ignored)) 
         Py_RETURN_NONE;
     zk_port_stats st;
     zk_port_get_stats(port, &st);
-    return Py_BuildValue("{s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n}", "backend",
+    return Py_BuildValue("{s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n}", "backend",
                          zk_port_backend_name(zk_port_backend(port)), "submitted",
                          (unsigned long long)st.submitted, "completed",
                          (unsigned long long)st.completed, "enters",
                          (unsigned long long)st.enters, "sqes", (unsigned long long)st.sqes,
                          "ctls", (unsigned long long)st.ctls, "pbuf_used",
                          (unsigned long long)st.pbuf_used, "pbuf_misses",
-                         (unsigned long long)st.pbuf_misses, "inflight",
+                         (unsigned long long)st.pbuf_misses, "ms_accepts",
+                         (unsigned long long)st.ms_accepts, "ms_arms",
+                         (unsigned long long)st.ms_arms, "inflight",
                          (Py_ssize_t)zk_port_inflight(port));
 }
 
@@ -338,8 +340,8 @@ static PyMethodDef module_methods[] = {
     OP_METHOD(op_recvmsg, "op_recvmsg(fd, n, flags=0) -> Op: (bytes, address, msg_flags)."),
     OP_METHOD(op_sendmsg, "op_sendmsg(fd, data, address=None, flags=0) -> Op: bytes sent."),
     OP_METHOD(op_shutdown, "op_shutdown(fd, how) -> Op: None."),
-    OP_METHOD(op_close, "op_close(fd) -> Op: None.  Ops of this worker still waiting on fd "
-                        "end with OSError(EBADF) first."),
+    OP_METHOD(op_close, "op_close(fd) -> Op: None.  Ops still waiting on fd, on any worker, "
+                        "end with OSError(EBADF)."),
     OP_METHOD(op_poll, "op_poll(fd, events) -> Op: the revents (poll bits)."),
 #undef OP_METHOD
     {"port_stats", mod_port_stats, METH_NOARGS,

@@ -11,9 +11,11 @@
  *                              own `flags` are the poll bits it waits for)
  *   eager                      the Op leaf tries `attempt` itself first
  *   port_buffer                the op waits without a buffer of its own
+ *   uring_multishot            io_uring: one multishot SQE serves many ops
  *   closes_fd                  the op ends the fd: both backends first end
  *                              every op of this port still waiting on that
- *                              fd (their result: -EBADF), then run it
+ *                              fd (their result: -EBADF), then run it; the
+ *                              Op leaf has the other workers cancel theirs
  *   pin, to_python             how the Op leaf (op_leaf.c) holds what Python
  *                              passed (a buffer pinned until the op's own
  *                              completion) and how a result >= 0 becomes the
@@ -80,6 +82,11 @@ typedef struct zk_op_desc {
      * per-thread scratch memory and keeps a malloc'd copy of what arrived
      * (buf_owned), or leaves it in scratch when op->attached. */
     uint8_t port_buffer;
+    /* 1: io_uring serves the op from one multishot SQE per (port, fd) that
+     * accepts connections as they arrive; a connection nobody waits for is
+     * queued in the port, handed to the next such op, closed when the fd is
+     * closed by a CLOSE op or the port closes (port_uring.c). */
+    uint8_t uring_multishot;
     /* The Op leaf: pin what Python passed (a size, a bytes-like object, an
      * address, ...) and point op.buf/op.len (and op.addr, op.msg) at the
      * memory the kernel will use.  0, or -1 with an exception set.

@@ -78,6 +78,9 @@ PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, const zk_op_args 
     self->st = st;
     self->worker = NULL;
     self->eager_tried = 0;
+    self->reg_next = self->reg_prev = NULL;
+    self->reg_linked = 0;
+    atomic_init(&self->closed_by_close, 0);
     self->submitted = 0;
     self->view_held = 0;
     self->cancel_requested = 0;
@@ -97,12 +100,110 @@ PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, const zk_op_args 
 
 static void io_op_finish(zk_io_op *self, zk_state *st, int64_t result);
 
+/* ---- the registry of ops in flight, by fd ------------------------------------
+ *
+ * A port ends its own ops on an fd when a CLOSE of that fd runs on it (op.h:
+ * closes_fd), but an fd used by tasks on several workers has ops in other
+ * ports too: io_uring would keep those pending (they hold the file), epoll
+ * would strand them (the registration goes with the file).  So every op in
+ * flight is linked here, in one of ZK_FD_STRIPES lists chosen by its fd,
+ * from its submit to its completion (both on its worker).  A CLOSE about to
+ * be submitted asks the worker of each op on the same fd elsewhere to cancel
+ * it (the scheduler's mailbox); such an op ends with OSError(EBADF), like
+ * those of the closing worker's own port.  The close does not wait for them:
+ * io_uring cancels by request (the file lives on until then), epoll unlinks
+ * the op from its queue. */
+#define ZK_FD_STRIPES 64
+
+static struct {
+    zk_mutex lock;
+    zk_io_op *head;
+} fd_registry[ZK_FD_STRIPES];
+
+static void registry_init(void) {
+    static int done;
+    if (!done) {
+        for (int i = 0; i < ZK_FD_STRIPES; i++)
+            zk_mutex_init(&fd_registry[i].lock);
+        done = 1;
+    }
+}
+
+static inline unsigned stripe_of(int fd) {
+    return (unsigned)fd % ZK_FD_STRIPES;
+}
+
+static void registry_link(zk_io_op *op) {
+    unsigned i = stripe_of(op->op.fd);
+    zk_mutex_lock(&fd_registry[i].lock);
+    op->reg_prev = NULL;
+    op->reg_next = fd_registry[i].head;
+    if (op->reg_next)
+        op->reg_next->reg_prev = op;
+    fd_registry[i].head = op;
+    op->reg_linked = 1;
+    zk_mutex_unlock(&fd_registry[i].lock);
+}
+
+static void registry_unlink(zk_io_op *op) {
+    if (!op->reg_linked)
+        return;
+    unsigned i = stripe_of(op->op.fd);
+    zk_mutex_lock(&fd_registry[i].lock);
+    if (op->reg_prev)
+        op->reg_prev->reg_next = op->reg_next;
+    else
+        fd_registry[i].head = op->reg_next;
+    if (op->reg_next)
+        op->reg_next->reg_prev = op->reg_prev;
+    op->reg_next = op->reg_prev = NULL;
+    op->reg_linked = 0;
+    zk_mutex_unlock(&fd_registry[i].lock);
+}
+
+/* Before a CLOSE of fd runs on worker w: cancel the ops on fd in flight on
+ * other workers.  References are taken under the lock (a linked op is
+ * alive: its port holds it) and the mail is posted outside it. */
+static void registry_close_fd(zk_worker *w, int fd) {
+    unsigned i = stripe_of(fd);
+    zk_io_op *found[16];
+    for (;;) {
+        int n = 0, more = 0;
+        zk_mutex_lock(&fd_registry[i].lock);
+        for (zk_io_op *o = fd_registry[i].head; o; o = o->reg_next) {
+            if (o->op.fd != fd || o->worker == w ||
+                atomic_load_explicit(&o->closed_by_close, memory_order_relaxed))
+                continue;
+            if (n == 16) {
+                more = 1;
+                break;
+            }
+            atomic_store_explicit(&o->closed_by_close, 1, memory_order_relaxed);
+            Py_INCREF(o);
+            found[n++] = o;
+        }
+        zk_mutex_unlock(&fd_registry[i].lock);
+        for (int k = 0; k < n; k++) {
+            zk_worker_cancel_op(w, found[k]->worker, (PyObject *)found[k], &found[k]->op);
+            Py_DECREF(found[k]);
+        }
+        if (!more)
+            return;
+    }
+}
+
 /* The port calls this exactly once per submitted op, on the owning worker,
  * attached.  Only now may the pinned buffer be released. */
 static void io_op_complete(zk_op *op, int64_t result) {
     zk_io_op *self = (zk_io_op *)((char *)op - offsetof(zk_io_op, op));
     zk_worker *w = self->worker;
     zk_state *st = zk_sched_state(zk_worker_sched(w));
+    registry_unlink(self);
+    /* Cancelled for a CLOSE elsewhere, not for its own task: the fd was
+     * closed under it. */
+    if (result == -ECANCELED && !self->cancel_requested &&
+        atomic_load_explicit(&self->closed_by_close, memory_order_relaxed))
+        result = -EBADF;
     self->submitted = 0;
     self->ended_by_cancel = (result == -ECANCELED);
     zk_worker_count_op(w);
@@ -138,13 +239,13 @@ static void io_op_finish(zk_io_op *self, zk_state *st, int64_t result) {
 
 /* Which eager rows try at first await: bit 1 rows that wait for input
  * (recv, accept, ...), bit 2 rows that wait for output (send, sendmsg).
- * Measured (tests/../report: 64-byte messages over socketpairs, one worker):
- * on epoll it saves ~45% CPU per message when a connection has several
- * messages in flight and costs nothing in request/response, so both bits
- * are on; on io_uring request/response over 16 connections costs 20-50%
- * more CPU with it (one io_uring_enter for a whole pass beats a syscall per
- * op), so it is off there.  ZOKIO_EAGER_IO=0..3 (read once at module init)
- * overrides both, for measurements. */
+ * Measured with 64-byte messages over socketpairs on one worker: on epoll
+ * it saves ~45% CPU per message when a connection has several messages in
+ * flight and costs nothing in request/response, so both bits are on; on
+ * io_uring request/response over 16 connections cost 20-50% more CPU with
+ * it (one io_uring_enter for a whole pass beats a syscall per op), so it is
+ * off there.  ZOKIO_EAGER_IO=0..3 (read once at module init) overrides
+ * both, for measurements. */
 static int eager_override = -1;
 
 static inline int eager_mask(void) {
@@ -162,7 +263,9 @@ static PyObject *io_op_iternext(zk_io_op *self) {
     if (!self->eager_tried && zk_current_task != NULL) {
         self->eager_tried = 1;
         const zk_op_desc *d = &zk_op_descs[self->op.opcode];
-        if (d->eager && (eager_mask() & (d->epoll_events & EPOLLOUT ? 2 : 1)) && !self->submitted && !zk_leaf_is_done(&self->leaf)) {
+        int bit = d->epoll_events & EPOLLOUT ? 2 : 1;
+        if (d->eager && (eager_mask() & bit) && !self->submitted &&
+            !zk_leaf_is_done(&self->leaf)) {
             self->op.attached = 1;
             int64_t r = d->attempt(&self->op);
             self->op.attached = 0;
@@ -196,7 +299,11 @@ static int io_op_register(zk_state *st, zk_worker *w, zk_task *task, PyObject *o
         op->worker = w;
         op->submitted = 1;
         Py_INCREF(op);  /* the port's in-flight reference */
+        if (zk_op_descs[op->op.opcode].closes_fd)
+            registry_close_fd(w, op->op.fd);
         int err = zk_port_submit(zk_worker_port(w), &op->op);
+        if (err == 0)
+            registry_link(op);  /* completes later, never inside submit */
         if (err != 0) {
             op->submitted = 0;
             io_op_release_buffer(op);
@@ -238,6 +345,7 @@ static const zk_leaf_ops io_op_ops = {
 };
 
 int zk_op_leaf_type_init(PyObject *module, zk_state *st) {
+    registry_init();
     const char *eager = getenv("ZOKIO_EAGER_IO");
     eager_override = eager && *eager ? atoi(eager) & 3 : -1;
     st->OpType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &io_op_spec, NULL);

@@ -23,6 +23,12 @@ struct zk_io_op {
     zk_state *st;            /* the module state (Cancelled, ...) */
     zk_worker *worker;       /* port it was submitted to */
     int eager_tried;         /* the row's attempt was made at first await */
+    /* In flight: linked in the process-wide registry of ops by fd (op_leaf.c)
+     * so that a CLOSE on another worker can end it. */
+    zk_io_op *reg_next, *reg_prev;
+    int reg_linked;
+    _Atomic int closed_by_close;  /* a CLOSE of its fd on another worker
+                                     asked its port to cancel it */
     int submitted;           /* in flight; written by the owning worker */
     int view_held;
     int cancel_requested;    /* an interrupt asked the port to cancel it */

@@ -136,6 +136,8 @@ typedef struct zk_port_stats {
     uint64_t pbuf_used;   /* io_uring: receives served by a provided buffer */
     uint64_t pbuf_misses; /* io_uring: -ENOBUFS (ring empty), retried into
                              malloc'd memory */
+    uint64_t ms_accepts;  /* io_uring: connections from multishot ACCEPTs */
+    uint64_t ms_arms;     /* io_uring: multishot ACCEPT SQEs submitted */
 } zk_port_stats;
 
 void zk_port_get_stats(const zk_port *port, zk_port_stats *out);

@@ -48,9 +48,10 @@
  *
  * CLOSE (row closes_fd): before close(2), the fd's waiters in this port end
  * with -EBADF and the fd is DELeted while its number still names it.  Ops
- * waiting on the fd in another worker's port are not reached (their
- * registration silently goes with the file if this was its last fd): whoever
- * closes an fd shared across workers must cancel those ops first.
+ * waiting on the fd in another worker's port are not reached here (their
+ * registration silently goes with the file if this was its last fd): the Op
+ * leaf cancels them through their workers (op_leaf.c, the registry of ops
+ * by fd).
  *
  * An op the Op leaf already tried (op->tried: its eager attempt said
  * EAGAIN) goes straight to its queue: arming EPOLLONESHOT reports readiness
@@ -345,8 +346,8 @@ static int e_submit(zk_port *port, zk_op *op)
     fd_state *st = fd_lookup(e, op->fd);
     if (st && zk_op_descs[op->opcode].closes_fd) {
         /* The fd is about to go: end its waiters (-EBADF) and DEL it while
-         * the number still names it.  Ops on other workers' ports are not
-         * reached: whoever closes must have ended those first. */
+         * the number still names it.  Ops on other workers' ports are
+         * cancelled by the Op leaf (op_leaf.c). */
         fail_queue(e, &st->readers, -EBADF);
         fail_queue(e, &st->writers, -EBADF);
         fail_queue(e, &st->pollers, -EBADF);

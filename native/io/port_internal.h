@@ -34,6 +34,8 @@ typedef struct zk_port_vtable {
 #define ZK_OPF_PBUF 0x10u          /* io_uring: the data is in provided buffer
                                       backend_bid, recycled after `complete` */
 #define ZK_OPF_BUFSEL 0x20u        /* io_uring: submitted with BUFFER_SELECT */
+#define ZK_OPF_PARKED 0x40u        /* io_uring: waits in a multishot listener's
+                                      queue, not in the kernel */
 
 /* A FIFO of ops linked through backend_next/backend_prev (doubly linked so
  * that an op can be unlinked from the middle in O(1)). */

@@ -89,14 +89,31 @@
  * into memory malloc'd for it (op->buf_owned, freed by the op's owner).  A
  * kernel that refuses the ring gets malloc'd memory at submit instead.
  *
+ * Multishot ACCEPT.  A row with uring_multishot (ACCEPT) never goes to the
+ * kernel by itself: the port keeps one record per listening fd
+ * (ms_listener) whose single ACCEPT SQE with IORING_ACCEPT_MULTISHOT (5.19)
+ * yields a CQE per connection while IORING_CQE_F_MORE says it is armed.
+ * An ACCEPT op takes the oldest connection already queued in the record,
+ * or parks there (ZK_OPF_PARKED) until one comes.  The SQE carries no
+ * address buffer (one buffer cannot serve many CQEs): the peer address is
+ * getpeername()'s.  A connection that arrives with nobody waiting is queued
+ * (never dropped); past MS_READY_MAX queued, or when the last parked op is
+ * cancelled, the SQE is cancelled and the kernel's backlog holds the rest,
+ * so an idle listener is not held by the kernel.  A CLOSE of the fd closes
+ * the queued connections and ends the waiters (-EBADF); zk_port_close
+ * closes them too, and waits (2 s at most) for each SQE's last CQE, which
+ * may still carry a connection to close.  A listener closed with plain
+ * close(2) while its SQE is armed stays open in the kernel (the SQE holds
+ * the file) until the port closes: close listeners with a CLOSE op.
+ *
  * CLOSE.  A row with closes_fd is preceded by an ASYNC_CANCEL keyed on the
  * fd (IORING_ASYNC_CANCEL_FD | _ALL, 5.19): every op of this ring on that
  * file ends.  Those ops get -ECANCELED without us having asked (no
  * ZK_OPF_CANCEL_SENT), which handle_cqe reports as -EBADF: the fd was
- * closed under them.  Ops on other workers' rings are not reached; they
- * hold their own reference to the file and stay pending until they
- * complete or are cancelled, so whoever closes an fd shared across workers
- * must cancel those first.
+ * closed under them.  Ops on other workers' rings are not reached here
+ * (they hold their own reference to the file): the Op leaf cancels them
+ * through their workers before the CLOSE is submitted (op_leaf.c, the
+ * registry of ops by fd).
  */
 #define _GNU_SOURCE
 #include "io/port_internal.h"
@@ -108,6 +125,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -180,6 +199,27 @@ struct zk_getevents_arg {
 #define CLOSE_POLL_NS 100000000ll   /* close(): wait slice, 100 ms */
 #define CLOSE_RECANCEL_SLICES 10    /* close(): re-send cancels every 1 s */
 
+/* A listening fd served by a multishot ACCEPT (rows with uring_multishot).
+ * Its SQE's user_data is the record's address with bit 0 set (op records
+ * are 8-aligned, so no op has that bit; TAG_WAKE is 1, which no record is). */
+typedef struct ms_listener {
+    int fd;
+    dev_t dev;           /* which file the fd named when the record was made: */
+    ino_t ino;           /* a later file with the same number is another one */
+    bool armed;          /* the multishot SQE is in the kernel */
+    bool cancel_sent;    /* asked the kernel to end it */
+    bool need_arm;       /* process() must (re)arm it: ops wait */
+    bool closed;         /* its fd was closed: unlinked, freed once !armed */
+    bool single;         /* the kernel refused multishot: one-shot SQEs */
+    zk_op_list waiters;  /* ops parked here (ZK_OPF_PARKED), FIFO */
+    int *ready;          /* accepted fds nobody took yet, FIFO */
+    size_t rhead, nready, cap;
+    struct ms_listener *next;
+} ms_listener;
+
+#define MS_TAG 1ull
+#define MS_READY_MAX 256u  /* queued connections before the SQE is ended */
+
 typedef struct uring_port {
     zk_port_common c; /* must be first */
     int ring_fd;
@@ -220,6 +260,11 @@ typedef struct uring_port {
     char *pbuf_mem;
     uint16_t pbuf_tail;
     zk_op_list nobufs;   /* -ENOBUFS: resubmitted by process() */
+
+    ms_listener *listeners; /* open (not closed) multishot listeners */
+    ms_listener *ms_zombies; /* closed, their SQE not ended yet */
+    size_t ms_armed;        /* multishot SQEs in the kernel (all records) */
+    size_t ms_need_arm;     /* records with need_arm */
 
     bool wake_armed;     /* a POLL_ADD on wake_fd is in the kernel / SQ */
     bool wake_multishot; /* false once the kernel rejected POLL_ADD_MULTI */
@@ -281,6 +326,278 @@ static inline bool need_getevents(const uring_port *u)
            && !(u->setup_flags & IORING_SETUP_TASKRUN_FLAG);
 }
 
+/* ---- multishot ACCEPT ---------------------------------------------------- */
+
+/* The peer address of an accepted fd, into the op (multishot SQEs carry no
+ * address buffer: one buffer cannot serve many connections). */
+static void ms_fill_addr(zk_op *op, int fd)
+{
+    op->addrlen = sizeof op->addr;
+    if (getpeername(fd, (struct sockaddr *)&op->addr, &op->addrlen) < 0)
+        op->addrlen = 0;
+}
+
+static bool ms_push(ms_listener *l, int fd)
+{
+    if (l->nready == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 8;
+        int *r = malloc(cap * sizeof *r);
+        if (!r)
+            return false;
+        for (size_t i = 0; i < l->nready; i++)
+            r[i] = l->ready[(l->rhead + i) % l->cap];
+        free(l->ready);
+        l->ready = r;
+        l->rhead = 0;
+        l->cap = cap;
+    }
+    l->ready[(l->rhead + l->nready) % l->cap] = fd;
+    l->nready++;
+    return true;
+}
+
+static int ms_pop(ms_listener *l)
+{
+    int fd = l->ready[l->rhead];
+    l->rhead = (l->rhead + 1) % l->cap;
+    l->nready--;
+    return fd;
+}
+
+static void ms_close_ready(ms_listener *l)
+{
+    while (l->nready)
+        close(ms_pop(l));
+}
+
+static void ms_free(ms_listener *l)
+{
+    free(l->ready);
+    free(l);
+}
+
+static void ms_unlink(ms_listener **head, ms_listener *l)
+{
+    for (ms_listener **pp = head; *pp; pp = &(*pp)->next) {
+        if (*pp == l) {
+            *pp = l->next;
+            l->next = NULL;
+            return;
+        }
+    }
+}
+
+static ms_listener *ms_find(uring_port *u, int fd)
+{
+    for (ms_listener *l = u->listeners; l; l = l->next)
+        if (l->fd == fd)
+            return l;
+    return NULL;
+}
+
+static void ms_set_need_arm(uring_port *u, ms_listener *l, bool v)
+{
+    if (l->need_arm != v) {
+        l->need_arm = v;
+        if (v)
+            u->ms_need_arm++;
+        else
+            u->ms_need_arm--;
+    }
+}
+
+static struct io_uring_sqe *get_sqe(uring_port *u, int *err);
+static inline void commit_sqe(uring_port *u);
+static bool queue_cancel(uring_port *u, uint64_t target);
+
+/* Queue the listener's ACCEPT SQE (multishot unless refused).  Never
+ * called from inside reap(): get_sqe may reap. */
+static int ms_arm(uring_port *u, ms_listener *l)
+{
+    int err = 0;
+    struct io_uring_sqe *sqe = get_sqe(u, &err);
+    if (!sqe)
+        return err;
+    sqe->opcode = IORING_OP_ACCEPT;
+    sqe->fd = l->fd;
+    sqe->accept_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+    sqe->ioprio = l->single ? 0 : IORING_ACCEPT_MULTISHOT;
+    sqe->user_data = (uint64_t)(uintptr_t)l | MS_TAG;
+    commit_sqe(u);
+    l->armed = true;
+    l->cancel_sent = false;
+    u->ms_armed++;
+    u->c.stats.ms_arms++;
+    ms_set_need_arm(u, l, false);
+    return 0;
+}
+
+/* End the listener's SQE (nobody waits, or too many queued). */
+static void ms_disarm(uring_port *u, ms_listener *l)
+{
+    if (l->armed && !l->cancel_sent && queue_cancel(u, (uint64_t)(uintptr_t)l | MS_TAG))
+        l->cancel_sent = true;
+}
+
+static void ms_handle_cqe(uring_port *u, ms_listener *l, int32_t res, uint32_t flags)
+{
+    bool more = (flags & IORING_CQE_F_MORE) != 0;
+    if (!more) {
+        l->armed = false;
+        u->ms_armed--;
+    }
+    if (res >= 0) {
+        u->c.stats.ms_accepts++;
+        zk_op *w = l->closed || u->c.closing ? NULL : zk_op_list_pop(&l->waiters);
+        if (w) {
+            w->backend_flags &= ~ZK_OPF_PARKED;
+            ms_fill_addr(w, res);
+            zk_port_post(&u->c, w, res);
+        } else if (l->closed || u->c.closing || !ms_push(l, res)) {
+            close(res); /* nobody can ever take it */
+        } else if (l->nready >= MS_READY_MAX) {
+            ms_disarm(u, l); /* the kernel's backlog holds the rest */
+        }
+    } else if (res == -EINVAL && !l->single && !more && l->waiters.head) {
+        l->single = true; /* IORING_ACCEPT_MULTISHOT unknown (before 5.19) */
+    } else if (res != -ECANCELED) {
+        /* EMFILE, ENFILE, ENOBUFS, EINVAL (shut down), ...: the first
+         * waiter gets it; the others wait for the next SQE. */
+        zk_op *w = zk_op_list_pop(&l->waiters);
+        if (w) {
+            w->backend_flags &= ~ZK_OPF_PARKED;
+            zk_port_post(&u->c, w, res);
+        }
+    }
+    if (!l->armed) {
+        if (l->closed) {
+            ms_unlink(&u->ms_zombies, l);
+            ms_free(l);
+            return;
+        }
+        ms_set_need_arm(u, l, l->waiters.head != NULL && !u->c.closing);
+    }
+}
+
+/* process(): arm the listeners whose ops wait with no SQE in the kernel. */
+static void ms_arm_pending(uring_port *u)
+{
+    for (ms_listener *l = u->listeners; l && u->ms_need_arm; l = l->next) {
+        if (!l->need_arm)
+            continue;
+        if (l->armed) {
+            ms_set_need_arm(u, l, false);
+            continue;
+        }
+        int err = ms_arm(u, l);
+        if (err) {
+            /* No SQE: fail the waiters rather than strand them. */
+            zk_op *w;
+            while ((w = zk_op_list_pop(&l->waiters)) != NULL) {
+                w->backend_flags &= ~ZK_OPF_PARKED;
+                zk_port_post(&u->c, w, -(int64_t)err);
+            }
+            ms_set_need_arm(u, l, false);
+        }
+    }
+}
+
+/* submit() of a uring_multishot op: a queued connection at once, else park
+ * the op and make sure the listener's SQE is (or will be) in the kernel. */
+static void ms_retire(uring_port *u, ms_listener *l, int64_t result);
+
+static int ms_submit(uring_port *u, zk_op *op)
+{
+    /* The fd may have been closed with close(2) and its number reused by
+     * another listener since the record was made: check which file it is
+     * (one fstat per ACCEPT), so that connections queued for the old file
+     * are never handed out for the new one. */
+    struct stat sb;
+    if (fstat(op->fd, &sb) < 0)
+        return errno;
+    ms_listener *l = ms_find(u, op->fd);
+    if (l && (l->dev != sb.st_dev || l->ino != sb.st_ino)) {
+        ms_disarm(u, l);
+        ms_retire(u, l, -EBADF);
+        l = NULL;
+    }
+    if (!l) {
+        l = calloc(1, sizeof *l);
+        if (!l)
+            return ENOMEM;
+        l->fd = op->fd;
+        l->dev = sb.st_dev;
+        l->ino = sb.st_ino;
+        l->next = u->listeners;
+        u->listeners = l;
+    }
+    op->backend_flags |= ZK_OPF_PARKED;
+    if (l->nready) {
+        int fd = ms_pop(l);
+        op->backend_flags &= ~ZK_OPF_PARKED;
+        ms_fill_addr(op, fd);
+        zk_port_post(&u->c, op, fd);
+        return 0;
+    }
+    zk_op_list_push(&l->waiters, op);
+    if (!l->armed || l->cancel_sent) {
+        /* An SQE being cancelled ends soon: its last CQE re-arms. */
+        if (!l->armed) {
+            int err = ms_arm(u, l);
+            if (err) {
+                zk_op_list_unlink(&l->waiters, op);
+                op->backend_flags &= ~ZK_OPF_PARKED;
+                return err;
+            }
+        }
+    }
+    return 0;
+}
+
+/* cancel() of a parked op: it is not in the kernel, it ends here. */
+static void ms_cancel(uring_port *u, zk_op *op)
+{
+    ms_listener *l = ms_find(u, op->fd);
+    if (l)
+        zk_op_list_unlink(&l->waiters, op);
+    op->backend_flags &= ~ZK_OPF_PARKED;
+    zk_port_post(&u->c, op, -ECANCELED);
+    /* Nobody waits: stop accepting, so that the kernel stops holding the
+     * listener (and connections stay in its backlog). */
+    if (l && !l->waiters.head)
+        ms_disarm(u, l);
+}
+
+/* The listener's fd goes (a CLOSE op: result -EBADF for its waiters; the
+ * port's close: -ECANCELED): queued connections are closed, waiters end,
+ * the record lives on as a zombie until its SQE's last CQE. */
+static void ms_retire(uring_port *u, ms_listener *l, int64_t result)
+{
+    ms_unlink(&u->listeners, l);
+    l->closed = true;
+    ms_set_need_arm(u, l, false);
+    ms_close_ready(l);
+    zk_op *w;
+    while ((w = zk_op_list_pop(&l->waiters)) != NULL) {
+        w->backend_flags &= ~ZK_OPF_PARKED;
+        zk_port_post(&u->c, w, result);
+    }
+    if (l->armed) {
+        l->next = u->ms_zombies;
+        u->ms_zombies = l;
+    } else {
+        ms_free(l);
+    }
+}
+
+/* A CLOSE of fd: its SQE ends through the cancel-by-fd before the CLOSE. */
+static void ms_close_fd(uring_port *u, int fd)
+{
+    ms_listener *l = ms_find(u, fd);
+    if (l)
+        ms_retire(u, l, -EBADF);
+}
+
 static void handle_cqe(uring_port *u, uint64_t user_data, int32_t res,
                        uint32_t flags)
 {
@@ -297,6 +614,11 @@ static void handle_cqe(uring_port *u, uint64_t user_data, int32_t res,
         }
         if (res >= 0)
             u->wake_errors = 0;
+        return;
+    }
+    if (user_data & MS_TAG) {
+        ms_handle_cqe(u, (ms_listener *)(uintptr_t)(user_data & ~MS_TAG), res,
+                      flags);
         return;
     }
     zk_op *op = (zk_op *)(uintptr_t)user_data;
@@ -538,12 +860,15 @@ static void retry_deferred_cancels(uring_port *u)
 static int u_submit(zk_port *port, zk_op *op)
 {
     uring_port *u = U(port);
+    const zk_op_desc *desc = &zk_op_descs[op->opcode]; /* checked by port.c */
+    if (desc->uring_multishot)
+        return ms_submit(u, op);
     int err = 0;
     struct io_uring_sqe *sqe = get_sqe(u, &err);
     if (!sqe)
         return err;
-    const zk_op_desc *desc = &zk_op_descs[op->opcode]; /* checked by port.c */
     if (desc->closes_fd) {
+        ms_close_fd(u, op->fd);
         /* First cancel every op of this ring on the fd (5.19: by fd, all of
          * them); they end with -EBADF (handle_cqe).  SQEs are issued in
          * order, so the cancel runs while the fd still names the file. */
@@ -584,6 +909,10 @@ static int u_submit(zk_port *port, zk_op *op)
 static void u_cancel(zk_port *port, zk_op *op)
 {
     uring_port *u = U(port);
+    if (op->backend_flags & ZK_OPF_PARKED) {
+        ms_cancel(u, op);
+        return;
+    }
     op->backend_flags |= ZK_OPF_CANCEL_SENT;
     if (!queue_cancel(u, (uint64_t)(uintptr_t)op)) {
         op->backend_flags |= ZK_OPF_CANCEL_DEFERRED;
@@ -646,6 +975,8 @@ static int u_process(zk_port *port)
     }
     if (u->nobufs.head)
         retry_nobufs(u);
+    if (u->ms_need_arm)
+        ms_arm_pending(u);
     if (u->wake_seen) {
         u->wake_seen = false;
         zk_port_wake_drain(&u->c);
@@ -664,6 +995,16 @@ static void u_free(uring_port *u)
         munmap(u->sq_ring, u->sq_ring_sz);
     if (u->ring_fd >= 0)
         close(u->ring_fd);
+    while (u->listeners) {
+        ms_listener *l = u->listeners;
+        u->listeners = l->next;
+        ms_free(l);
+    }
+    while (u->ms_zombies) {
+        ms_listener *l = u->ms_zombies;
+        u->ms_zombies = l->next;
+        ms_free(l);
+    }
     if (u->pbuf_ring) {
         munmap(u->pbuf_mem, (size_t)PBUF_ENTRIES * PBUF_SIZE);
         munmap(u->pbuf_ring, u->pbuf_ring_sz);
@@ -679,6 +1020,11 @@ static void u_close(zk_port *port)
     zk_op *nb;
     while ((nb = zk_op_list_pop(&u->nobufs)) != NULL)
         zk_port_post(&u->c, nb, -ECANCELED);
+    while (u->listeners) {
+        ms_listener *l = u->listeners;
+        ms_disarm(u, l);
+        ms_retire(u, l, -ECANCELED);
+    }
 
     /* 1. Ask the kernel to give back every op (and the wake poll). */
     for (zk_op *op = u->kernel.head; op; op = op->backend_next) {
@@ -700,7 +1046,11 @@ static void u_close(zk_port *port)
      * into its buffer. */
     bool leak = false;
     int slices = 0;
-    while (u->kernel.head) {
+    while (u->kernel.head || u->ms_armed) {
+        /* Multishot SQEs pin no memory of ours but may still install
+         * accepted fds (closed by ms_handle_cqe): wait for them a while. */
+        if (!u->kernel.head && ++slices >= 2 * CLOSE_RECANCEL_SLICES)
+            break;
         struct __kernel_timespec ts = {0, CLOSE_POLL_NS};
         struct zk_getevents_arg arg;
         memset(&arg, 0, sizeof arg);
