@@ -683,3 +683,28 @@ def test_close_and_socket_racing_from_threads(rt):
         a.close()
         assert b.closed and b.fileno() == -1
     assert not errors, errors[:3]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("accepts", [1, 3])
+def test_closed_idle_listener_refuses_new_connections(rt, accepts):
+    """After some accepts, close the listener while no accept is pending: a
+    new connect is refused.  On io_uring the multishot ACCEPT armed by the
+    earlier accepts held the socket open in the kernel after close(2), so the
+    connect succeeded (and the connection sat in the port's queue) until the
+    runtime shut down."""
+    async def main():
+        listener = net.TcpListener.bind("127.0.0.1", 0)
+        port = listener.local_address[1]
+        for _ in range(accepts):
+            c = await net.TcpStream.connect("127.0.0.1", port)
+            s, _ = await listener.accept()
+            s.close()
+            c.close()
+        listener.close()
+        with pytest.raises(ConnectionRefusedError):
+            c = await net.TcpStream.connect("127.0.0.1", port, timeout=5)
+            c.close()
+        return True
+
+    assert rt.block_on(main())

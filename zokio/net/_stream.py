@@ -507,6 +507,25 @@ class SocketListener(_FdOwner):
         # SHUT_RD on a listening TCP socket fails a pending accept (EINVAL).
         _shutdown_fd(fd, self._family, self._type, socket.SHUT_RD)
 
+    def close(self) -> None:
+        """Stop listening and close it.  A pending accept (in another task)
+        completes with ``ClosedResourceError``.  Idempotent; callable from
+        any thread."""
+        if not self._closed:
+            # Stop listening now, also when no accept is pending: on io_uring
+            # a multishot ACCEPT armed by an earlier accept holds the file, so
+            # the socket would go on accepting (into the port's queue) after
+            # close(2) until the runtime shuts down.  SHUT_RD on a listening
+            # TCP socket stops it at once and ends that SQE.
+            with _fd_lock:
+                box = self._fdbox
+                if box:
+                    self._stop_listening(box[0])
+        _FdOwner.close(self)
+
+    def _stop_listening(self, fd: int) -> None:
+        _shutdown_fd(fd, self._family, self._type, socket.SHUT_RD)
+
     def __repr__(self) -> str:
         if self._closed:
             return f"<{type(self).__name__} closed>"
