@@ -511,19 +511,24 @@ class SocketListener(_FdOwner):
         """Stop listening and close it.  A pending accept (in another task)
         completes with ``ClosedResourceError``.  Idempotent; callable from
         any thread."""
-        if not self._closed:
-            # Stop listening now, also when no accept is pending: on io_uring
-            # a multishot ACCEPT armed by an earlier accept holds the file, so
-            # the socket would go on accepting (into the port's queue) after
-            # close(2) until the runtime shuts down.  SHUT_RD on a listening
-            # TCP socket stops it at once and ends that SQE.
-            with _fd_lock:
-                box = self._fdbox
-                if box:
-                    self._stop_listening(box[0])
-        _FdOwner.close(self)
+        if self._closed:
+            return
+        self._closed = True  # before any wake: the woken accept must see it
+        with _fd_lock:
+            box = self._fdbox
+            if box:
+                # Stop listening now, also when no accept is pending: on
+                # io_uring a multishot ACCEPT armed by an earlier accept holds
+                # the file, so the socket would go on accepting (into the
+                # port's queue) after close(2) until the runtime shuts down.
+                self._stop_listening(box[0])
+                if not self._idle():
+                    self._wake_pending(box[0])
+        self._finish_close()
 
     def _stop_listening(self, fd: int) -> None:
+        # SHUT_RD on a listening TCP socket stops it at once (connects are
+        # refused) and ends the multishot SQE.
         _shutdown_fd(fd, self._family, self._type, socket.SHUT_RD)
 
     def __repr__(self) -> str:

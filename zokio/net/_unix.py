@@ -90,6 +90,13 @@ class UnixListener(SocketListener):
                 pass
         return self
 
+    def _stop_listening(self, fd: int) -> None:
+        # shutdown() does not stop a Unix listener, and would make the
+        # self-connect below fail.  The path is unlinked on close; an
+        # abstract name stays reachable on io_uring while a multishot ACCEPT
+        # of an earlier accept holds the socket (docs/api.md).
+        pass
+
     def _wake_pending(self, fd: int) -> None:
         """Complete a pending accept before the fd closes.  shutdown() does
         not do it for Unix listeners (poll says readable, accept says
