@@ -52,7 +52,7 @@ setup(
     ext_modules=[
         Extension(
             "zokio._native",
-            sources=sources("native/module.c", "native/core/*.c", "native/io/*.c"),
+            sources=sources("native/module.c", "native/core/*.c", "native/io/*.c", "native/sync/*.c"),
             depends=headers,
             include_dirs=["native"],
             extra_compile_args=extra_compile_args,
