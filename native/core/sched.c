@@ -971,6 +971,13 @@ static void worker_teardown(zk_worker *w) {
     }
     drain_mailbox(w);
     if (w->port != NULL) {
+        /* The kernel may take a while to give back cancelled ops (multishot
+         * ACCEPTs end in slices): wait for that detached, so a
+         * stop-the-world pause elsewhere never waits on this worker. */
+        zk_port *port = w->port;
+        Py_BEGIN_ALLOW_THREADS
+        zk_port_drain(port);
+        Py_END_ALLOW_THREADS
         zk_port_close(w->port);
         w->port = NULL;
     }

@@ -230,6 +230,12 @@ zk_port *zk_port_open(zk_backend backend, int *err)
     }
 }
 
+void zk_port_drain(zk_port *port)
+{
+    if (port && COMMON(port)->vt->drain)
+        COMMON(port)->vt->drain(port);
+}
+
 void zk_port_close(zk_port *port)
 {
     if (port) {

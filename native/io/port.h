@@ -95,9 +95,16 @@ zk_backend zk_port_resolve_backend(zk_backend requested);
  * *err to a positive errno. */
 zk_port *zk_port_open(zk_backend backend, int *err);
 
-/* Cancel every op still in flight, wait for the kernel to give each one back,
- * call every outstanding `complete` (with -ECANCELED or its real result),
- * then release the kernel objects.  Attached; owner thread. */
+/* The waiting half of zk_port_close: cancel every op still in flight and
+ * wait (up to a few seconds) for the kernel to give each one back, calling
+ * no `complete`.  Detached: touches no Python object, so a stop-the-world
+ * pause or a GIL holder never waits for it.  Owner thread; afterwards the
+ * port accepts no submission, and the only call left is zk_port_close. */
+void zk_port_drain(zk_port *port);
+
+/* Drain (if zk_port_drain was not called), call every outstanding `complete`
+ * (with -ECANCELED or its real result), then release the kernel objects.
+ * Attached; owner thread. */
 void zk_port_close(zk_port *port);
 
 /* Start an op.  Returns 0 (the op is in flight) or a positive errno (the op

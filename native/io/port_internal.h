@@ -16,6 +16,8 @@
 #include <stdbool.h>
 
 typedef struct zk_port_vtable {
+    /* Optional: the part of close that waits for the kernel (detached). */
+    void (*drain)(zk_port *port);
     void (*close)(zk_port *port);
     int (*submit)(zk_port *port, zk_op *op);
     void (*cancel)(zk_port *port, zk_op *op);

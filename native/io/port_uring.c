@@ -270,6 +270,8 @@ typedef struct uring_port {
     bool wake_multishot; /* false once the kernel rejected POLL_ADD_MULTI */
     bool wake_seen;      /* a wake CQE was reaped: drain wake_fd */
     int wake_errors;     /* consecutive failed wake polls */
+    bool drain_leaked;   /* u_drain could not wait for every op: keep the
+                            ring and the buffers mapped forever */
 } uring_port;
 
 #define U(port) ((uring_port *)(port))
@@ -1013,9 +1015,11 @@ static void u_free(uring_port *u)
     free(u);
 }
 
-static void u_close(zk_port *port)
+static void u_drain(zk_port *port)
 {
     uring_port *u = U(port);
+    if (u->c.closing)
+        return;
     u->c.closing = true;
     zk_op *nb;
     while ((nb = zk_op_list_pop(&u->nobufs)) != NULL)
@@ -1080,6 +1084,16 @@ static void u_close(zk_port *port)
         flush(u, true);
         reap(u);
     }
+    u->drain_leaked = leak;
+}
+
+/* Hand every op back and free the ring.  The wait for the kernel is
+ * u_drain's, which the worker runs detached before this (zk_port_drain). */
+static void u_close(zk_port *port)
+{
+    uring_port *u = U(port);
+    u_drain(port);
+    bool leak = u->drain_leaked;
 
     /* 3. Hand every finished op back.  Callbacks cannot add more: submit
      * refuses while closing. */
@@ -1092,6 +1106,7 @@ static void u_close(zk_port *port)
 }
 
 static const zk_port_vtable uring_vtable = {
+    .drain = u_drain,
     .close = u_close,
     .submit = u_submit,
     .cancel = u_cancel,

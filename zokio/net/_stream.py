@@ -173,12 +173,22 @@ class _FdOwner:
         finally:
             s.detach()
 
-    def __del__(self) -> None:
+    # The defaults bind what the finalizer needs: at interpreter exit this
+    # module's globals may already be None when a forgotten socket dies.
+    def __del__(self, _warn: Any = warnings.warn, _close: Any = os.close) -> None:
         box = getattr(self, "_fdbox", None)
-        if box:
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
-            self._closed = True
+        if not box:
+            return
+        self._closed = True
+        try:
+            _warn(f"unclosed {self!r}", ResourceWarning, source=self)
             self._finish_close()
+        except Exception:
+            # Interpreter teardown (globals gone): close the fd directly.
+            try:
+                _close(box.pop())
+            except (IndexError, OSError):
+                pass
 
     async def __aenter__(self) -> Any:
         return self
