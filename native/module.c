@@ -260,6 +260,20 @@ static PyObject *mod_op_poll(PyObject *module, PyObject *args, PyObject *kwds) {
     return new_op(module, ZK_OP_POLL, fd, NULL, NULL, 0, events);
 }
 
+/* cancel_fd_ops(fd): end the ops in flight on fd everywhere (-EBADF). */
+static PyObject *mod_cancel_fd_ops(PyObject *module, PyObject *arg) {
+    ZK_UNUSED(module);
+    long fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "cancel_fd_ops: bad fd %ld", fd);
+        return NULL;
+    }
+    zk_op_cancel_fd((int)fd);
+    Py_RETURN_NONE;
+}
+
 /* port_stats(): the counters of the calling worker's completion port. */
 static PyObject *mod_port_stats(PyObject *module, PyObject *Py_UNUSED(ignored)) {
     ZK_UNUSED(module);
@@ -324,6 +338,9 @@ static PyMethodDef module_methods[] = {
      "pool and await its result."},
     {"current_scheduler", mod_current_scheduler, METH_NOARGS, NULL},
     {"current_task", mod_current_task, METH_NOARGS, NULL},
+    {"cancel_fd_ops", (PyCFunction)mod_cancel_fd_ops, METH_O,
+     "cancel_fd_ops(fd): end every op in flight on fd, on every worker, with EBADF; "
+     "the fd stays open.  Wakes a pending read or write of a pipe before closing it."},
     {"op_read", (PyCFunction)(void (*)(void))mod_op_read, METH_VARARGS | METH_KEYWORDS, NULL},
     {"op_write", (PyCFunction)(void (*)(void))mod_op_write, METH_VARARGS | METH_KEYWORDS, NULL},
 #define OP_METHOD(name, doc) \
