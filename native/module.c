@@ -5,6 +5,8 @@
 #include "core/task.h"
 #include "io/op_leaf.h"
 #include "io/port.h"
+#include "io/signal.h"
+#include <signal.h>
 #include <math.h>
 
 static zk_state *get_state(PyObject *module) {
@@ -274,6 +276,52 @@ static PyObject *mod_cancel_fd_ops(PyObject *module, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* signal_pipe() -> fd; signal_install(signum); signal_restore(signum):
+ * io/signal.c, used by zokio/signal.py. */
+static PyObject *signal_result(int err, PyObject *ok) {
+    if (err != 0) {
+        Py_XDECREF(ok);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return ok;
+}
+
+static PyObject *mod_signal_pipe(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    ZK_UNUSED(module);
+    int fd = -1;
+    int err = zk_signal_pipe(&fd);
+    return signal_result(err, err ? NULL : PyLong_FromLong(fd));
+}
+
+static int signum_arg(PyObject *arg, int *out) {
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v <= 0 || v >= NSIG) {
+        PyErr_Format(PyExc_ValueError, "signal number out of range: %ld", v);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static PyObject *mod_signal_install(PyObject *module, PyObject *arg) {
+    ZK_UNUSED(module);
+    int signum;
+    if (signum_arg(arg, &signum) < 0)
+        return NULL;
+    return signal_result(zk_signal_install(signum), Py_NewRef(Py_None));
+}
+
+static PyObject *mod_signal_restore(PyObject *module, PyObject *arg) {
+    ZK_UNUSED(module);
+    int signum;
+    if (signum_arg(arg, &signum) < 0)
+        return NULL;
+    return signal_result(zk_signal_restore(signum), Py_NewRef(Py_None));
+}
+
 /* port_stats(): the counters of the calling worker's completion port. */
 static PyObject *mod_port_stats(PyObject *module, PyObject *Py_UNUSED(ignored)) {
     ZK_UNUSED(module);
@@ -338,6 +386,12 @@ static PyMethodDef module_methods[] = {
      "pool and await its result."},
     {"current_scheduler", mod_current_scheduler, METH_NOARGS, NULL},
     {"current_task", mod_current_task, METH_NOARGS, NULL},
+    {"signal_pipe", (PyCFunction)mod_signal_pipe, METH_NOARGS,
+     "signal_pipe() -> fd: the pipe zokio's signal handler writes signal numbers into."},
+    {"signal_install", (PyCFunction)mod_signal_install, METH_O,
+     "signal_install(signum): route signum to the signal pipe (any thread)."},
+    {"signal_restore", (PyCFunction)mod_signal_restore, METH_O,
+     "signal_restore(signum): put back the disposition signal_install replaced."},
     {"cancel_fd_ops", (PyCFunction)mod_cancel_fd_ops, METH_O,
      "cancel_fd_ops(fd): end every op in flight on fd, on every worker, with EBADF; "
      "the fd stays open.  Wakes a pending read or write of a pipe before closing it."},
