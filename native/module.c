@@ -322,6 +322,12 @@ static PyObject *mod_signal_restore(PyObject *module, PyObject *arg) {
     return signal_result(zk_signal_restore(signum), Py_NewRef(Py_None));
 }
 
+static PyObject *mod_signal_after_fork(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    ZK_UNUSED(module);
+    zk_signal_after_fork_in_child();
+    Py_RETURN_NONE;
+}
+
 /* port_stats(): the counters of the calling worker's completion port. */
 static PyObject *mod_port_stats(PyObject *module, PyObject *Py_UNUSED(ignored)) {
     ZK_UNUSED(module);
@@ -392,6 +398,8 @@ static PyMethodDef module_methods[] = {
      "signal_install(signum): route signum to the signal pipe (any thread)."},
     {"signal_restore", (PyCFunction)mod_signal_restore, METH_O,
      "signal_restore(signum): put back the disposition signal_install replaced."},
+    {"signal_after_fork", (PyCFunction)mod_signal_after_fork, METH_NOARGS,
+     "signal_after_fork(): in a forked child, drop the parent's signal routing."},
     {"cancel_fd_ops", (PyCFunction)mod_cancel_fd_ops, METH_O,
      "cancel_fd_ops(fd): end every op in flight on fd, on every worker, with EBADF; "
      "the fd stays open.  Wakes a pending read or write of a pipe before closing it."},

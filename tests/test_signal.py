@@ -193,3 +193,35 @@ def test_no_handler_is_left_installed():
     # Every test above closes its listeners: zokio holds no signal now.
     assert not zsignal._listeners
     assert _caught_mask() & (1 << (signal.SIGUSR1 - 1)) == 0
+
+
+_FORK_SCRIPT = r"""
+import os, signal, time, zokio, zokio.signal as zs
+parent = zs.listen(signal.SIGUSR1)
+pid = os.fork()
+if pid == 0:
+    # The child routes its own signals through its own pipe and thread.
+    async def child():
+        with zs.listen(signal.SIGUSR1) as lst:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            async with zokio.timeout(10):
+                return await lst.recv()
+    os._exit(0 if zokio.Runtime(threads=1).block_on(child()) == signal.SIGUSR1 else 1)
+_, status = os.waitpid(pid, 0)
+time.sleep(0.2)
+print('child', os.waitstatus_to_exitcode(status), 'parent saw', parent._pending, flush=True)
+os.kill(os.getpid(), signal.SIGUSR1)
+async def main():
+    async with zokio.timeout(10):
+        return await parent.recv()
+print('parent', zokio.Runtime(threads=1).block_on(main()) == signal.SIGUSR1, flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_has_its_own_signal_routing(util, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], cwd=tmp_path,
+                          env=util.subprocess_env(), capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["child 0 parent saw 0", "parent True"], \
+        proc.stdout + proc.stderr

@@ -150,6 +150,23 @@ class SignalListener:
         self.close()
 
 
+def _after_fork_in_child() -> None:
+    # The parent's listeners and dispatcher thread do not exist here, and the
+    # pipe is the parent's: start from nothing.
+    global _lock, _dispatcher
+    _lock = threading.RLock()
+    for group in _listeners.values():
+        for listener in group:
+            listener._closed = True
+            listener._waiting = None
+    _listeners.clear()
+    _dispatcher = None
+    _native.signal_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def listen(signum: int) -> SignalListener:
     """Start listening for ``signum`` (from now on: arrivals before this call
     are not seen).  Any thread.  ``ValueError`` for signals that cannot be

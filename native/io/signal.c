@@ -85,6 +85,24 @@ int zk_signal_install(int signum) {
     return err;
 }
 
+void zk_signal_after_fork_in_child(void) {
+    /* Only this thread exists now; the lock may have been held by a thread
+     * of the parent at the fork. */
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    sig_lock = fresh;
+    for (int s = 1; s < NSIG; s++) {
+        if (sig_installed[s]) {
+            sigaction(s, &sig_previous[s], NULL);
+            sig_installed[s] = 0;
+        }
+    }
+    if (sig_pipe[0] >= 0) {
+        close(sig_pipe[0]);
+        close(sig_pipe[1]);
+        sig_pipe[0] = sig_pipe[1] = -1;
+    }
+}
+
 int zk_signal_restore(int signum) {
     if (signum <= 0 || signum >= NSIG)
         return EINVAL;

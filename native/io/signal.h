@@ -15,4 +15,9 @@ int zk_signal_install(int signum);
 /* Put back the disposition zk_signal_install replaced.  Idempotent. */
 int zk_signal_restore(int signum);
 
+/* In a child of fork(): the parent's listeners are not here, so every
+ * disposition comes back and the pipe (shared with the parent) is closed;
+ * the next zk_signal_install makes a new one. */
+void zk_signal_after_fork_in_child(void);
+
 #endif

@@ -272,6 +272,21 @@ class _OrphanReaper:
 
 _orphans = _OrphanReaper()
 
+
+def _after_fork_in_child() -> None:
+    # The reaper thread and the parent's children are the parent's.
+    global _orphans
+    old, _orphans = _orphans, _OrphanReaper()
+    for fd in [old._wake_r, old._wake_w, *old._pending]:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 _Stream = Union[None, int, Any]
 
 
