@@ -6,7 +6,7 @@ arrival.  Several listeners of one signal each see every arrival.
 
 How (native/io/signal.c has the details): while a signal has at least one
 listener, its disposition is a C handler that writes the signal number
-into a pipe; a daemon thread, ``zokio-signal``, reads the pipe and wakes
+into a pipe; a daemon thread, ``zokio.signal.dispatch``, reads the pipe and wakes
 the listeners (each keeps a count, so arrivals between two ``recv`` calls
 are not lost, though the kernel itself merges a signal that arrives while
 one of the same kind is pending).  When a signal's last listener is
@@ -182,8 +182,8 @@ def listen(signum: int) -> SignalListener:
     with _lock:
         if _dispatcher is None:
             fd = _native.signal_pipe()
-            _dispatcher = threading.Thread(target=_dispatch, args=(fd,), name="zokio-signal",
-                                           daemon=True)
+            _dispatcher = threading.Thread(target=_dispatch, args=(fd,),
+                                           name="zokio.signal.dispatch", daemon=True)
             _dispatcher.start()
         group = _listeners.setdefault(signum, [])
         if not group:

@@ -232,7 +232,8 @@ class _OrphanReaper:
             if self._thread is None:
                 self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
                 self._poll.register(self._wake_r, _POLLIN)
-                self._thread = threading.Thread(target=self._run, name="zokio-orphan-reaper",
+                # Not "zokio-...": that prefix names a runtime's own threads.
+                self._thread = threading.Thread(target=self._run, name="zokio.process.reaper",
                                                 daemon=True)
                 self._thread.start()
             self._pending[pidfd] = (child.pid, child._popen)
