@@ -126,6 +126,14 @@ int zk_port_wait(zk_port *port, int64_t timeout_ns);
  * the number of ops completed.  Also re-arms the wake channel if needed. */
 int zk_port_process(zk_port *port);
 
+/* Let go of what the port keeps for a file, named by fd number and identity
+ * (st_dev, st_ino, so that a number reused since is left alone): io_uring's
+ * multishot ACCEPT record of a listener -- its SQE, which holds the file
+ * open in the kernel, is cancelled, the connections it queued are closed,
+ * its parked ACCEPT ops end with -EBADF.  Attached; owner thread.  A port
+ * with nothing for that file ignores it. */
+void zk_port_forget_fd(zk_port *port, int fd, uint64_t dev, uint64_t ino);
+
 /* Make a concurrent or future zk_port_wait() return.  Any thread, any time
  * between open and close.  Cheap; may coalesce. */
 void zk_port_wake(zk_port *port);

@@ -739,3 +739,40 @@ def test_sockets_left_open_at_interpreter_exit_close_quietly(tmp_path):
     assert proc.stdout.strip() == "done"
     assert "Exception ignored" not in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_connections_queued_before_close_are_closed_not_left_waiting(make_runtime):
+    """On io_uring, connections that arrived after an accept armed the
+    multishot ACCEPT, with no accept pending, wait in the port's queue of
+    whichever worker armed it.  Closing the listener (here from a plain
+    thread, the worker being another) must close them: the client sees the
+    end of the connection, not a silence lasting until runtime shutdown."""
+    rt = make_runtime(2)
+    listener = net.TcpListener.bind("127.0.0.1", 0)
+    port = listener.local_address[1]
+
+    async def first():
+        c = await net.TcpStream.connect("127.0.0.1", port)
+        s, _ = await listener.accept()
+        return c, s
+
+    c, s = rt.block_on(first())
+    clients = []
+    for _ in range(3):
+        k = socket.create_connection(("127.0.0.1", port), timeout=5)
+        clients.append(k)
+    time.sleep(0.2)   # the port reaps their accepts into its queue
+    threading.Thread(target=listener.close).start()
+    try:
+        for k in clients:
+            k.settimeout(5)
+            try:
+                assert k.recv(1) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        for k in clients:
+            k.close()
+        c.close()
+        s.close()
