@@ -334,19 +334,23 @@ def test_plain_threads_release_notify_and_set_while_tasks_wait(make_runtime):
     async def main():
         await lock.acquire()
         got = {"lock": 0, "sem": 0, "notify": 0}
+        mu = threading.Lock()  # the tasks run on several threads
+
+        def bump(key):
+            with mu:
+                got[key] += 1
 
         async def on_lock():
             async with lock:
-                got["lock"] += 1
-            # each one handed over by the thread releases it (see below)
+                bump("lock")
 
         async def on_sem():
             await sem.acquire()
-            got["sem"] += 1
+            bump("sem")
 
         async def on_notify():
             await n.notified()
-            got["notify"] += 1
+            bump("notify")
 
         async def on_event():
             await e.wait()
@@ -354,7 +358,8 @@ def test_plain_threads_release_notify_and_set_while_tasks_wait(make_runtime):
         hs = [zokio.spawn(f()) for f in (on_sem, on_notify) for _ in range(N)]
         hs += [zokio.spawn(on_event()) for _ in range(20)]
         hl = zokio.spawn(on_lock())
-        await until(lambda: sem.waiting == N and lock.waiting == 1)
+        await until(lambda: sem.waiting == N and lock.waiting == 1 and n.waiting == N
+                    and e.waiting == 20)
 
         def thread_side():
             for _ in range(N):
