@@ -8,15 +8,4 @@ threads).  Every primitive parks its waiters on one native FIFO wait list
 from ._locks import BoundedSemaphore, Lock, Mutex, RwLock, Semaphore
 from ._notify import Barrier, Condition, Event, Notify
 
-__all__ = [
-    "Barrier",
-    "BoundedSemaphore",
-    "Condition",
-    "Event",
-    "Lock",
-    "Mutex",
-    "Notify",
-    "RwLock",
-    "Semaphore",
-]
 # ---- end of sync primitives ----
