@@ -812,3 +812,37 @@ def test_primitive_with_parked_waiters_becomes_garbage(make_runtime):
     gc.collect()
     gc.collect()
     assert [r() for r in refs] == [None] * len(refs)
+
+
+@pytest.mark.timeout(30)
+def test_acquirer_closed_at_shutdown_past_its_deadline_leaves_the_queue():
+    """A task that swallows its cancellation and parks again is closed when
+    shutdown's deadline passes: its parked acquire leaves the queue and the
+    permits it was handed in part go back."""
+    sem = Semaphore(3)
+    rt = zokio.Runtime(threads=2)
+
+    steps = []
+
+    async def stubborn():
+        try:
+            await sem.acquire(3)
+        except zokio.Cancelled:
+            steps.append("cancelled")
+            await sem.acquire(5)  # parks again, holding what is free
+            steps.append("never")
+
+    async def main():
+        await sem.acquire(2)
+        zokio.spawn(stubborn())
+        await until(lambda: sem.waiting == 1)
+        assert sem.available == 0  # stubborn holds the free one, wants 2 more
+
+    rt.block_on(main())
+    rt.shutdown(timeout=0.3)  # cancel: removed; re-parked for 5; closed
+    gc.collect()
+    assert steps == ["cancelled"]
+    assert sem.waiting == 0
+    assert sem.available == 1  # each parked acquire's partial grant came back
+    sem.release(2)  # main's
+    assert sem.available == 3
