@@ -846,3 +846,32 @@ def test_acquirer_closed_at_shutdown_past_its_deadline_leaves_the_queue():
     assert sem.available == 1  # each parked acquire's partial grant came back
     sem.release(2)  # main's
     assert sem.available == 3
+
+
+@pytest.mark.timeout(30)
+def test_condition_waiter_closed_at_shutdown_does_not_await_again(monkeypatch):
+    """Closing a coroutine inside Condition.wait() must not try to take the
+    lock back (a closed coroutine may not await: CPython would report
+    "coroutine ignored GeneratorExit")."""
+    reported = []
+    monkeypatch.setattr("sys.unraisablehook", lambda u: reported.append(u))
+    cond = Condition()
+    rt = zokio.Runtime(threads=2)
+
+    async def stubborn():
+        async with cond:
+            try:
+                await cond.wait()
+            except zokio.Cancelled:
+                await cond.wait()  # parks again; closed at the deadline
+
+    async def main():
+        zokio.spawn(stubborn())
+        await until(lambda: cond._waiters.waiting == 1)
+
+    rt.block_on(main())
+    rt.shutdown(timeout=0.3)
+    gc.collect()
+    assert reported == []
+    assert cond._waiters.waiting == 0
+    assert not cond.locked()  # re-taken without a wait, released by `async with`
