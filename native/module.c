@@ -6,6 +6,7 @@
 #include "io/op_leaf.h"
 #include "io/port.h"
 #include "io/signal.h"
+#include "sync/waitlist.h"
 #include <signal.h>
 #include <math.h>
 
@@ -451,6 +452,10 @@ static int module_exec(PyObject *module) {
     if (zk_task_type_init(module, st) < 0 || zk_leaf_types_init(module, st) < 0 ||
         zk_op_leaf_type_init(module, st) < 0 || zk_sched_type_init(module, st) < 0)
         return -1;
+    /* zokio.sync: the wait list's Waiter (an awaitable kind) and the
+     * primitives built on it (native/sync/). */
+    if (zk_waitlist_types_init(module, st) < 0)
+        return -1;
     return 0;
 }
 
@@ -463,6 +468,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
     Py_VISIT(st->TimeoutScopeType);
     Py_VISIT(st->YieldNowType);
     Py_VISIT(st->SchedulerType);
+    Py_VISIT(st->WaiterType);  /* zokio.sync */
     Py_VISIT(st->Cancelled);
     Py_VISIT(st->yield_now);
     return 0;
@@ -477,6 +483,7 @@ static int module_clear(PyObject *module) {
     Py_CLEAR(st->TimeoutScopeType);
     Py_CLEAR(st->YieldNowType);
     Py_CLEAR(st->SchedulerType);
+    Py_CLEAR(st->WaiterType);  /* zokio.sync */
     Py_CLEAR(st->Cancelled);
     Py_CLEAR(st->yield_now);
     Py_CLEAR(st->str_throw);

@@ -54,7 +54,10 @@ enum {
 /* Return an unconsumed grant to the primitive (permits back to the count,
  * a message back to the front of the buffer, then wake whoever can use it).
  * Called with the primitive's mutex NOT held, attached, from the cancel path
- * or from the waiter's dealloc; it takes the mutex itself. */
+ * or from the waiter's dealloc; it takes the mutex itself.  It reads the
+ * waiter (got, want, kind; it may steal `item`, leaving NULL) but takes and
+ * drops no reference to it: from dealloc the waiter's count is already 0.
+ * Called at most once per waiter (an exchange on `consumed` decides). */
 typedef void (*zk_give_back_fn)(PyObject *owner, zk_waiter *w);
 
 struct zk_waitlist {
@@ -130,7 +133,21 @@ int zk_waiter_block(zk_waiter *w, int64_t timeout_ns);
 PyObject *zk_waiter_take_outcome(zk_waiter *w);
 
 /* Module init: the Waiter type and its leaf kind (ops: ready, register,
- * unregister, interrupt_mode as described above). */
+ * unregister, interrupt_mode as described above), then the primitives of
+ * semaphore.c and notify.c (below). */
 int zk_waitlist_types_init(PyObject *module, zk_state *st);
+
+/* ---- shared by the primitives ------------------------------------------- */
+
+/* An awaitable that is already complete with `value` (a new reference):
+ * what an operation returns when it did not have to park.  Ready(None) and
+ * Ready(True) are shared immortal instances (no allocation); other values
+ * get a small new object.  semaphore.c. */
+PyObject *zk_sync_ready(PyObject *value);
+
+/* Module init of semaphore.c (BatchSemaphore, Guard, Ready; first) and of
+ * notify.c (Notify, Event); zk_waitlist_types_init calls both. */
+int zk_semaphore_types_init(PyObject *module, zk_state *st);
+int zk_notify_types_init(PyObject *module, zk_state *st);
 
 #endif
