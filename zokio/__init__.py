@@ -19,6 +19,9 @@ from ._api import (
 )
 from ._runtime import Runtime, run
 
+# -- structured concurrency: cancel scopes, TaskGroup, JoinSet, combinators --
+from ._scope import CancelScope, fail_after, fail_at, move_on_after, move_on_at
+
 __all__ = [
     "Cancelled",
     "JoinHandle",
@@ -34,6 +37,12 @@ __all__ = [
     "spawn_blocking",
     "timeout",
     "yield_now",
+    # -- structured concurrency --
+    "CancelScope",
+    "fail_after",
+    "fail_at",
+    "move_on_after",
+    "move_on_at",
 ]
 
 __version__ = "0.1.0"
