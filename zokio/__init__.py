@@ -20,6 +20,9 @@ from ._api import (
 from ._runtime import Runtime, run
 
 # -- structured concurrency: cancel scopes, TaskGroup, JoinSet, combinators --
+from ._combinators import as_completed, gather, race, select
+from ._group import TaskGroup, TaskStatus
+from ._joinset import JoinSet
 from ._scope import CancelScope, fail_after, fail_at, move_on_after, move_on_at
 
 __all__ = [
@@ -39,10 +42,17 @@ __all__ = [
     "yield_now",
     # -- structured concurrency --
     "CancelScope",
+    "JoinSet",
+    "TaskGroup",
+    "TaskStatus",
+    "as_completed",
     "fail_after",
     "fail_at",
+    "gather",
     "move_on_after",
     "move_on_at",
+    "race",
+    "select",
 ]
 
 __version__ = "0.1.0"
