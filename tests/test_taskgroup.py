@@ -423,3 +423,49 @@ def test_spawn_into_a_failing_group_is_cancelled(rt):
         return "ok"
 
     assert rt.block_on(main()) == "ok"
+
+
+_STUCK_SCRIPT = """
+import time, zokio
+
+async def stubborn():
+    while True:
+        try:
+            await zokio.sleep(10)
+        except zokio.Cancelled:
+            pass
+
+async def group_parent():
+    async with zokio.TaskGroup() as tg:
+        tg.spawn(stubborn())
+        await zokio.sleep(10)
+
+async def select_parent():
+    await zokio.select(stubborn(), stubborn())
+
+async def joinset_parent():
+    async with zokio.JoinSet() as js:
+        js.spawn(stubborn())
+        await zokio.sleep(10)
+
+rt = zokio.Runtime(threads=2)
+hs = [rt.spawn(f()) for f in (group_parent, select_parent, joinset_parent)]
+time.sleep(0.1)
+rt.shutdown(timeout=0.5)
+print("done", [h.done() for h in hs])
+"""
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_closes_a_group_stuck_on_a_child_that_ignores_cancellation(tmp_path, util):
+    """Shutdown cancels everything; a child that swallows Cancelled keeps
+    its group's exit (and select's, and a JoinSet's) waiting until the
+    runtime gives up and their coroutines are closed: they let GeneratorExit
+    through instead of awaiting again ("coroutine ignored GeneratorExit")."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _STUCK_SCRIPT], cwd=tmp_path,
+                       env=util.subprocess_env(), capture_output=True, text=True, timeout=50)
+    assert r.returncode == 0, r.stderr
+    assert "done [True, True, True]" in r.stdout
+    assert "GeneratorExit" not in r.stderr, r.stderr
