@@ -471,6 +471,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
     Py_VISIT(st->WaiterType);  /* zokio.sync */
     Py_VISIT(st->Cancelled);
     Py_VISIT(st->yield_now);
+    /* cancel scopes (structured concurrency) */
+    Py_VISIT(st->scope_var);
     return 0;
 }
 
@@ -488,6 +490,9 @@ static int module_clear(PyObject *module) {
     Py_CLEAR(st->yield_now);
     Py_CLEAR(st->str_throw);
     Py_CLEAR(st->str_close);
+    /* cancel scopes (structured concurrency) */
+    Py_CLEAR(st->scope_var);
+    Py_CLEAR(st->str_scope_attr);
     /* They borrowed the types cleared above. */
     memset(st->leaf_kind_type, 0, sizeof(st->leaf_kind_type));
     memset(st->leaf_kind_ops, 0, sizeof(st->leaf_kind_ops));
