@@ -26,9 +26,16 @@ Rules that make a File safe on several workers:
   at once only when ``_inflight`` is empty; otherwise the last op to end
   closes it.  Each side stores its own mark before it reads the other's, so
   at least one of them sees the other; ``_fdbox.pop()`` picks one closer.
-* Reads and writes use the kernel's file position (offset -1; ``O_APPEND``
-  writes append there), so the fd stays coherent with ``os.lseek`` and with
-  other users of it; ``read_at``/``write_at`` are ``pread``/``pwrite``.
+* The position is kept here (``_fpos``: where the next read or write of
+  the file goes), and every read and write names its offset (``pread`` /
+  ``pwrite``), also on the blocking pool.  A cancelled call's pool job may
+  still run after the task has moved on (the pool cannot stop a syscall);
+  with the kernel's file position it would move the position under the
+  next call, with an explicit offset it cannot.  Append-mode writes go to
+  the end (offset -1, ``O_APPEND``) and read the position back with
+  ``lseek``; a file that cannot seek (a FIFO, a character device) uses the
+  kernel's position (offset -1) throughout.  ``seek`` also sets the
+  kernel's position, for users of ``fileno()``.
 """
 from __future__ import annotations
 
@@ -191,7 +198,7 @@ class File:
 
     __slots__ = ("_fd", "_fdbox", "name", "mode", "_readable", "_writable", "_append",
                  "_bufsize", "_native", "_tok", "_inflight", "_closed", "_rbuf", "_rpos",
-                 "_wbuf", "__weakref__")
+                 "_wbuf", "_fpos", "_seekable", "__weakref__")
 
     def __init__(self, fd: int, name: Any, mode: str, readable: bool, writable: bool,
                  append: bool, bufsize: int, native: bool) -> None:
@@ -210,6 +217,12 @@ class File:
         self._rbuf = b""   # read ahead: bytes past the position, from _rpos on
         self._rpos = 0
         self._wbuf: Optional[bytearray] = None  # written, not yet handed to the kernel
+        try:
+            self._fpos = os.lseek(fd, 0, os.SEEK_CUR)
+            self._seekable = True
+        except OSError:
+            self._fpos = -1
+            self._seekable = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._fd}"
@@ -296,32 +309,50 @@ class File:
     def _error(self, e: OSError) -> OSError:
         return path_error(e, self.name) if isinstance(self.name, (str, bytes, os.PathLike)) else e
 
-    # -- raw reads and writes (callers hold the token or name an offset) ---------
-    async def _raw_read(self, n: int, off: int = -1) -> bytes:
+    # -- raw reads and writes -------------------------------------------------
+    # off None: at the position (the caller holds the token), which the call
+    # moves; else at that offset, position untouched.
+    async def _raw_read(self, n: int, off: Optional[int] = None) -> bytes:
+        at = self._fpos if off is None else off
         try:
-            return await self._io(op_read, _pread, n, off)
+            data = await self._io(op_read, _pread, n, at)
         except OSError as e:
             raise self._error(e) from None
+        if off is None and at >= 0:
+            self._fpos = at + len(data)
+        return data
 
-    async def _raw_readinto(self, buf: Any, off: int = -1) -> int:
+    async def _raw_readinto(self, buf: Any, off: Optional[int] = None) -> int:
+        at = self._fpos if off is None else off
         try:
-            return await self._io(op_read_into, _preadinto, buf, off)
+            k = await self._io(op_read_into, _preadinto, buf, at)
         except OSError as e:
             raise self._error(e) from None
+        if off is None and at >= 0:
+            self._fpos = at + k
+        return k
 
-    async def _raw_write_all(self, data: Any, off: int = -1) -> None:
-        with memoryview(data) as mv, mv.cast("B") as b:
-            n = len(b)
-            done = 0
-            try:
-                while done < n:
-                    k = await self._io(op_write, _pwrite, b[done:] if done else b,
-                                       off + done if off >= 0 else -1)
-                    if k <= 0:
-                        raise OSError(errno.EIO, "write made no progress")
-                    done += k
-            except OSError as e:
-                raise self._error(e) from None
+    async def _raw_write_all(self, data: Any, off: Optional[int] = None) -> None:
+        at = (-1 if self._append else self._fpos) if off is None else off
+        # Not released with a `with`: a pool job of a cancelled call may still
+        # hold the view (its syscall runs on); it is freed when that ends.
+        b = memoryview(data).cast("B")
+        n = len(b)
+        done = 0
+        try:
+            while done < n:
+                k = await self._io(op_write, _pwrite, b[done:] if done else b,
+                                   at + done if at >= 0 else -1)
+                if k <= 0:
+                    raise OSError(errno.EIO, "write made no progress")
+                done += k
+                if off is None and at >= 0:
+                    self._fpos = at + done
+        except OSError as e:
+            raise self._error(e) from None
+        finally:
+            if off is None and at < 0 and self._seekable:
+                self._fpos = os.lseek(self._fd, 0, os.SEEK_END)
 
     def _check_readable(self) -> None:
         if not self._readable:
@@ -337,12 +368,13 @@ class File:
             self._wbuf = None
             try:
                 await self._raw_write_all(w)
-            except BaseException:
-                # Keep what did not go, for the next flush (the write op
-                # either completed whole or raised before anything moved on a
-                # regular file).
+            except OSError:
+                # Keep what did not go, for the next flush (a failed write
+                # of a regular file moved nothing).  Not after a cancel: on
+                # io_uring the op had ended (its bytes are counted), on the
+                # pool the job still writes them.
                 if self._wbuf is None:
-                    self._wbuf = w
+                    self._wbuf = bytearray(w)
                 raise
 
     def _drop_readahead(self) -> int:
@@ -358,8 +390,8 @@ class File:
         position moves back over the unread bytes) and write out the
         buffer."""
         unread = self._drop_readahead()
-        if unread:
-            os.lseek(self._fd, -unread, os.SEEK_CUR)
+        if unread and self._seekable:
+            self._fpos -= unread
         await self._flush_locked()
 
     # -- reading ---------------------------------------------------------------
@@ -419,27 +451,29 @@ class File:
             self._check_readable()
             if self._wbuf:
                 await self._flush_locked()
-            with memoryview(buffer) as mv, mv.cast("B") as b:
-                n = len(b)
-                got = 0
-                have = len(self._rbuf) - self._rpos
-                if have:
-                    k = min(have, n)
-                    b[:k] = self._rbuf[self._rpos:self._rpos + k]
-                    self._rpos += k
-                    got = k
-                while got < n:
-                    k = await self._raw_readinto(b[got:] if got else b)
-                    if not k:
-                        break
-                    got += k
-                return got
+            # Not released with a `with`: a pool job of a cancelled call may still
+            # hold the view (its syscall runs on); it is freed when that ends.
+            b = memoryview(buffer).cast("B")
+            n = len(b)
+            got = 0
+            have = len(self._rbuf) - self._rpos
+            if have:
+                k = min(have, n)
+                b[:k] = self._rbuf[self._rpos:self._rpos + k]
+                self._rpos += k
+                got = k
+            while got < n:
+                k = await self._raw_readinto(b[got:] if got else b)
+                if not k:
+                    break
+                got += k
+            return got
         finally:
             t.append(None)
 
     async def _fill(self) -> bool:
         """Read one buffer's worth ahead; False at end of file."""
-        chunk = await self._raw_read(max(self._bufsize, 4096))
+        chunk = await self._raw_read(self._bufsize or DEFAULT_BUFFER_SIZE)
         if not chunk:
             return False
         rest = len(self._rbuf) - self._rpos
@@ -515,15 +549,17 @@ class File:
         if offset < 0:
             raise ValueError("readinto_at: offset must be >= 0")
         self._check_readable()
-        with memoryview(buffer) as mv, mv.cast("B") as b:
-            n = len(b)
-            got = 0
-            while got < n:
-                k = await self._raw_readinto(b[got:] if got else b, offset + got)
-                if not k:
-                    break
-                got += k
-            return got
+        # Not released with a `with`: a pool job of a cancelled call may still
+        # hold the view (its syscall runs on); it is freed when that ends.
+        b = memoryview(buffer).cast("B")
+        n = len(b)
+        got = 0
+        while got < n:
+            k = await self._raw_readinto(b[got:] if got else b, offset + got)
+            if not k:
+                break
+            got += k
+        return got
 
     # -- writing ---------------------------------------------------------------
     async def write(self, data: Any) -> int:
@@ -625,7 +661,7 @@ class File:
             self._check_writable()
             await self._sync_position()
             if size is None:
-                size = os.lseek(self._fd, 0, os.SEEK_CUR)
+                size = self._tell_locked()
             fd = self._enter()
             try:
                 aw = spawn_blocking(self._pool_job, os.ftruncate, fd, size)
@@ -646,15 +682,12 @@ class File:
         returns the new one.  Writes out the buffer first."""
         t = self._take()
         try:
-            unread = len(self._rbuf) - self._rpos
             if whence == os.SEEK_CUR:
-                offset -= unread
+                offset += self._tell_locked()
+                whence = os.SEEK_SET
             self._drop_readahead()
             await self._flush_locked()
-            try:
-                return os.lseek(self._fd, offset, whence)
-            except OSError as e:
-                raise self._error(e) from None
+            return self._lseek(offset, whence)
         finally:
             t.append(None)
 
@@ -666,19 +699,24 @@ class File:
         finally:
             t.append(None)
 
-    def _tell_locked(self) -> int:
+    def _lseek(self, offset: int, whence: int) -> int:
+        """Set the kernel's position and ours (buffers already empty)."""
         try:
-            pos = os.lseek(self._fd, 0, os.SEEK_CUR)
+            pos = os.lseek(self._fd, offset, whence)
         except OSError as e:
             raise self._error(e) from None
-        return pos - (len(self._rbuf) - self._rpos) + (len(self._wbuf) if self._wbuf else 0)
+        self._fpos = pos
+        return pos
+
+    def _tell_locked(self) -> int:
+        if not self._seekable:
+            raise self._error(OSError(errno.ESPIPE, os.strerror(errno.ESPIPE)))
+        return self._fpos - (len(self._rbuf) - self._rpos) + (len(self._wbuf) if self._wbuf else 0)
 
     def seekable(self) -> bool:
-        try:
-            os.lseek(self.fileno(), 0, os.SEEK_CUR)
-        except OSError:
-            return False
-        return True
+        if self._closed:
+            raise _closed_error()
+        return self._seekable
 
     # -- metadata --------------------------------------------------------------
     async def stat(self) -> os.stat_result:
@@ -730,7 +768,7 @@ class File:
         await self.close()
 
     def __del__(self, _warn: Any = warnings.warn, _close: Any = os.close,
-                _write: Any = os.write) -> None:
+                _write: Any = os.write, _pwrite: Any = os.pwrite) -> None:
         box = getattr(self, "_fdbox", None)
         if not box or getattr(self, "_closed", True):
             return
@@ -744,8 +782,10 @@ class File:
             if w:  # what open() files do too: the buffer is not lost
                 mv = memoryview(w)
                 done = 0
+                at = -1 if self._append or not self._seekable else self._fpos
                 while done < len(mv):
-                    done += _write(box[0], mv[done:])
+                    done += _write(box[0], mv[done:]) if at < 0 else _pwrite(
+                        box[0], mv[done:], at + done)
         except Exception:
             pass
         if not getattr(self, "_inflight", None):
@@ -800,7 +840,7 @@ class TextFile(File):
             return False
         if self._decoder is None:
             self._decoder = self._new_decoder()
-        raw = await self._raw_read(max(self._bufsize, 4096))
+        raw = await self._raw_read(self._bufsize or DEFAULT_BUFFER_SIZE)
         s = self._decoder.decode(raw, final=not raw)
         if not raw:
             self._eof = True
@@ -919,10 +959,7 @@ class TextFile(File):
             self._reset_text()
             self._drop_readahead()
             await self._flush_locked()
-            try:
-                pos = os.lseek(self._fd, offset, whence)
-            except OSError as e:
-                raise self._error(e) from None
+            pos = self._lseek(offset, whence)
             if self._encoder is not None:
                 self._encoder.reset()
                 if pos != 0:

@@ -154,26 +154,28 @@ async def read_text(path: Any, encoding: Optional[str] = None, errors: Optional[
 def _write_bytes_sync(path: Any, data: Any, flags: int) -> int:
     fd = os.open(path, flags | os.O_CLOEXEC, 0o666)
     try:
-        with memoryview(data) as mv:
-            n = mv.nbytes
-            done = 0
-            while done < n:
-                done += os.write(fd, mv[done:])
+        mv = memoryview(data)
+        n = mv.nbytes
+        done = 0
+        while done < n:
+            done += os.write(fd, mv[done:])
         return n
     finally:
         os.close(fd)
 
 
 async def _write_all_native(fd: int, data: Any, offset: int) -> int:
-    with memoryview(data) as mv, mv.cast("B") as b:
-        n = len(b)
-        done = await _ops.op_write(fd, b, offset)
-        while done < n:
-            k = await _ops.op_write(fd, b[done:], offset + done if offset >= 0 else -1)
-            if k <= 0:
-                raise OSError(errno.EIO, "write made no progress")
-            done += k
-        return n
+    # Not released with a `with`: a pool job of a cancelled call may still
+    # hold the view (its syscall runs on); it is freed when that ends.
+    b = memoryview(data).cast("B")
+    n = len(b)
+    done = await _ops.op_write(fd, b, offset)
+    while done < n:
+        k = await _ops.op_write(fd, b[done:], offset + done if offset >= 0 else -1)
+        if k <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        done += k
+    return n
 
 
 async def write_bytes(path: Any, data: Any) -> int:
