@@ -745,3 +745,36 @@ def test_unclosed_file_is_closed_by_its_finalizer_with_a_warning(make_runtime, t
     assert any("unclosed file <zokio.fs.File" in str(w.message) for w in caught)
     assert p.read_bytes() == b"buffered, not flushed"
     assert str(fd) not in _fds() or _link(fd) != str(p)
+
+
+def test_cancelled_opens_leave_no_fd(make_runtime, tmp_path):
+    """An open cancelled at any moment either hands its File to the caller
+    or closes its fd (on the pool the job may finish after the cancel)."""
+    paths = []
+    for i in range(20):
+        p = tmp_path / f"o{i}"
+        p.write_bytes(b"x" * i)
+        paths.append(p)
+
+    async def main():
+        rnd = random.Random(3)
+        opened = cancelled = 0
+        for _ in range(15):
+            hs = [zokio.spawn(fs.open(p, rnd.choice(("rb", "r+b", "ab")))) for p in paths]
+            if rnd.random() < 0.5:
+                await zokio.yield_now()
+            for h in hs:
+                if rnd.random() < 0.5:
+                    h.cancel()
+            for h in hs:
+                try:
+                    f = await h
+                except zokio.Cancelled:
+                    cancelled += 1
+                    continue
+                opened += 1
+                await f.close()
+        return opened, cancelled
+
+    opened, cancelled = run(make_runtime, main)
+    assert opened + cancelled == 15 * 20 and cancelled > 0

@@ -44,6 +44,7 @@ import errno
 import io
 import os
 import stat as _stat
+import threading
 import warnings
 from typing import Any, Optional
 
@@ -112,9 +113,47 @@ def _open_sync(path: Any, flags: int) -> int:
     return fd
 
 
+class _PoolOpen:
+    """The pool job of an open.  The pool cannot stop it, so when the
+    awaiting task is cancelled the fd it opens (or has opened) is closed
+    here instead of leaking: whichever of the job and the canceller comes
+    second, under the lock, closes it."""
+
+    __slots__ = ("path", "flags", "lock", "fd", "abandoned")
+
+    def __init__(self, path: Any, flags: int) -> None:
+        self.path = path
+        self.flags = flags
+        self.lock = threading.Lock()
+        self.fd = -1
+        self.abandoned = False
+
+    def __call__(self) -> int:
+        fd = _open_sync(self.path, self.flags)
+        with self.lock:
+            if self.abandoned:
+                os.close(fd)
+                return -1
+            self.fd = fd
+        return fd
+
+    def abandon(self) -> None:
+        with self.lock:
+            self.abandoned = True
+            fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
 async def _open_fd(path: Any, flags: int, native: bool) -> int:
     if not native:
-        return await spawn_blocking(_open_sync, path, flags)
+        job = _PoolOpen(path, flags)
+        try:
+            return await spawn_blocking(job)
+        except BaseException as e:
+            if not isinstance(e, OSError):
+                job.abandon()
+            raise
     fd = await _ops.op_openat(path, flags, 0o666)
     if not flags & (os.O_WRONLY | os.O_RDWR):
         # open() refuses a directory (the kernel lets O_RDONLY open one).
@@ -929,7 +968,7 @@ class TextFile(File):
                 self._give_back_text()
             if self._encoder is None:
                 self._encoder = codecs.getincrementalencoder(self.encoding)(self.errors)
-                if self._append or self._tell_locked() != 0:
+                if self._append or (self._seekable and self._tell_locked() != 0):
                     self._encoder.setstate(0)  # no BOM in the middle of a file
             data = s.replace("\n", self._wnl) if self._wnl and "\n" in s else s
             await self._write_locked(self._encoder.encode(data))
