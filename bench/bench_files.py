@@ -18,10 +18,10 @@ process and deleted when it exits:
 * ``small``: 16 tasks each create files: open (create/truncate), write
   4 KiB, fsync, close.  zokio: ``zokio.fs.open`` + ``write`` + ``fsync`` +
   ``close``; asyncio: one ``to_thread`` per file running the four calls;
-  aiofiles: ``aiofiles.open`` + ``write`` + ``flush`` + ``os.fsync`` through
-  ``aiofiles.os.wrap``... (aiofiles has no fsync: the file's ``fileno()``
-  goes to ``asyncio.to_thread(os.fsync, ...)``).  Figure: files/s.  The
-  disk's flush latency dominates; it is reported, not barred.
+  aiofiles: ``aiofiles.open`` + ``write`` + ``flush`` + ``close``, with
+  ``asyncio.to_thread(os.fsync, f.fileno())`` before the close (aiofiles
+  has no fsync).  Figure: files/s.  The disk's flush latency dominates; it
+  is reported, not barred.
 
 zokio runs on io_uring and on epoll (``backend=``), with threads = 1 and 2.
 On epoll every file op goes to the blocking pool (epoll cannot wait for a
@@ -351,8 +351,7 @@ TITLES = {
 def report(results):
     rows = _merge(results)
     p = results[0]["params"] if results else {"repeat": 0, "size_mib": 0, "k": 0}
-    nproc = len({r["label"] for r in results}) and max(
-        sum(1 for r in results if r["label"] == lab) for lab in rows) if rows else 0
+    nproc = max((len(row["procs"]) for row in rows.values()), default=0)
     parts = []
     for kind in KINDS:
         base = rows.get(f"{kind}: asyncio + to_thread", {}).get("rate")
