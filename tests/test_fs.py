@@ -778,3 +778,32 @@ def test_cancelled_opens_leave_no_fd(make_runtime, tmp_path):
 
     opened, cancelled = run(make_runtime, main)
     assert opened + cancelled == 15 * 20 and cancelled > 0
+
+
+def test_file_ops_never_reach_the_epoll_port(make_runtime, tmp_path):
+    """On epoll no file op is submitted to the port (so no regular file is
+    ever offered to epoll_ctl); on io_uring they are the port's ops."""
+    p = tmp_path / "ports"
+
+    async def main():
+        before = zokio._native.port_stats()
+        async with await fs.open(p, "w+b") as f:
+            await f.write(b"abc" * 1000)
+            await f.fsync()
+            await f.seek(0)
+            await f.read()
+            await f.read_at(10, 5)
+            await f.stat()
+        await fs.read_bytes(p)
+        await fs.stat(p)
+        await fs.rename(p, tmp_path / "q")
+        await fs.remove(tmp_path / "q")
+        after = zokio._native.port_stats()
+        return zokio.current_runtime().backend, before, after
+
+    backend, before, after = run(make_runtime, main, threads=1)
+    assert after["ctls"] == before["ctls"]
+    if backend == "epoll":
+        assert after["submitted"] == before["submitted"]
+    else:
+        assert after["submitted"] - before["submitted"] >= 12
