@@ -46,6 +46,8 @@ typedef struct zk_state {
     PyTypeObject *TimeoutScopeType;
     PyTypeObject *YieldNowType;
     PyTypeObject *SchedulerType;
+    /* zokio.sync (native/sync/) */
+    PyTypeObject *WaiterType;   /* waitlist.c: a party parked on a wait list */
     PyObject *Cancelled;        /* zokio.Cancelled (BaseException) */
     PyObject *yield_now;        /* the one YieldNow instance */
     PyObject *str_throw;        /* interned "throw" */
