@@ -133,7 +133,21 @@ int zk_waiter_block(zk_waiter *w, int64_t timeout_ns);
 PyObject *zk_waiter_take_outcome(zk_waiter *w);
 
 /* Module init: the Waiter type and its leaf kind (ops: ready, register,
- * unregister, interrupt_mode as described above). */
+ * unregister, interrupt_mode as described above), then the primitives of
+ * semaphore.c and notify.c (below). */
 int zk_waitlist_types_init(PyObject *module, zk_state *st);
+
+/* ---- shared by the primitives ------------------------------------------- */
+
+/* An awaitable that is already complete with `value` (a new reference):
+ * what an operation returns when it did not have to park.  Ready(None) and
+ * Ready(True) are shared immortal instances (no allocation); other values
+ * get a small new object.  semaphore.c. */
+PyObject *zk_sync_ready(PyObject *value);
+
+/* Module init of semaphore.c (BatchSemaphore, Guard, Ready; first) and of
+ * notify.c (Notify, Event); zk_waitlist_types_init calls both. */
+int zk_semaphore_types_init(PyObject *module, zk_state *st);
+int zk_notify_types_init(PyObject *module, zk_state *st);
 
 #endif
