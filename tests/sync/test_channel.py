@@ -613,3 +613,45 @@ def test_tasks_abandoned_at_shutdown_leave_the_channel_consistent(make_runtime):
     with pytest.raises(zs.QueueFull):
         other_tx.try_send("y")
     assert other_rx.try_recv() == "x"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("op", ["send", "recv"])
+def test_cancel_deferred_by_a_shield_at_a_spent_budget_still_does_every_operation(rt1, op):
+    """A task in a shielded scope is cancelled while it sends (receives)
+    hundreds of times without waiting: each spent budget meets the pending
+    cancel, yields, is resumed (the shield defers the cancel) and must then
+    do the operation -- nothing skipped, no None received; the cancel lands
+    when the shield ends."""
+    n = 2000
+
+    async def main():
+        tx, rx = zs.unbounded_channel()
+        if op == "recv":
+            for i in range(n):
+                tx.try_send(i)
+        out = []
+        started = zokio.Oneshot()
+
+        async def worker():
+            with zokio.CancelScope(shield=True):
+                started.set(None)
+                await zokio.yield_now()          # the cancel arrives here
+                for i in range(n):
+                    if op == "send":
+                        await tx.send(i)
+                    else:
+                        out.append(await rx.recv())
+            await zokio.sleep(10)                 # the deferred cancel lands
+
+        h = zokio.spawn(worker())
+        await started
+        h.cancel()
+        with pytest.raises(zokio.Cancelled):
+            await h
+        if op == "send":
+            while len(rx):
+                out.append(rx.try_recv())
+        return out
+
+    assert rt1.block_on(main()) == list(range(n))
