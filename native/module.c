@@ -11,6 +11,9 @@
 #include <math.h>
 #include <fcntl.h>      /* AT_FDCWD, AT_* (files) */
 #include <sys/stat.h>   /* STATX_* (files) */
+/* ---- channels ---- */
+#include "sync/channel.h"
+/* ---- end of channels ---- */
 
 static zk_state *get_state(PyObject *module) {
     return (zk_state *)PyModule_GetState(module);
@@ -578,6 +581,10 @@ static int module_exec(PyObject *module) {
      * primitives built on it (native/sync/). */
     if (zk_waitlist_types_init(module, st) < 0)
         return -1;
+    /* ---- channels (after the wait list's types) ---- */
+    if (zk_channel_types_init(module, st) < 0)
+        return -1;
+    /* ---- end of channels ---- */
     return 0;
 }
 
@@ -595,6 +602,10 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
     Py_VISIT(st->yield_now);
     /* cancel scopes (structured concurrency) */
     Py_VISIT(st->scope_var);
+    /* ---- channels ---- */
+    if (zk_channel_state_traverse(st, visit, arg) < 0)
+        return -1;
+    /* ---- end of channels ---- */
     return 0;
 }
 
@@ -615,6 +626,9 @@ static int module_clear(PyObject *module) {
     /* cancel scopes (structured concurrency) */
     Py_CLEAR(st->scope_var);
     Py_CLEAR(st->str_scope_attr);
+    /* ---- channels ---- */
+    zk_channel_state_clear(st);
+    /* ---- end of channels ---- */
     /* They borrowed the types cleared above. */
     memset(st->leaf_kind_type, 0, sizeof(st->leaf_kind_type));
     memset(st->leaf_kind_ops, 0, sizeof(st->leaf_kind_ops));

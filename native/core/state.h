@@ -65,6 +65,18 @@ typedef struct zk_state {
                                    scope of the running task (leaf.c) */
     PyObject *str_scope_attr;   /* interned "_zokio_scope": on a scope's
                                    Cancelled, the scope that threw it */
+    /* ---- channels (native/sync/channel.c) ---- */
+    PyTypeObject *ChanType;          /* the shared state of one mpsc channel */
+    PyTypeObject *ChanSenderType;
+    PyTypeObject *ChanReceiverType;
+    PyTypeObject *ChanReadyType;     /* a received item not yet awaited */
+    PyTypeObject *ChanSendDoneType;
+    PyTypeObject *ChanRetryType;     /* an operation deferred past a yield */
+    PyObject *chan_send_done;        /* the one SendDone instance */
+    PyObject *ChannelClosed;         /* zokio.sync._errors, set at its import */
+    PyObject *QueueFull;
+    PyObject *QueueEmpty;
+    /* ---- end of channels ---- */
 } zk_state;
 
 /* ---- thread-local context --------------------------------------------- */

@@ -9,3 +9,22 @@ from ._locks import BoundedSemaphore, Lock, Mutex, RwLock, Semaphore
 from ._notify import Barrier, Condition, Event, Notify
 
 # ---- end of sync primitives ----
+
+# ---- channels (zokio/sync/_channels.py, native/sync/channel.c) ----
+from ._errors import ChannelClosed, Lagged, QueueEmpty, QueueFull  # noqa: E402
+from ._channels import (  # noqa: E402
+    BroadcastReceiver,
+    BroadcastSender,
+    OneshotReceiver,
+    OneshotSender,
+    Receiver,
+    Sender,
+    WatchReceiver,
+    WatchSender,
+    broadcast,
+    channel,
+    oneshot,
+    unbounded_channel,
+    watch,
+)
+# ---- end of channels ----
