@@ -772,8 +772,12 @@ def test_waiters_of_tasks_cancelled_at_shutdown_return_what_they_hold():
         await sem.acquire(1)
         zokio.spawn(hold_forever())
         await until(lambda: lock.locked())
-        for n in (2, 1, 2, 1):
+        # One at a time: spawned tasks run in any order on 4 workers, and a
+        # park(1) that ran before the first park(2) had queued would take the
+        # free permit instead of queueing behind it.
+        for k, n in enumerate((2, 1, 2, 1), 1):
             zokio.spawn(park(n))
+            await until(lambda: sem.waiting == k)
         async def take_lock():
             async with lock:
                 await zokio.sleep(100)
