@@ -5,7 +5,11 @@
 #include "core/task.h"
 #include "io/op_leaf.h"
 #include "io/port.h"
+#include "sync/waitlist.h"
 #include <math.h>
+/* ---- channels ---- */
+#include "sync/channel.h"
+/* ---- end of channels ---- */
 
 static zk_state *get_state(PyObject *module) {
     return (zk_state *)PyModule_GetState(module);
@@ -372,6 +376,14 @@ static int module_exec(PyObject *module) {
     if (zk_task_type_init(module, st) < 0 || zk_leaf_types_init(module, st) < 0 ||
         zk_op_leaf_type_init(module, st) < 0 || zk_sched_type_init(module, st) < 0)
         return -1;
+    /* zokio.sync: the wait list's Waiter (an awaitable kind) and the
+     * primitives built on it (native/sync/). */
+    if (zk_waitlist_types_init(module, st) < 0)
+        return -1;
+    /* ---- channels (after the wait list's types) ---- */
+    if (zk_channel_types_init(module, st) < 0)
+        return -1;
+    /* ---- end of channels ---- */
     return 0;
 }
 
@@ -384,8 +396,13 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
     Py_VISIT(st->TimeoutScopeType);
     Py_VISIT(st->YieldNowType);
     Py_VISIT(st->SchedulerType);
+    Py_VISIT(st->WaiterType);  /* zokio.sync */
     Py_VISIT(st->Cancelled);
     Py_VISIT(st->yield_now);
+    /* ---- channels ---- */
+    if (zk_channel_state_traverse(st, visit, arg) < 0)
+        return -1;
+    /* ---- end of channels ---- */
     return 0;
 }
 
@@ -398,10 +415,14 @@ static int module_clear(PyObject *module) {
     Py_CLEAR(st->TimeoutScopeType);
     Py_CLEAR(st->YieldNowType);
     Py_CLEAR(st->SchedulerType);
+    Py_CLEAR(st->WaiterType);  /* zokio.sync */
     Py_CLEAR(st->Cancelled);
     Py_CLEAR(st->yield_now);
     Py_CLEAR(st->str_throw);
     Py_CLEAR(st->str_close);
+    /* ---- channels ---- */
+    zk_channel_state_clear(st);
+    /* ---- end of channels ---- */
     /* They borrowed the types cleared above. */
     memset(st->leaf_kind_type, 0, sizeof(st->leaf_kind_type));
     memset(st->leaf_kind_ops, 0, sizeof(st->leaf_kind_ops));

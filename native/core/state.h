@@ -46,6 +46,8 @@ typedef struct zk_state {
     PyTypeObject *TimeoutScopeType;
     PyTypeObject *YieldNowType;
     PyTypeObject *SchedulerType;
+    /* zokio.sync (native/sync/) */
+    PyTypeObject *WaiterType;   /* waitlist.c: a party parked on a wait list */
     PyObject *Cancelled;        /* zokio.Cancelled (BaseException) */
     PyObject *yield_now;        /* the one YieldNow instance */
     PyObject *str_throw;        /* interned "throw" */
@@ -58,6 +60,17 @@ typedef struct zk_state {
      * Unused entries are NULL. */
     PyTypeObject *leaf_kind_type[ZK_LEAF_KINDS_MAX];
     const zk_leaf_ops *leaf_kind_ops[ZK_LEAF_KINDS_MAX];
+    /* ---- channels (native/sync/channel.c) ---- */
+    PyTypeObject *ChanType;          /* the shared state of one mpsc channel */
+    PyTypeObject *ChanSenderType;
+    PyTypeObject *ChanReceiverType;
+    PyTypeObject *ChanReadyType;     /* a received item not yet awaited */
+    PyTypeObject *ChanSendDoneType;
+    PyObject *chan_send_done;        /* the one SendDone instance */
+    PyObject *ChannelClosed;         /* zokio.sync._errors, set at its import */
+    PyObject *QueueFull;
+    PyObject *QueueEmpty;
+    /* ---- end of channels ---- */
 } zk_state;
 
 /* ---- thread-local context --------------------------------------------- */

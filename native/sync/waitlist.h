@@ -54,7 +54,10 @@ enum {
 /* Return an unconsumed grant to the primitive (permits back to the count,
  * a message back to the front of the buffer, then wake whoever can use it).
  * Called with the primitive's mutex NOT held, attached, from the cancel path
- * or from the waiter's dealloc; it takes the mutex itself. */
+ * or from the waiter's dealloc; it takes the mutex itself.  It reads the
+ * waiter (got, want, kind; it may steal `item`, leaving NULL) but takes and
+ * drops no reference to it: from dealloc the waiter's count is already 0.
+ * Called at most once per waiter (an exchange on `consumed` decides). */
 typedef void (*zk_give_back_fn)(PyObject *owner, zk_waiter *w);
 
 struct zk_waitlist {

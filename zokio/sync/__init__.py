@@ -2,3 +2,22 @@
 across worker threads (and, for the sending and notifying side, from plain
 threads).  Every primitive parks its waiters on one native FIFO wait list
 (native/sync/waitlist.h)."""
+
+# ---- channels (zokio/sync/_channels.py, native/sync/channel.c) ----
+from ._errors import ChannelClosed, Lagged, QueueEmpty, QueueFull  # noqa: E402
+from ._channels import (  # noqa: E402
+    BroadcastReceiver,
+    BroadcastSender,
+    OneshotReceiver,
+    OneshotSender,
+    Receiver,
+    Sender,
+    WatchReceiver,
+    WatchSender,
+    broadcast,
+    channel,
+    oneshot,
+    unbounded_channel,
+    watch,
+)
+# ---- end of channels ----
