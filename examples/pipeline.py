@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="zokio worker threads")
     p.add_argument("--items", type=int, default=1000, help="items through the pipeline")
     p.add_argument("--workers", type=int, default=4, help="parallel CPU stages")
-    p.add_argument("--work", type=int, default=20000, help="crunch steps per item")
+    p.add_argument("--work", type=int, default=5000, help="crunch steps per item")
     p.add_argument("--depth", type=int, default=16, help="capacity of each worker's channel")
     args = p.parse_args(argv)
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
