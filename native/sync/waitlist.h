@@ -136,4 +136,17 @@ PyObject *zk_waiter_take_outcome(zk_waiter *w);
  * unregister, interrupt_mode as described above). */
 int zk_waitlist_types_init(PyObject *module, zk_state *st);
 
+/* ---- shared by the primitives ------------------------------------------- */
+
+/* An awaitable that is already complete with `value` (a new reference):
+ * what an operation returns when it did not have to park.  Ready(None) and
+ * Ready(True) are shared immortal instances (no allocation); other values
+ * get a small new object.  semaphore.c. */
+PyObject *zk_sync_ready(PyObject *value);
+
+/* Module init of semaphore.c (BatchSemaphore, Guard, Ready; call it first)
+ * and of notify.c (Notify, Event). */
+int zk_semaphore_types_init(PyObject *module, zk_state *st);
+int zk_notify_types_init(PyObject *module, zk_state *st);
+
 #endif

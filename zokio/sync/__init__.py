@@ -21,3 +21,21 @@ from ._channels import (  # noqa: E402
     watch,
 )
 # ---- end of channels ----
+
+# ---- sync primitives: Lock, Mutex, RwLock, Semaphore, BoundedSemaphore,
+# Notify, Event, Condition, Barrier (native/sync/semaphore.c, notify.c) ----
+from ._locks import BoundedSemaphore, Lock, Mutex, RwLock, Semaphore
+from ._notify import Barrier, Condition, Event, Notify
+
+__all__ = [
+    "Barrier",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "Lock",
+    "Mutex",
+    "Notify",
+    "RwLock",
+    "Semaphore",
+]
+# ---- end of sync primitives ----
