@@ -168,7 +168,7 @@ class WaitListModel(RuleBasedStateMachine):
 
 TestWaitListModel = WaitListModel.TestCase
 TestWaitListModel.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None,
+    max_examples=100, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 
 
