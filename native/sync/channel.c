@@ -67,13 +67,25 @@ typedef struct {
     PyObject_HEAD
     zk_chan *chan;          /* strong; NULL after tp_clear */
     _Atomic int closed;     /* this sender was closed (counted out) */
+    PyObject *weakrefs;
 } zk_chan_sender;
 
 typedef struct {
     PyObject_HEAD
     zk_chan *chan;
     _Atomic int closed;
+    PyObject *weakrefs;
 } zk_chan_receiver;
+
+#include <structmember.h>
+static PyMemberDef sender_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(zk_chan_sender, weakrefs), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+static PyMemberDef receiver_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(zk_chan_receiver, weakrefs), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
 
 /* A received item not yet awaited: the fast path of recv. */
 typedef struct {
@@ -339,6 +351,19 @@ static inline int budget_spent(void) {
     return zk_current_task != NULL && zk_coop_budget-- <= 0;
 }
 
+/* The budget is spent and an interrupt (cancel, timeout) waits for the
+ * task's next suspension.  The forced yield of a spent budget resumes with
+ * its grant before an interrupt (LATER), so a task that never waits for
+ * anything else -- a producer on an unbounded channel, a consumer of an
+ * endless stream -- would never see its cancel.  Such a send or recv does
+ * nothing and yields the plain YieldNow instead: the interrupt is thrown
+ * there, and the operation never happened. */
+static inline int interrupt_pending(void) {
+    zk_task *t = zk_current_task;
+    return t != NULL &&
+           (atomic_load_explicit(&t->state, memory_order_acquire) & ZK_INTERRUPT) != 0;
+}
+
 /* Under the lock: make `w` a waiter granted at once (it was never parked),
  * so that completing it hands the outcome over like any grant. */
 static inline void grant_now_locked(zk_waitlist *wl, zk_waiter *w) {
@@ -354,6 +379,8 @@ static PyObject *chan_send(zk_chan *c, PyObject *item, int park, int *would_bloc
     zk_waiter *w = NULL;
     int spent = park && budget_spent();
     if (spent) {
+        if (interrupt_pending())
+            return Py_NewRef(st->yield_now);
         w = zk_waiter_new(1, CHAN_SEND);
         if (w == NULL)
             return NULL;
@@ -428,6 +455,8 @@ static PyObject *chan_recv(zk_chan *c, int kind, int park, int *would_block) {
     zk_waiter *w = NULL;
     int spent = park && budget_spent();
     if (spent) {
+        if (interrupt_pending())
+            return Py_NewRef(c->st->yield_now);
         w = zk_waiter_new(1, kind);
         if (w == NULL)
             return NULL;
@@ -859,6 +888,7 @@ static PyObject *sender_clone(zk_chan_sender *self, PyObject *Py_UNUSED(ignored)
     zk_mutex_unlock(&c->lock);
     n->chan = (zk_chan *)Py_NewRef(c);
     atomic_init(&n->closed, 0);
+    n->weakrefs = NULL;
     PyObject_GC_Track(n);
     return (PyObject *)n;
 }
@@ -898,6 +928,8 @@ static int sender_clear(zk_chan_sender *self) {
 static void sender_dealloc(zk_chan_sender *self) {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
     sender_clear(self);
     tp->tp_free(self);
     Py_DECREF(tp);
@@ -945,6 +977,7 @@ static PyType_Slot sender_slots[] = {
     {Py_tp_traverse, sender_traverse},
     {Py_tp_clear, sender_clear},
     {Py_tp_methods, sender_methods},
+    {Py_tp_members, sender_members},
     {Py_tp_repr, sender_repr},
     {0, NULL},
 };
@@ -1082,6 +1115,8 @@ static int receiver_clear(zk_chan_receiver *self) {
 static void receiver_dealloc(zk_chan_receiver *self) {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
     receiver_clear(self);
     tp->tp_free(self);
     Py_DECREF(tp);
@@ -1122,6 +1157,7 @@ static PyType_Slot receiver_slots[] = {
     {Py_tp_traverse, receiver_traverse},
     {Py_tp_clear, receiver_clear},
     {Py_tp_methods, receiver_methods},
+    {Py_tp_members, receiver_members},
     {Py_tp_repr, receiver_repr},
     {Py_am_aiter, PyObject_SelfIter},
     {Py_am_anext, receiver_anext},
@@ -1168,6 +1204,7 @@ static PyObject *mod_mpsc_channel(PyObject *module, PyObject *arg) {
     }
     tx->chan = (zk_chan *)Py_NewRef(c);
     atomic_init(&tx->closed, 0);
+    tx->weakrefs = NULL;
     PyObject_GC_Track(tx);
     zk_chan_receiver *rx = PyObject_GC_New(zk_chan_receiver, st->ChanReceiverType);
     if (rx == NULL) {
@@ -1177,6 +1214,7 @@ static PyObject *mod_mpsc_channel(PyObject *module, PyObject *arg) {
     }
     rx->chan = c;  /* our reference moves here */
     atomic_init(&rx->closed, 0);
+    rx->weakrefs = NULL;
     PyObject_GC_Track(rx);
     PyObject *pair = PyTuple_Pack(2, (PyObject *)tx, (PyObject *)rx);
     Py_DECREF(tx);
