@@ -404,6 +404,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
     if (zk_channel_state_traverse(st, visit, arg) < 0)
         return -1;
     /* ---- end of channels ---- */
+    /* cancel scopes (structured concurrency) */
+    Py_VISIT(st->scope_var);
     return 0;
 }
 
@@ -424,6 +426,9 @@ static int module_clear(PyObject *module) {
     /* ---- channels ---- */
     zk_channel_state_clear(st);
     /* ---- end of channels ---- */
+    /* cancel scopes (structured concurrency) */
+    Py_CLEAR(st->scope_var);
+    Py_CLEAR(st->str_scope_attr);
     /* They borrowed the types cleared above. */
     memset(st->leaf_kind_type, 0, sizeof(st->leaf_kind_type));
     memset(st->leaf_kind_ops, 0, sizeof(st->leaf_kind_ops));

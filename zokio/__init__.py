@@ -19,6 +19,12 @@ from ._api import (
 )
 from ._runtime import Runtime, run
 
+# -- structured concurrency: cancel scopes, TaskGroup, JoinSet, combinators --
+from ._combinators import as_completed, gather, race, select
+from ._group import TaskGroup, TaskStatus
+from ._joinset import JoinSet
+from ._scope import CancelScope, fail_after, fail_at, move_on_after, move_on_at
+
 __all__ = [
     "Cancelled",
     "JoinHandle",
@@ -34,6 +40,19 @@ __all__ = [
     "spawn_blocking",
     "timeout",
     "yield_now",
+    # -- structured concurrency --
+    "CancelScope",
+    "JoinSet",
+    "TaskGroup",
+    "TaskStatus",
+    "as_completed",
+    "fail_after",
+    "fail_at",
+    "gather",
+    "move_on_after",
+    "move_on_at",
+    "race",
+    "select",
 ]
 
 __version__ = "0.1.0"

@@ -1,7 +1,6 @@
 """Functions used inside a running zokio task."""
 from __future__ import annotations
 
-import contextvars
 from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Optional, TypeVar
 
 from . import _native
@@ -35,54 +34,8 @@ def current_runtime() -> Any:
     return _owner_of(core)
 
 
-# The innermost armed zokio.timeout scope of the running task (each task runs
-# in its own copy of the context, so this is per task).
-_enclosing_scope: "contextvars.ContextVar[Optional[_native.TimeoutScope]]" = contextvars.ContextVar(
-    "zokio_timeout_scope", default=None)
-
-
-class timeout:
-    """``async with zokio.timeout(s):`` -- raise TimeoutError if the block
-    is still running after ``s`` seconds (it is interrupted with Cancelled at
-    its current suspension point, which this scope turns into TimeoutError)."""
-
-    __slots__ = ("_seconds", "_scope", "_token")
-
-    def __init__(self, seconds: Optional[float]) -> None:
-        if seconds is not None:
-            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
-                raise TypeError(f"timeout() expects seconds as a number, not {type(seconds).__name__}")
-            if seconds != seconds:
-                raise ValueError("timeout() seconds is NaN")
-        self._seconds = seconds
-        self._scope: Optional[_native.TimeoutScope] = None
-
-    async def __aenter__(self) -> "timeout":
-        if self._seconds is not None:
-            # The enclosing scope is linked so that, when both deadlines have
-            # passed by the time the interrupt is delivered, the outer one wins.
-            scope = _native.TimeoutScope(_native.monotonic() + self._seconds,
-                                         _enclosing_scope.get())
-            scope.arm()
-            self._scope = scope
-            self._token = _enclosing_scope.set(scope)
-        elif _native.current_task() is None:
-            raise RuntimeError("zokio.timeout() must be used inside a zokio task")
-        return self
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        scope = self._scope
-        if scope is None:
-            return False
-        try:
-            _enclosing_scope.reset(self._token)
-        except ValueError:
-            # exited in another context than entered: keep the link sane
-            _enclosing_scope.set(None)
-        fired = scope.disarm()
-        if fired and exc is scope.marker:
-            raise TimeoutError(f"timed out after {self._seconds} s") from None
-        return False
+# zokio.timeout is fail_after's mechanism (a cancel scope): see _scope.py.
+from ._scope import timeout  # noqa: E402
 
 
 async def _interval_ticks(period: float) -> AsyncIterator[float]:

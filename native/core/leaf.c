@@ -334,113 +334,324 @@ PyObject *zk_sleep_new(zk_state *st, int64_t deadline_ns) {
     return (PyObject *)self;
 }
 
-/* ---- TimeoutScope --------------------------------------------------------- */
+/* ---- TimeoutScope: a cancel scope ------------------------------------------
+ *
+ * The native half of zokio.CancelScope (and of move_on_*, fail_*, timeout):
+ * arm() on entry, disarm() on exit, cancel() and the deadline from any
+ * thread.  What a cancelled scope does to its task is in task.c ("cancel
+ * scopes"). */
 
 static void scope_dealloc(zk_timeout_scope *self) {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    Py_CLEAR(self->task);
-    Py_CLEAR(self->marker);
+    zk_task *t = atomic_exchange_explicit(&self->task, NULL, memory_order_relaxed);
+    Py_XDECREF(t);
     Py_CLEAR(self->outer);
+    Py_CLEAR(self->token);
+    zk_mutex_destroy(&self->dl_lock);
     tp->tp_free(self);
     Py_DECREF(tp);
 }
 
 static int scope_traverse(zk_timeout_scope *self, visitproc visit, void *arg) {
     Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->task);
-    Py_VISIT(self->marker);
+    Py_VISIT((PyObject *)atomic_load_explicit(&self->task, memory_order_relaxed));
     Py_VISIT(self->outer);
+    Py_VISIT(self->token);
     return 0;
 }
 
 static int scope_clear(zk_timeout_scope *self) {
-    Py_CLEAR(self->task);
-    Py_CLEAR(self->marker);
+    zk_task *t = atomic_exchange_explicit(&self->task, NULL, memory_order_relaxed);
+    Py_XDECREF(t);
     Py_CLEAR(self->outer);
+    Py_CLEAR(self->token);
+    return 0;
+}
+
+static inline int64_t deadline_to_ns(double deadline) {
+    double ns = deadline * 1e9;
+    if (ns > 9.0e18)
+        return INT64_MAX;  /* inf and "never" */
+    if (ns < -9.0e18)
+        return INT64_MIN + 1;
+    return (int64_t)ns;
+}
+
+static int parse_deadline(PyObject *value, double *out) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete a cancel scope's deadline");
+        return -1;
+    }
+    if (PyBool_Check(value) || !(PyFloat_Check(value) || PyLong_Check(value))) {
+        PyErr_Format(PyExc_TypeError, "a deadline must be a number (zokio.monotonic() "
+                     "seconds), not %.100s", Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    double d = PyFloat_AsDouble(value);
+    if (d == -1.0 && PyErr_Occurred())
+        return -1;
+    if (isnan(d)) {
+        PyErr_SetString(PyExc_ValueError, "timeout deadline is NaN");
+        return -1;
+    }
+    *out = d;
     return 0;
 }
 
 static PyObject *scope_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"deadline", "outer", NULL};
-    double deadline;
+    static char *kwlist[] = {"deadline", "outer", "shield", NULL};
+    PyObject *deadline_obj;
     PyObject *outer = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "d|O:TimeoutScope", kwlist, &deadline, &outer))
+    int shield = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|Op:TimeoutScope", kwlist,
+                                     &deadline_obj, &outer, &shield))
         return NULL;
     if (outer != Py_None && !Py_IS_TYPE(outer, type)) {
         PyErr_Format(PyExc_TypeError, "outer must be a TimeoutScope or None, not %.100s",
                      Py_TYPE(outer)->tp_name);
         return NULL;
     }
-    if (isnan(deadline)) {
-        PyErr_SetString(PyExc_ValueError, "timeout deadline is NaN");
+    double deadline;
+    if (parse_deadline(deadline_obj, &deadline) < 0)
         return NULL;
-    }
-    zk_state *st = state_of_type(type);
     zk_timeout_scope *self = PyObject_GC_New(zk_timeout_scope, type);
     if (self == NULL)
         return NULL;
     memset(&self->timer, 0, sizeof(self->timer));
     self->timer.entry.tag = ZK_TIMER_TIMEOUT;
-    double ns = deadline * 1e9;
-    self->timer.deadline_ns = ns > 9.0e18 ? INT64_MAX : (int64_t)ns;
-    self->task = NULL;
-    self->scope_state = ZK_SCOPE_IDLE;
+    self->timer.deadline_ns = deadline_to_ns(deadline);
+    atomic_init(&self->task, NULL);
     self->outer = outer != Py_None ? Py_NewRef(outer) : NULL;
-    self->marker = PyObject_CallOneArg(st->Cancelled, Py_None);
+    self->token = NULL;
+    self->arm_worker = NULL;
+    self->deadline = deadline;
+    self->scope_state = ZK_SCOPE_IDLE;
+    self->shield = (uint8_t)shield;
+    atomic_init(&self->cancel_called, 0);
+    atomic_init(&self->rearm, 0);
+    self->dl_closed = 0;
+    zk_mutex_init(&self->dl_lock);
     PyObject_GC_Track(self);
-    if (self->marker == NULL) {
-        Py_DECREF(self);
-        return NULL;
-    }
     return (PyObject *)self;
 }
 
-/* arm(): start the countdown for the current task. */
+static inline zk_task *scope_task_of(zk_timeout_scope *self) {
+    return atomic_load_explicit(&self->task, memory_order_seq_cst);
+}
+
+int zk_scope_file_timer(zk_worker *w, zk_timeout_scope *sc) {
+    int due = 0;
+    zk_mutex_lock(&sc->dl_lock);
+    if (!sc->dl_closed) {
+        zk_worker_cancel_timer(w, &sc->timer);
+        int64_t ns = __atomic_load_n(&sc->timer.deadline_ns, __ATOMIC_RELAXED);
+        if (ns <= zk_monotonic_ns())
+            due = 1;
+        else if (ns != INT64_MAX && !zk_worker_add_timer(w, &sc->timer))
+            due = 1;
+    }
+    zk_mutex_unlock(&sc->dl_lock);
+    return due;
+}
+
+/* arm(): enter the scope in the current task: it becomes the innermost
+ * scope of the task's context, linked to the enclosing one. */
 static PyObject *scope_arm(zk_timeout_scope *self, PyObject *Py_UNUSED(ignored)) {
     zk_worker *w = zk_current_worker;
     zk_task *t = zk_current_task;
     if (w == NULL || t == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "zokio.timeout() must be used inside a zokio task");
+                        "a zokio cancel scope (zokio.timeout, CancelScope, move_on_after, "
+                        "fail_after...) must be entered inside a zokio task");
         return NULL;
     }
-    if (self->task != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "this timeout scope was already entered");
+    if (scope_task_of(self) != NULL || self->token != NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "this cancel scope was already entered (a scope is entered once)");
         return NULL;
     }
-    static _Atomic uint64_t arm_counter;
-    self->task = (zk_task *)Py_NewRef(t);
-    self->arm_seq = atomic_fetch_add_explicit(&arm_counter, 1, memory_order_relaxed);
+    zk_state *st = state_of_type(Py_TYPE(self));
+    if (self->outer == NULL) {
+        PyObject *cur = NULL;
+        if (PyContextVar_Get(st->scope_var, NULL, &cur) < 0)
+            return NULL;
+        self->outer = cur;  /* NULL if none */
+    }
+    PyObject *token = PyContextVar_Set(st->scope_var, (PyObject *)self);
+    if (token == NULL)
+        return NULL;
+    self->token = token;
+    self->arm_worker = w;
     self->scope_state = ZK_SCOPE_ARMED;  /* not yet shared: no lock needed */
-    if (!zk_worker_add_timer(w, &self->timer))
-        zk_timer_fire(zk_sched_state(zk_worker_sched(w)), &self->timer);
+    atomic_fetch_or_explicit(&t->state, ZK_SCOPED, memory_order_relaxed);
+    /* Publish the task, then look at cancel_called: cancel() does the
+     * opposite (seq_cst both), so a cancel racing the entry is seen by one
+     * of the two, or both (firing twice is harmless). */
+    Py_INCREF(t);
+    atomic_store_explicit(&self->task, t, memory_order_seq_cst);
+    int due = atomic_load_explicit(&self->cancel_called, memory_order_seq_cst) != 0;
+    if (!due)
+        due = zk_scope_file_timer(w, self);
+    if (due)
+        zk_task_fire_scope(t, self);
     Py_RETURN_NONE;
 }
 
-/* disarm() -> True if the deadline passed while the scope was armed. */
+/* disarm() -> True if the scope was cancelled (deadline or cancel()). */
 static PyObject *scope_disarm(zk_timeout_scope *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->task == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "this timeout scope was never entered");
+    zk_task *t = scope_task_of(self);
+    if (t == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this cancel scope was never entered");
         return NULL;
     }
+    zk_mutex_lock(&self->dl_lock);
+    self->dl_closed = 1;
     zk_worker_cancel_timer(zk_current_worker, &self->timer);
-    int fired = zk_task_disarm_scope(self->task, self);
+    zk_mutex_unlock(&self->dl_lock);
+    int fired = zk_task_disarm_scope(t, self);
+    PyObject *token = self->token;
+    if (token != NULL) {
+        self->token = NULL;
+        zk_state *st = state_of_type(Py_TYPE(self));
+        /* Fails only when exited in another context than entered (closing
+         * an abandoned coroutine): that context is not ours to change. */
+        if (PyContextVar_Reset(st->scope_var, token) < 0)
+            PyErr_Clear();
+        Py_DECREF(token);
+    }
     return PyBool_FromLong(fired);
 }
 
-static PyObject *scope_get_marker(zk_timeout_scope *self, void *Py_UNUSED(c)) {
-    return Py_NewRef(self->marker);
+/* cancel(): any thread, any time; idempotent. */
+static PyObject *scope_cancel(zk_timeout_scope *self, PyObject *Py_UNUSED(ignored)) {
+    atomic_store_explicit(&self->cancel_called, 1, memory_order_seq_cst);
+    zk_task *t = scope_task_of(self);
+    if (t != NULL && zk_task_fire_scope(t, self)) {
+        /* Its timer has nothing left to do. */
+        zk_mutex_lock(&self->dl_lock);
+        zk_worker_cancel_timer(zk_current_worker, &self->timer);
+        zk_mutex_unlock(&self->dl_lock);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *scope_get_deadline(zk_timeout_scope *self, void *Py_UNUSED(c)) {
+    zk_mutex_lock(&self->dl_lock);
+    double d = self->deadline;
+    zk_mutex_unlock(&self->dl_lock);
+    return PyFloat_FromDouble(d);
+}
+
+/* Move the deadline (any thread).  An entered scope's timer is cancelled
+ * and filed again: in the calling worker's wheel when that worker belongs
+ * to the task's runtime, else by the task's own runner at its next poll
+ * (it is woken for that; a plain thread cannot file a timer, and a parked
+ * worker would not see one filed for it).  A deadline that has already
+ * passed cancels the scope at once.  A scope that was cancelled stays
+ * cancelled. */
+static int scope_set_deadline(zk_timeout_scope *self, PyObject *value, void *Py_UNUSED(c)) {
+    double d;
+    if (parse_deadline(value, &d) < 0)
+        return -1;
+    zk_task *t = scope_task_of(self);
+    zk_worker *cw = zk_current_worker;
+    int direct = t != NULL && cw != NULL && zk_worker_sched(cw) == t->sched;
+    int due = 0, rearm = 0;
+    int64_t ns = deadline_to_ns(d);
+    zk_mutex_lock(&self->dl_lock);
+    self->deadline = d;
+    __atomic_store_n(&self->timer.deadline_ns, ns, __ATOMIC_RELAXED);
+    if (t != NULL && !self->dl_closed) {
+        zk_worker_cancel_timer(cw, &self->timer);
+        if (ns <= zk_monotonic_ns())
+            due = 1;
+        else if (ns != INT64_MAX) {
+            if (!direct)
+                rearm = 1;
+            else if (!zk_worker_add_timer(cw, &self->timer))
+                due = 1;
+        }
+    }
+    zk_mutex_unlock(&self->dl_lock);
+    if (due)
+        zk_task_fire_scope(t, self);
+    else if (rearm)
+        zk_task_scope_changed(t, self, 1);
+    return 0;
+}
+
+static PyObject *scope_get_shield(zk_timeout_scope *self, void *Py_UNUSED(c)) {
+    zk_task *t = scope_task_of(self);
+    if (t == NULL)
+        return PyBool_FromLong(self->shield);
+    zk_mutex_lock(&t->lock);
+    int v = self->shield;
+    zk_mutex_unlock(&t->lock);
+    return PyBool_FromLong(v);
+}
+
+/* Turning a shield off lets what it deferred through at once (the task is
+ * woken to re-evaluate); turning it on defers what is not yet delivered. */
+static int scope_set_shield(zk_timeout_scope *self, PyObject *value, void *Py_UNUSED(c)) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete a cancel scope's shield");
+        return -1;
+    }
+    int v = PyObject_IsTrue(value);
+    if (v < 0)
+        return -1;
+    zk_task *t = scope_task_of(self);
+    if (t == NULL) {
+        self->shield = (uint8_t)v;
+        return 0;
+    }
+    zk_mutex_lock(&t->lock);
+    int was = self->shield;
+    self->shield = (uint8_t)v;
+    zk_mutex_unlock(&t->lock);
+    if (was && !v)
+        zk_task_scope_changed(t, self, 0);
+    return 0;
+}
+
+/* cancel_called: cancel() was called, or the scope fired while entered. */
+static PyObject *scope_get_cancel_called(zk_timeout_scope *self, void *Py_UNUSED(c)) {
+    if (atomic_load_explicit(&self->cancel_called, memory_order_acquire))
+        Py_RETURN_TRUE;
+    zk_task *t = scope_task_of(self);
+    int fired = 0;
+    if (t != NULL) {
+        zk_mutex_lock(&t->lock);
+        fired = self->scope_state == ZK_SCOPE_FIRED;
+        zk_mutex_unlock(&t->lock);
+    }
+    return PyBool_FromLong(fired);
+}
+
+static PyObject *scope_get_entered(zk_timeout_scope *self, void *Py_UNUSED(c)) {
+    return PyBool_FromLong(scope_task_of(self) != NULL);
 }
 
 static PyMethodDef scope_methods[] = {
-    {"arm", (PyCFunction)scope_arm, METH_NOARGS, NULL},
-    {"disarm", (PyCFunction)scope_disarm, METH_NOARGS, NULL},
+    {"arm", (PyCFunction)scope_arm, METH_NOARGS,
+     "Enter the scope in the current task (it becomes the innermost one)."},
+    {"disarm", (PyCFunction)scope_disarm, METH_NOARGS,
+     "Exit the scope; True if it had been cancelled."},
+    {"cancel", (PyCFunction)scope_cancel, METH_NOARGS,
+     "Cancel the scope (any thread, idempotent)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef scope_getset[] = {
-    {"marker", (getter)scope_get_marker, NULL, "The Cancelled instance thrown on expiry.", NULL},
+    {"deadline", (getter)scope_get_deadline, (setter)scope_set_deadline,
+     "Absolute deadline, zokio.monotonic() seconds (inf: none).  Settable from "
+     "any thread: the timer moves.", NULL},
+    {"shield", (getter)scope_get_shield, (setter)scope_set_shield,
+     "While entered, defer the task's cancellation and outer scopes'.", NULL},
+    {"cancel_called", (getter)scope_get_cancel_called, NULL,
+     "cancel() was called, or the deadline passed while entered.", NULL},
+    {"entered", (getter)scope_get_entered, NULL, "arm() was called.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -471,7 +682,9 @@ static void sleep_timer_fire(zk_state *st, zk_timer *timer) {
 static void scope_timer_fire(zk_state *st, zk_timer *timer) {
     ZK_UNUSED(st);
     zk_timeout_scope *sc = (zk_timeout_scope *)zk_timer_owner(timer);
-    zk_task_fire_scope(sc->task, sc);
+    zk_task *t = atomic_load_explicit(&sc->task, memory_order_acquire);
+    if (t != NULL)
+        zk_task_fire_scope(t, sc);
 }
 
 const zk_timer_ops zk_timer_kinds[ZK_TIMER_KINDS] = {
@@ -588,6 +801,10 @@ int zk_leaf_types_init(PyObject *module, zk_state *st) {
     if (zk_leaf_kind_add(st, st->YieldNowType, &yield_ops) < 0 ||
         zk_leaf_kind_add(st, st->SleepType, &sleep_ops) < 0 ||
         zk_leaf_kind_add(st, st->OneshotType, &oneshot_ops) < 0)
+        return -1;
+    st->scope_var = PyContextVar_New("zokio_cancel_scope", NULL);
+    st->str_scope_attr = PyUnicode_InternFromString("_zokio_scope");
+    if (st->scope_var == NULL || st->str_scope_attr == NULL)
         return -1;
     st->yield_now = PyType_GenericAlloc(st->YieldNowType, 0);
     if (st->yield_now == NULL)

@@ -52,20 +52,44 @@ typedef struct zk_sleep {
     zk_timer timer;
 } zk_sleep;
 
+/* A cancel scope (zokio.CancelScope, move_on_after and the others,
+ * zokio.timeout): a region of one task's code that can be cancelled, by its
+ * deadline or by cancel() from any thread.  Once cancelled, it interrupts its task at every
+ * suspension point inside it until it exits (task.c, "cancel scopes").
+ * Entered with arm() on the task's own thread, which links it to the
+ * enclosing scope (kept in the task's context, zk_state.scope_var) and makes
+ * it the innermost one; left with disarm(). */
 struct zk_timeout_scope {
     PyObject_HEAD
-    zk_timer timer;
-    zk_task *task;           /* strong; the task this scope interrupts */
-    PyObject *marker;        /* the Cancelled instance thrown on expiry */
-    int scope_state;         /* ZK_SCOPE_* (task.h), under the task's lock */
-    uint64_t arm_seq;        /* order of arming: an outer scope of a task
-                                has the smaller number (task.c) */
-    PyObject *outer;         /* the enclosing scope when this one was made
-                                (zokio.timeout passes it), or NULL; strong.
-                                Possibly another task's (a spawned child
-                                inherits its parent's context) */
+    zk_timer timer;          /* deadline_ns is read by any thread: atomic
+                                builtins; filed and re-filed under dl_lock */
+    _Atomic(zk_task *) task; /* strong; set once by arm(), then constant */
+    PyObject *outer;         /* the enclosing scope when this one was
+                                entered (or the one given to the
+                                constructor), or NULL; strong.  Possibly
+                                another task's (a spawned child inherits its
+                                parent's context) */
+    PyObject *token;         /* contextvars.Token of the arm() that made
+                                this scope the innermost, or NULL */
+    zk_worker *arm_worker;   /* the worker that armed it */
+    double deadline;         /* as set (seconds, zokio.monotonic clock);
+                                under dl_lock */
+    int scope_state;         /* ZK_SCOPE_* (task.h); under the task's lock
+                                once armed */
+    uint8_t shield;          /* under the task's lock once armed */
+    _Atomic uint8_t cancel_called;  /* cancel() was called (any thread) */
+    _Atomic uint8_t rearm;   /* the deadline moved on a thread that could
+                                not file the timer: the task's runner files
+                                it (set under the task's lock) */
+    uint8_t dl_closed;       /* exited: the timer is never filed again;
+                                under dl_lock */
+    zk_mutex dl_lock;        /* serialises filing the timer: arm, deadline
+                                moves (cancel and file again), cancel, exit */
 };
 
+/* File sc's timer again in w's wheel (its deadline moved).  Returns 1 if
+ * the deadline has already passed: the caller fires the scope. */
+int zk_scope_file_timer(zk_worker *w, zk_timeout_scope *sc);
 #if defined(Py_GIL_DISABLED) && PY_VERSION_HEX >= 0x030D0000
 /* A sleeping task pays for its Sleep: 112 bytes is a mimalloc size class. */
 _Static_assert(sizeof(zk_sleep) <= 112, "zk_sleep grew past 112 bytes");

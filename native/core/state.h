@@ -71,6 +71,11 @@ typedef struct zk_state {
     PyObject *QueueFull;
     PyObject *QueueEmpty;
     /* ---- end of channels ---- */
+    /* -- cancel scopes (structured concurrency) -- */
+    PyObject *scope_var;        /* ContextVar: the innermost entered cancel
+                                   scope of the running task (leaf.c) */
+    PyObject *str_scope_attr;   /* interned "_zokio_scope": on a scope's
+                                   Cancelled, the scope that threw it */
 } zk_state;
 
 /* ---- thread-local context --------------------------------------------- */

@@ -480,7 +480,10 @@ static step_result send_into(PyObject *coro, PyObject **out) {
     return STEP_RAISED;
 }
 
-static PyObject *outermost_expired_scope(zk_task *t, PyObject *fired);
+static int scoped_interrupt_due(zk_worker *w, zk_task *t, zk_timeout_scope *inner);
+static PyObject *take_scoped_interrupt(zk_task *t, zk_timeout_scope *inner);
+static zk_timeout_scope *innermost_scope(zk_task *t);
+static void recheck_after_throw(zk_task *t);
 
 void zk_task_run(zk_worker *w, zk_task *t) {
     zk_sched *s = t->sched;
@@ -501,9 +504,16 @@ void zk_task_run(zk_worker *w, zk_task *t) {
         return;
     }
     int interrupted = (state_now & ZK_INTERRUPT) != 0;
+    zk_timeout_scope *inner = NULL;
+    if (interrupted && (state_now & ZK_SCOPED)) {
+        /* Cancel scopes decide what is due (maybe nothing: a shield). */
+        inner = innermost_scope(t);
+        interrupted = scoped_interrupt_due(w, t, inner);
+    }
     if (interrupted && t->waiting_on != NULL) {
         switch (zk_awaitable_interrupt_mode(st, w, t->waiting_on)) {
         case ZK_INTERRUPT_WAIT:
+            Py_XDECREF(inner);
             goto idle;            /* the op's completion wakes us again */
         case ZK_INTERRUPT_LATER:
             interrupted = 0;      /* resume with the op's result first */
@@ -513,19 +523,17 @@ void zk_task_run(zk_worker *w, zk_task *t) {
         }
     }
     if (interrupted) {
-        zk_mutex_lock(&t->lock);
-        interrupt = t->interrupt;
-        t->interrupt = NULL;
-        atomic_fetch_and_explicit(&t->state, ~ZK_INTERRUPT, memory_order_relaxed);
-        zk_mutex_unlock(&t->lock);
-        if (interrupt != NULL && Py_TYPE(interrupt) == st->TimeoutScopeType) {
-            /* A timeout: throw the marker of the outermost expired scope. */
-            interrupt = outermost_expired_scope(t, interrupt);
-            PyObject *marker = Py_NewRef(((zk_timeout_scope *)interrupt)->marker);
-            Py_DECREF(interrupt);
-            interrupt = marker;
+        if (state_now & ZK_SCOPED) {
+            interrupt = take_scoped_interrupt(t, inner);
+        } else {
+            zk_mutex_lock(&t->lock);
+            interrupt = t->interrupt;
+            t->interrupt = NULL;
+            atomic_fetch_and_explicit(&t->state, ~ZK_INTERRUPT, memory_order_relaxed);
+            zk_mutex_unlock(&t->lock);
         }
     }
+    Py_XDECREF(inner);
 
     if (t->waiting_on != NULL) {
         if (interrupt != NULL) {
@@ -551,6 +559,7 @@ void zk_task_run(zk_worker *w, zk_task *t) {
 
     PyObject *out = NULL;
     step_result step;
+    int threw = interrupt != NULL;
     if (coro_unhold(t) < 0) {
         /* Someone else is inside the coroutine: never send into it. */
         zk_current_task = NULL;
@@ -598,6 +607,10 @@ void zk_task_run(zk_worker *w, zk_task *t) {
     }
     if (PyContext_Exit(t->context) < 0)
         PyErr_WriteUnraisable((PyObject *)t);
+    /* Thrown at, and suspended again: still inside a cancelled scope? */
+    if (threw && step == STEP_YIELDED &&
+        (atomic_load_explicit(&t->state, memory_order_relaxed) & ZK_SCOPED))
+        recheck_after_throw(t);
 
     if (step == STEP_RETURNED) {
         task_complete(t, out, NULL);  /* may free t */
@@ -658,92 +671,271 @@ int zk_task_cancel(zk_task *t) {
     return placed;
 }
 
-/* Nested timeouts: when several scopes of one task have fired before the
- * task is polled, the outermost one must be delivered.  If the inner one won,
- * its __aexit__ would turn it into TimeoutError, the body could catch that
- * and await again, and the outer deadline would be lost.  Delivered outer
- * markers unwind through the inner scopes' __aexit__ untouched.  Scopes of
- * one task are armed in nesting order, so the smaller arm sequence number is
- * the outer scope.  The pending interrupt holds the scope itself (its marker
- * is thrown), so a later scope can compare against it. */
-/* At delivery: `fired` (a new reference) is the scope whose timer fired.
- * An enclosing scope of the same task whose deadline has passed too, but
- * whose timer has not fired yet (the wheel has millisecond ticks; the
- * enclosing deadline may be a fraction of a tick later), must win as well:
- * otherwise the inner scope reports TimeoutError, the body may catch it and
- * await again, and the outer expiry arrives only at the next tick.  Walks
- * the scopes' `outer` links (set when each was made); only the runner of t
- * calls this.  Returns a new reference to the scope to deliver. */
-static PyObject *outermost_expired_scope(zk_task *t, PyObject *fired) {
-    zk_timeout_scope *sc = (zk_timeout_scope *)fired;
-    if (sc->outer == NULL)
-        return fired;
+/* ---- cancel scopes -------------------------------------------------------
+ *
+ * The scopes a task has entered form a chain: each links to the scope that
+ * enclosed it when it was entered (`outer`), and the task's context holds
+ * the innermost one (zk_state.scope_var).  A spawned child inherits its
+ * parent's context, so a chain may continue into another task's scopes:
+ * the walk ends at the first scope that is not the task's.
+ *
+ * Two kinds of interruption can be pending: the task's own cancellation
+ * (JoinHandle.cancel(): a Cancelled instance in `interrupt`, delivered
+ * once) and cancelled scopes (FIRED, or ARMED with a deadline that has
+ * passed though its timer has not fired yet: the wheel has millisecond
+ * ticks).  A scope stays cancelled until it exits.  Firing a scope only
+ * marks it, sets ZK_INTERRUPT and, if the slot is empty, puts the scope
+ * there as a hint; what is delivered is decided by the task's runner at
+ * its next poll, walking the chain from the innermost scope outward
+ * (pick_interrupt):
+ *   - a shielded scope ends the walk: what lies outside it (outer scopes,
+ *     the task's own cancellation) stays pending, with ZK_INTERRUPT clear,
+ *     until the shield exits or is turned off (then it is re-evaluated);
+ *   - of what remains, the outermost wins: the task's own cancellation,
+ *     else the outermost cancelled scope.  An inner scope's exit lets an
+ *     outer scope's Cancelled through, so catching an inner scope's
+ *     Cancelled (or TimeoutError) can never outlive an outer cancellation.
+ * A scope is delivered as a fresh Cancelled whose `_zokio_scope` attribute
+ * names it, so the scope's exit catches exactly its own.  A coroutine that
+ * suspends again right after an interrupt was thrown into it (it caught the
+ * Cancelled, or awaits in a finally block) is re-evaluated at once: inside
+ * a cancelled scope, that suspension is interrupted too, and so on until
+ * the scope exits.
+ *
+ * The decision runs before interrupt_mode: an I/O op is cancelled only for
+ * an interrupt that is deliverable, never for one a shield defers.  None of
+ * this runs unless an interrupt is pending and the task has entered a scope
+ * (ZK_SCOPED): polls, wakes and spawns pay nothing for it. */
+
+static inline int64_t scope_deadline_ns(zk_timeout_scope *sc) {
+    return __atomic_load_n(&sc->timer.deadline_ns, __ATOMIC_RELAXED);
+}
+
+static inline zk_task *scope_task(zk_timeout_scope *sc) {
+    return atomic_load_explicit(&sc->task, memory_order_acquire);
+}
+
+/* The innermost scope in t's context if it is one of t's (new reference),
+ * else NULL.  Runner only, attached. */
+static zk_timeout_scope *innermost_scope(zk_task *t) {
+    PyObject *v = PyObject_GetItem(t->context, t->st->scope_var);
+    if (v == NULL) {
+        PyErr_Clear();  /* KeyError: never set in this context */
+        return NULL;
+    }
+    if (Py_TYPE(v) != t->st->TimeoutScopeType || scope_task((zk_timeout_scope *)v) != t) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    return (zk_timeout_scope *)v;
+}
+
+/* Where the walk starts: the innermost scope, or else the hint in the slot.
+ * Under t->lock. */
+static inline zk_timeout_scope *walk_start(zk_task *t, zk_timeout_scope *inner) {
+    if (inner != NULL)
+        return inner;
+    PyObject *slot = t->interrupt;
+    if (slot != NULL && Py_TYPE(slot) == t->st->TimeoutScopeType &&
+        scope_task((zk_timeout_scope *)slot) == t)
+        return (zk_timeout_scope *)slot;
+    return NULL;
+}
+
+enum { PICK_NONE = 0, PICK_TASK = 1, PICK_SCOPE = 2 };
+
+/* What is due, walking t's scopes outward from `start`.  Under t->lock.
+ * *scope (PICK_SCOPE): the scope to deliver, borrowed.  *rearm: a scope on
+ * the walk waits for its runner to file its timer. */
+static int pick_interrupt(zk_task *t, zk_timeout_scope *start, int64_t now,
+                          zk_timeout_scope **scope, int *rearm) {
+    zk_timeout_scope *winner = NULL;
+    int shielded = 0;
+    for (zk_timeout_scope *sc = start; sc != NULL; sc = (zk_timeout_scope *)sc->outer) {
+        if (scope_task(sc) != t)
+            break;
+        if (sc->scope_state != ZK_SCOPE_ARMED && sc->scope_state != ZK_SCOPE_FIRED)
+            continue;  /* exited out of order: not part of the region */
+        if (rearm != NULL && atomic_load_explicit(&sc->rearm, memory_order_relaxed))
+            *rearm = 1;
+        if (sc->scope_state == ZK_SCOPE_FIRED || scope_deadline_ns(sc) <= now)
+            winner = sc;
+        if (sc->shield) {
+            shielded = 1;
+            break;
+        }
+    }
+    PyObject *slot = t->interrupt;
+    if (!shielded && slot != NULL && Py_TYPE(slot) != t->st->TimeoutScopeType)
+        return PICK_TASK;
+    if (winner != NULL) {
+        *scope = winner;
+        return PICK_SCOPE;
+    }
+    return PICK_NONE;
+}
+
+/* File the timers of scopes whose deadline moved on a thread that could not
+ * (zk_task_scope_changed with rearm).  Runner, before taking t->lock. */
+static void rearm_scopes(zk_worker *w, zk_task *t, zk_timeout_scope *inner) {
+    for (zk_timeout_scope *sc = inner; sc != NULL; sc = (zk_timeout_scope *)sc->outer) {
+        if (scope_task(sc) != t)
+            break;
+        if (atomic_load_explicit(&sc->rearm, memory_order_relaxed) &&
+            atomic_exchange_explicit(&sc->rearm, 0, memory_order_acq_rel)) {
+            if (zk_scope_file_timer(w, sc))
+                zk_task_fire_scope(t, sc);  /* already due */
+        }
+    }
+}
+
+/* ZK_INTERRUPT is set: is anything deliverable now?  If not, the bit is
+ * cleared (a shield defers what is pending) and scope hints are dropped.
+ * Runner only. */
+static int scoped_interrupt_due(zk_worker *w, zk_task *t, zk_timeout_scope *inner) {
+    rearm_scopes(w, t, inner);
     int64_t now = zk_monotonic_ns();
     zk_timeout_scope *winner = NULL;
+    int rearm = 0, wake = 0;
+    PyObject *drop = NULL;
     zk_mutex_lock(&t->lock);
-    for (zk_timeout_scope *o = (zk_timeout_scope *)sc->outer; o != NULL;
-         o = (zk_timeout_scope *)o->outer) {
-        if (o->task == t && o->timer.deadline_ns <= now &&
-            (o->scope_state == ZK_SCOPE_ARMED || o->scope_state == ZK_SCOPE_FIRED))
-            winner = o;
+    int r = pick_interrupt(t, walk_start(t, inner), now, &winner, &rearm);
+    if (r == PICK_NONE) {
+        if (rearm) {
+            wake = 1;  /* a deadline moved meanwhile: poll again to file it */
+        } else {
+            atomic_fetch_and_explicit(&t->state, ~ZK_INTERRUPT, memory_order_relaxed);
+            if (t->interrupt != NULL && Py_TYPE(t->interrupt) == t->st->TimeoutScopeType) {
+                drop = t->interrupt;
+                t->interrupt = NULL;
+            }
+        }
     }
-    if (winner != NULL)
-        winner->scope_state = ZK_SCOPE_FIRED;  /* its own timer is a no-op now */
     zk_mutex_unlock(&t->lock);
-    if (winner == NULL)
-        return fired;
-    Py_DECREF(fired);
-    return Py_NewRef((PyObject *)winner);
+    Py_XDECREF(drop);
+    if (wake)
+        zk_task_wake(t);
+    return r != PICK_NONE;
+}
+
+/* Take the due interruption: a new reference to the exception to throw, or
+ * NULL if nothing is due any more.  Runner only. */
+static PyObject *take_scoped_interrupt(zk_task *t, zk_timeout_scope *inner) {
+    zk_state *st = t->st;
+    int64_t now = zk_monotonic_ns();
+    zk_timeout_scope *winner = NULL;
+    PyObject *exc = NULL, *drop = NULL, *scope = NULL;
+    zk_mutex_lock(&t->lock);
+    int r = pick_interrupt(t, walk_start(t, inner), now, &winner, NULL);
+    PyObject *slot = t->interrupt;
+    if (r == PICK_TASK) {
+        exc = slot;  /* the slot's reference */
+        t->interrupt = NULL;
+    } else {
+        if (slot != NULL && Py_TYPE(slot) == st->TimeoutScopeType) {
+            drop = slot;
+            t->interrupt = NULL;
+        }
+        if (r == PICK_SCOPE) {
+            winner->scope_state = ZK_SCOPE_FIRED;  /* its timer is a no-op now */
+            scope = Py_NewRef((PyObject *)winner);
+        }
+    }
+    /* A task cancellation a shield defers stays in the slot, unflagged. */
+    atomic_fetch_and_explicit(&t->state, ~ZK_INTERRUPT, memory_order_relaxed);
+    zk_mutex_unlock(&t->lock);
+    Py_XDECREF(drop);
+    if (scope != NULL) {
+        static const char msg[] = "cancelled by a cancel scope";
+        PyObject *text = PyUnicode_FromString(msg);
+        exc = text != NULL ? PyObject_CallOneArg(st->Cancelled, text) : NULL;
+        Py_XDECREF(text);
+        if (exc == NULL || PyObject_SetAttr(exc, st->str_scope_attr, scope) < 0) {
+            /* No memory: throw that instead (it unwinds the scope too). */
+            Py_XDECREF(exc);
+            exc = zk_fetch_exception();
+        }
+        Py_DECREF(scope);
+    }
+    return exc;
+}
+
+/* After an interrupt was thrown, the coroutine suspended again: if it is
+ * still inside a cancelled scope (and no shield defers it), that suspension
+ * is interrupted too.  Runner only, before the task goes idle (the idle
+ * path re-queues a task whose ZK_INTERRUPT is set). */
+static void recheck_after_throw(zk_task *t) {
+    zk_timeout_scope *inner = innermost_scope(t);
+    zk_timeout_scope *winner = NULL;
+    int64_t now = zk_monotonic_ns();
+    zk_mutex_lock(&t->lock);
+    if (pick_interrupt(t, walk_start(t, inner), now, &winner, NULL) != PICK_NONE)
+        atomic_fetch_or_explicit(&t->state, ZK_INTERRUPT, memory_order_release);
+    zk_mutex_unlock(&t->lock);
+    Py_XDECREF(inner);
 }
 
 int zk_task_fire_scope(zk_task *t, zk_timeout_scope *scope) {
-    int placed = 0;
-    PyObject *drop = NULL;
+    int fired = 0, placed = 0;
     zk_mutex_lock(&t->lock);
     if (scope->scope_state == ZK_SCOPE_ARMED) {
         scope->scope_state = ZK_SCOPE_FIRED;
+        fired = 1;
         if (!zk_task_is_complete(t)) {
-            PyObject *cur = t->interrupt;
-            if (cur == NULL) {
-                placed = 1;
-            } else if (Py_TYPE(cur) == t->st->TimeoutScopeType &&
-                       ((zk_timeout_scope *)cur)->arm_seq > scope->arm_seq) {
-                drop = cur;  /* an inner scope's pending expiry: outer wins */
-                placed = 1;
-            }
-            /* else: a pending cancellation or an outer expiry wins. */
-            if (placed) {
-                t->interrupt = Py_NewRef((PyObject *)scope);
-                atomic_fetch_or_explicit(&t->state, ZK_INTERRUPT, memory_order_release);
-            }
+            if (t->interrupt == NULL)
+                t->interrupt = Py_NewRef((PyObject *)scope);  /* a hint */
+            atomic_fetch_or_explicit(&t->state, ZK_INTERRUPT, memory_order_release);
+            placed = 1;
         }
     }
     zk_mutex_unlock(&t->lock);
-    Py_XDECREF(drop);
     if (placed)
         zk_task_wake(t);
-    return placed;
+    return fired;
+}
+
+void zk_task_scope_changed(zk_task *t, zk_timeout_scope *scope, int rearm) {
+    int placed = 0;
+    zk_mutex_lock(&t->lock);
+    if ((scope->scope_state == ZK_SCOPE_ARMED || scope->scope_state == ZK_SCOPE_FIRED) &&
+        !zk_task_is_complete(t)) {
+        if (rearm)
+            atomic_store_explicit(&scope->rearm, 1, memory_order_relaxed);
+        if (t->interrupt == NULL)
+            t->interrupt = Py_NewRef((PyObject *)scope);
+        atomic_fetch_or_explicit(&t->state, ZK_INTERRUPT, memory_order_release);
+        placed = 1;
+    }
+    zk_mutex_unlock(&t->lock);
+    if (placed)
+        zk_task_wake(t);
 }
 
 int zk_task_disarm_scope(zk_task *t, zk_timeout_scope *scope) {
-    int fired;
+    int fired, due = 0;
     PyObject *drop = NULL;
     zk_mutex_lock(&t->lock);
-    if (scope->scope_state == ZK_SCOPE_ARMED) {
-        scope->scope_state = ZK_SCOPE_DISARMED;
-        fired = 0;
-    } else {
-        fired = (scope->scope_state == ZK_SCOPE_FIRED);
-        scope->scope_state = ZK_SCOPE_DISARMED;
-        if (t->interrupt == (PyObject *)scope) {
-            /* Fired but never delivered: the body finished first. */
-            drop = t->interrupt;
-            t->interrupt = NULL;
-            atomic_fetch_and_explicit(&t->state, ~ZK_INTERRUPT, memory_order_relaxed);
+    fired = scope->scope_state == ZK_SCOPE_FIRED;
+    int was_active = scope->scope_state == ZK_SCOPE_ARMED || fired;
+    scope->scope_state = ZK_SCOPE_DISARMED;
+    if (t->interrupt == (PyObject *)scope) {
+        /* Fired but never delivered: the body finished first. */
+        drop = t->interrupt;
+        t->interrupt = NULL;
+    }
+    if (was_active && scope->shield && !zk_task_is_complete(t)) {
+        /* The shield ends: what it deferred is due at the next suspension. */
+        zk_timeout_scope *winner = NULL;
+        int64_t now = zk_monotonic_ns();
+        if (pick_interrupt(t, (zk_timeout_scope *)scope->outer, now, &winner, NULL) != PICK_NONE) {
+            atomic_fetch_or_explicit(&t->state, ZK_INTERRUPT, memory_order_release);
+            due = 1;
         }
     }
     zk_mutex_unlock(&t->lock);
     Py_XDECREF(drop);
+    if (due)
+        zk_task_wake(t);
     return fired;
 }
 

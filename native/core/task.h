@@ -47,6 +47,10 @@
  * owned it (see "one runner per coroutine" in task.c).  The task fails with
  * RuntimeError at its next poll instead of sending into it.  Runner only. */
 #define ZK_CORO_LOST ((uint32_t)1u << 7)
+/* The task has entered a cancel scope (leaf.h) at least once: a pending
+ * interrupt is then chosen by walking its scopes (task.c, "cancel scopes")
+ * instead of taken as it is.  Set by the task itself; never unset. */
+#define ZK_SCOPED ((uint32_t)1u << 8)
 
 struct zk_task {
     PyObject_HEAD
@@ -175,15 +179,26 @@ void zk_task_wake(zk_task *t);
 void zk_task_run(zk_worker *w, zk_task *t);
 /* Request cancellation (any thread).  Returns 1 if the request was new. */
 int zk_task_cancel(zk_task *t);
-/* Timeout scopes.  scope_state is read and written only under the task's
- * lock, so expiry (on the timer's worker) and exit (on the task's thread)
- * cannot both act.  fire: ARMED -> FIRED and interrupt the task with
- * `marker` at its next suspension point.  disarm: -> DISARMED; an interrupt
- * that was placed but not yet delivered is taken back.  disarm returns 1 if
- * the scope had fired. */
+/* Cancel scopes (leaf.h; the rules are at "cancel scopes" in task.c).
+ * scope_state and shield are read and written under the task's lock, so
+ * expiry or cancel() (any thread) and exit (the task's thread) cannot both
+ * act.
+ *   fire      ARMED -> FIRED: the scope is cancelled; the task is
+ *             interrupted at its current or next suspension point inside
+ *             it, and at every one after, until it exits.  Any thread.
+ *             Returns 1 if it was armed.
+ *   disarm    -> DISARMED (the scope exits, on the task's thread); an
+ *             interrupt of this scope not yet delivered is taken back; a
+ *             shield that ends lets what it deferred through.  Returns 1 if
+ *             the scope had been cancelled.
+ *   changed   the scope's shield went off, or (rearm) its deadline moved
+ *             on a thread that could not file its timer: the task is woken
+ *             to re-evaluate (and its runner files the timer).  Any thread.
+ */
 enum { ZK_SCOPE_IDLE = 0, ZK_SCOPE_ARMED = 1, ZK_SCOPE_FIRED = 2, ZK_SCOPE_DISARMED = 3 };
 int zk_task_fire_scope(zk_task *t, zk_timeout_scope *scope);
 int zk_task_disarm_scope(zk_task *t, zk_timeout_scope *scope);
+void zk_task_scope_changed(zk_task *t, zk_timeout_scope *scope, int rearm);
 /* After the scheduler stopped: close the coroutine of a task that never
  * finished and complete it as cancelled.  No worker may be running. */
 void zk_task_abandon(zk_task *t);
