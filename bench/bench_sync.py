@@ -25,9 +25,9 @@
   ``aiologic.Queue(1024)`` between two threads, each running its own asyncio
   (or uvloop) loop, ``async_put`` on one and ``async_get`` on the other.
 
-trio checkpoints on every send, receive and acquire, so its cases move a
-smaller N (given in each table heading) to keep their rounds as short as the
-others'.  Every zokio case runs at threads=1 and threads=2.  The timed region is inside
+N differs between runtimes (each table heading gives it) so that every timed
+round lasts a fraction of a second: trio checkpoints on every send, receive
+and acquire and moves fewer, zokio moves more.  Every zokio case runs at threads=1 and threads=2.  The timed region is inside
 the runtime: ``time.perf_counter()`` and ``time.process_time()`` (CPU time of
 the whole process, every thread) around the work, after one untimed warm-up
 of N/10 in the same runtime.  ``CPU/msg`` is that process CPU time divided by
@@ -84,10 +84,12 @@ def sizes(quick: bool) -> dict[str, int]:
     return full
 
 
-# trio checkpoints on every send, receive and acquire (a full pass through its
-# scheduler), so its rounds take 4-16x as long at the same N: it moves fewer.
-SHRINK = {("trio", "mpsc1"): 16, ("trio", "mpsc4"): 16, ("trio", "pingpong"): 4,
-          ("trio", "mutex"): 4}
+# N per runtime, as a multiple of sizes(): every timed round should last
+# ~0.2-1 s.  trio checkpoints on every send, receive and acquire (a full pass
+# through its scheduler), so it moves fewer; zokio moves more.
+SCALE = {("trio", "mpsc1"): 1 / 16, ("trio", "mpsc4"): 1 / 16, ("trio", "pingpong"): 1 / 4,
+         ("trio", "mutex"): 1 / 4, ("zokio", "mpsc1"): 2, ("zokio", "mpsc4"): 2,
+         ("zokio", "pingpong"): 4, ("zokio", "mutex"): 4, ("zokio", "xthread"): 2}
 
 
 def _rows(sub: str) -> list[tuple[str, str, dict]]:
@@ -124,7 +126,7 @@ def cases(quick: bool = False, repeat: int | None = None) -> list[C.Case]:
     for rnd in range(rounds):
         for sub in SUBS:
             for rt, label, extra in _rows(sub):
-                n = sz[sub] // SHRINK.get((rt, sub), 1)
+                n = int(sz[sub] * SCALE.get((rt, sub), 1))
                 out.append(C.Case(WORKLOAD, rt, f"{sub}: {label}",
                                   {"sub": sub, "n": n, "round": rnd, "rounds": rounds, **extra},
                                   timeout=120))
@@ -723,8 +725,8 @@ def report(results: list[dict]) -> dict:
         head = ["runtime", UNITS[sub], vs, f"CPU / {PER_UNIT[sub]}", "cores", "apart", "bg load"]
         size = "; ".join(
             (f"{LOCK_TASKS} tasks × {n // LOCK_TASKS:,}" if sub == "mutex" else f"N={n:,}")
-            + ("" if i == 0 else " for " + ", ".join(sorted(set(rts))))
-            for i, (n, rts) in enumerate(sorted(ns.items(), key=lambda kv: -kv[0])))
+            + ("" if len(ns) == 1 else " for " + ", ".join(sorted(set(rts))))
+            for n, rts in sorted(ns.items(), key=lambda kv: -kv[0]))
         parts.append(f"#### {TITLES[sub]} ({size})\n\n" + C.table(head, rows))
         bars.extend(_bars(sub, group, base_lab, base))
     text = (f"### sync: channels, ping-pong, contended lock (median of {rounds} interleaved"
