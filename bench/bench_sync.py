@@ -721,9 +721,14 @@ def report(results: list[dict]) -> dict:
                          f"{m['cpu_us']:.2f} µs" + _range(m, "cpu_us"),
                          f"{m['cores']:.2f}", "-" if ap is None else f"{ap * 100:.0f}%",
                          C.bg_cell(m)])
+        by_rt: dict[str, set] = {}
+        for m in group.values():
+            by_rt.setdefault(m["runtime"], set()).add(m["params"]["n"])
         ns: dict[int, list[str]] = {}
         for m in group.values():
-            ns.setdefault(m["params"]["n"], []).append(m["runtime"])
+            rt, q = m["runtime"], m["params"]
+            who = rt if len(by_rt[rt]) == 1 else f"{rt} {q.get('variant')}"
+            ns.setdefault(q["n"], []).append(who)
         vs = "vs aiologic (asyncio)" if sub == "xthread" else "vs asyncio"
         head = ["runtime", UNITS[sub], vs, f"CPU / {PER_UNIT[sub]}", "cores", "apart", "bg load"]
         size = "; ".join(
