@@ -95,7 +95,7 @@ class Mutex(_Sem):
         raise TypeError("Mutex has no acquire(): use `async with mutex as guard` or "
                         "`guard = await mutex.lock()`")
 
-    try_acquire = acquire
+    try_acquire = acquire_blocking = acquire
 
     def __repr__(self) -> str:
         state = "locked" if self.locked() else "unlocked"
