@@ -186,9 +186,11 @@ class MpscMachine(RuleBasedStateMachine):
         the front."""
         if not self.buf:
             return
+        x = self.buf.popleft()
+        self._refill()         # the recv freed a slot: a parked send moved in
         a = self.rx.recv()
         del a
-        gc.collect()  # the Ready is not in a cycle; this only adds pressure
+        self._give_back(x)
 
     # -- withdrawing (what closing a suspended coroutine does) ------------------
     @rule(data=st.data())
