@@ -58,17 +58,22 @@ def _retrieve(h: Any) -> None:
         h.exception()  # seen: no "never retrieved" log
 
 
-async def _cancel_and_wait(handles: Iterable[Any]) -> None:
-    """Cancel every unfinished handle and wait until all have finished."""
+async def _cancel_and_wait(handles: Iterable[Any], why: Optional[BaseException] = None) -> None:
+    """Cancel every unfinished handle and wait until all have finished
+    (not when the caller's coroutine is being closed: it cannot await)."""
     handles = list(handles)
     for h in handles:
         if not h.done():
             h.cancel()
+    if isinstance(why, GeneratorExit):
+        return
     with CancelScope(shield=True):
         for h in handles:
             if not h.done():
                 try:
                     await h
+                except GeneratorExit:
+                    raise  # our coroutine is being closed
                 except BaseException:
                     pass  # its own outcome: the shield defers ours
             _retrieve(h)
@@ -88,8 +93,8 @@ async def select(*aws: Any) -> Tuple[int, Any]:
         h.add_done_callback(partial(first.set, i))
     try:
         i = await first
-    except BaseException:
-        await _cancel_and_wait(handles)
+    except BaseException as e:
+        await _cancel_and_wait(handles, e)
         raise
     winner = handles[i]
     await _cancel_and_wait(handles[:i] + handles[i + 1:])
@@ -136,8 +141,8 @@ async def gather(*aws: Any, return_exceptions: bool = False) -> List[Any]:
         h.add_done_callback(partial(counter.done, h))
     try:
         failed = await counter.cell
-    except BaseException:
-        await _cancel_and_wait(handles)
+    except BaseException as e:
+        await _cancel_and_wait(handles, e)
         raise
     if failed is not None:
         await _cancel_and_wait(h for h in handles if h is not failed)
@@ -220,13 +225,13 @@ class as_completed:
                     if scope.cancelled_caught:
                         raise TimeoutError(f"as_completed(): timed out with {self._left} "
                                            f"not yet yielded")
-            except BaseException:
-                await self.aclose()
+            except BaseException as e:
+                await self.aclose(e)
                 raise
         self._left -= 1
         return h.result()
 
-    async def aclose(self) -> None:
+    async def aclose(self, _why: Optional[BaseException] = None) -> None:
         """Cancel the tasks not yet yielded and wait for them."""
         if self._aws is not None:
             aws, self._aws = self._aws, None
@@ -236,11 +241,11 @@ class as_completed:
         self._closed = True
         with self._lock:
             self._done.clear()
-        await _cancel_and_wait(self._handles)
+        await _cancel_and_wait(self._handles, _why)
 
     async def __aenter__(self) -> "as_completed":
         return self
 
     async def __aexit__(self, et: Any, exc: Any, tb: Any) -> bool:
-        await self.aclose()
+        await self.aclose(exc)
         return False

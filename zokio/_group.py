@@ -187,6 +187,11 @@ class TaskGroup:
         scope = self._scope
         ns = scope._ns
         cancelled_by_us = ns.disarm() and exc is not None and getattr(exc, _ATTR, None) is ns
+        if isinstance(exc, GeneratorExit):
+            # The coroutine is being closed (an abandoned task at shutdown):
+            # it cannot await; cancel the children and go.
+            self._abort()
+            return False
         outer_cancel = None
         if exc is not None and not cancelled_by_us:
             if isinstance(exc, Cancelled):

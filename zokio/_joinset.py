@@ -142,5 +142,8 @@ class JoinSet:
         return self
 
     async def __aexit__(self, et: Any, exc: Any, tb: Any) -> bool:
+        if isinstance(exc, GeneratorExit):
+            self.abort_all()  # the coroutine is being closed: it cannot await
+            return False
         await self.shutdown()
         return False

@@ -46,28 +46,42 @@ class CancelScope:
         self._relative: Optional[float] = None
         self._caught = False
         self._fired = False
-        self._fail: Optional[str] = None
+        # fail_* scopes: the TimeoutError message, or the seconds of
+        # fail_after/timeout (the message is made only when raised)
+        self._fail: Any = None
 
     # -- entering and leaving ---------------------------------------------
+    # (the async forms repeat the sync ones: zokio.timeout around each read
+    # of a server is a hot path)
 
     def __enter__(self) -> "CancelScope":
-        rel = self._relative
-        if rel is not None:  # *_after: the deadline counts from entry
-            self._ns.deadline = _monotonic() + rel
-        self._ns.arm()
+        self._ns.arm(self._relative)  # *_after: the deadline counts from entry
         return self
 
     def __exit__(self, et: Any, exc: Any, tb: Any) -> bool:
         if not self._ns.disarm():
             return False  # never cancelled: nothing here can be ours
         self._fired = True
-        if exc is None:
+        return exc is not None and self._absorb(exc)
+
+    async def __aenter__(self) -> "CancelScope":
+        self._ns.arm(self._relative)
+        return self
+
+    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> bool:
+        if not self._ns.disarm():
             return False
+        self._fired = True
+        return exc is not None and self._absorb(exc)
+
+    def _absorb(self, exc: BaseException) -> bool:
+        """At exit of a cancelled scope: catch its own Cancelled (also out of
+        an exception group), let anything else through."""
         ns = self._ns
         if getattr(exc, _ATTR, None) is ns:
             self._caught = True
             if self._fail is not None:
-                raise TimeoutError(self._fail) from None
+                raise TimeoutError(self._fail_message()) from None
             return True
         if isinstance(exc, _BaseExceptionGroup):
             match, rest = exc.split(lambda e: getattr(e, _ATTR, None) is ns)
@@ -75,16 +89,14 @@ class CancelScope:
                 self._caught = True
                 if rest is None:
                     if self._fail is not None:
-                        raise TimeoutError(self._fail) from None
+                        raise TimeoutError(self._fail_message()) from None
                     return True
                 raise rest
         return False
 
-    async def __aenter__(self) -> "CancelScope":
-        return self.__enter__()
-
-    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> bool:
-        return self.__exit__(et, exc, tb)
+    def _fail_message(self) -> str:
+        f = self._fail
+        return f if isinstance(f, str) else f"timed out after {f} s"
 
     # -- control ----------------------------------------------------------
 
@@ -156,7 +168,7 @@ def fail_after(seconds: float, *, shield: bool = False) -> CancelScope:
     seconds = _check_seconds("fail_after", seconds)
     scope = CancelScope(_monotonic() + seconds, shield)
     scope._relative = seconds
-    scope._fail = f"timed out after {seconds} s"
+    scope._fail = seconds
     return scope
 
 
@@ -164,12 +176,20 @@ def timeout(seconds: Optional[float]) -> CancelScope:
     """``async with zokio.timeout(s):`` -- fail_after(s): TimeoutError if the
     block is still running after ``s`` seconds.  ``None``: no deadline (the
     scope can still be cancelled)."""
+    scope = _new_scope(CancelScope)
+    scope._ns = _Native(_INF)
+    scope._caught = scope._fired = False
     if seconds is None:
-        scope = CancelScope()
+        scope._relative = None
         scope._fail = "timed out"
         return scope
-    seconds = _check_seconds("timeout", seconds)
-    scope = CancelScope(_monotonic() + seconds)
-    scope._relative = seconds
-    scope._fail = f"timed out after {seconds} s"
+    if seconds.__class__ is not float:  # a float skips the type checks
+        _check_seconds("timeout", seconds)
+    elif seconds != seconds:
+        raise ValueError("timeout() seconds is NaN")
+    scope._relative = scope._fail = seconds
     return scope
+
+
+_new_scope = object.__new__
+_INF = math.inf

@@ -455,9 +455,19 @@ int zk_scope_file_timer(zk_worker *w, zk_timeout_scope *sc) {
     return due;
 }
 
-/* arm(): enter the scope in the current task: it becomes the innermost
- * scope of the task's context, linked to the enclosing one. */
-static PyObject *scope_arm(zk_timeout_scope *self, PyObject *Py_UNUSED(ignored)) {
+/* arm(relative=None): enter the scope in the current task: it becomes the
+ * innermost scope of the task's context, linked to the enclosing one.
+ * `relative` (seconds): the deadline is now + relative (move_on_after and
+ * fail_after count from entry). */
+static PyObject *scope_arm(zk_timeout_scope *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "arm() takes at most one argument");
+        return NULL;
+    }
+    double rel = 0.0;
+    int has_rel = nargs == 1 && args[0] != Py_None;
+    if (has_rel && parse_deadline(args[0], &rel) < 0)
+        return NULL;
     zk_worker *w = zk_current_worker;
     zk_task *t = zk_current_task;
     if (w == NULL || t == NULL) {
@@ -472,6 +482,16 @@ static PyObject *scope_arm(zk_timeout_scope *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     zk_state *st = state_of_type(Py_TYPE(self));
+    if (has_rel) {
+        int64_t now = zk_monotonic_ns();
+        double rel_ns = rel * 1e9;
+        int64_t ns = rel_ns >= (double)(INT64_MAX - now) ? INT64_MAX
+                     : now + (rel_ns > 0 ? (int64_t)rel_ns : 0);
+        zk_mutex_lock(&self->dl_lock);
+        self->deadline = ns == INT64_MAX ? INFINITY : (double)ns / 1e9;
+        __atomic_store_n(&self->timer.deadline_ns, ns, __ATOMIC_RELAXED);
+        zk_mutex_unlock(&self->dl_lock);
+    }
     if (self->outer == NULL) {
         PyObject *cur = NULL;
         if (PyContextVar_Get(st->scope_var, NULL, &cur) < 0)
@@ -634,8 +654,9 @@ static PyObject *scope_get_entered(zk_timeout_scope *self, void *Py_UNUSED(c)) {
 }
 
 static PyMethodDef scope_methods[] = {
-    {"arm", (PyCFunction)scope_arm, METH_NOARGS,
-     "Enter the scope in the current task (it becomes the innermost one)."},
+    {"arm", (PyCFunction)(void (*)(void))scope_arm, METH_FASTCALL,
+     "arm(relative=None): enter the scope in the current task (it becomes the "
+     "innermost one); with `relative`, the deadline is now + relative."},
     {"disarm", (PyCFunction)scope_disarm, METH_NOARGS,
      "Exit the scope; True if it had been cancelled."},
     {"cancel", (PyCFunction)scope_cancel, METH_NOARGS,
