@@ -378,8 +378,7 @@ static int module_exec(PyObject *module) {
         return -1;
     /* zokio.sync: the wait list's Waiter (an awaitable kind) and the
      * primitives built on it (native/sync/). */
-    if (zk_waitlist_types_init(module, st) < 0 || zk_semaphore_types_init(module, st) < 0 ||
-        zk_notify_types_init(module, st) < 0)
+    if (zk_waitlist_types_init(module, st) < 0)
         return -1;
     /* ---- channels (after the wait list's types) ---- */
     if (zk_channel_types_init(module, st) < 0)

@@ -697,7 +697,10 @@ int zk_waitlist_types_init(PyObject *module, zk_state *st) {
         return -1;
     int r = PyModule_AddObjectRef(module, "_WaitListProbe", probe);
     Py_DECREF(probe);
-    if (r < 0)
+    if (r < 0 || zk_leaf_kind_add(st, st->WaiterType, &waiter_ops) < 0)
         return -1;
-    return zk_leaf_kind_add(st, st->WaiterType, &waiter_ops);
+    /* The primitives built on the list (semaphore.c, notify.c). */
+    if (zk_semaphore_types_init(module, st) < 0 || zk_notify_types_init(module, st) < 0)
+        return -1;
+    return 0;
 }

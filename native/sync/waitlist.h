@@ -133,7 +133,8 @@ int zk_waiter_block(zk_waiter *w, int64_t timeout_ns);
 PyObject *zk_waiter_take_outcome(zk_waiter *w);
 
 /* Module init: the Waiter type and its leaf kind (ops: ready, register,
- * unregister, interrupt_mode as described above). */
+ * unregister, interrupt_mode as described above), then the primitives of
+ * semaphore.c and notify.c (below). */
 int zk_waitlist_types_init(PyObject *module, zk_state *st);
 
 /* ---- shared by the primitives ------------------------------------------- */
@@ -144,8 +145,8 @@ int zk_waitlist_types_init(PyObject *module, zk_state *st);
  * get a small new object.  semaphore.c. */
 PyObject *zk_sync_ready(PyObject *value);
 
-/* Module init of semaphore.c (BatchSemaphore, Guard, Ready; call it first)
- * and of notify.c (Notify, Event). */
+/* Module init of semaphore.c (BatchSemaphore, Guard, Ready; first) and of
+ * notify.c (Notify, Event); zk_waitlist_types_init calls both. */
 int zk_semaphore_types_init(PyObject *module, zk_state *st);
 int zk_notify_types_init(PyObject *module, zk_state *st);
 

@@ -334,19 +334,23 @@ def test_plain_threads_release_notify_and_set_while_tasks_wait(make_runtime):
     async def main():
         await lock.acquire()
         got = {"lock": 0, "sem": 0, "notify": 0}
+        mu = threading.Lock()  # the tasks run on several threads
+
+        def bump(key):
+            with mu:
+                got[key] += 1
 
         async def on_lock():
             async with lock:
-                got["lock"] += 1
-            # each one handed over by the thread releases it (see below)
+                bump("lock")
 
         async def on_sem():
             await sem.acquire()
-            got["sem"] += 1
+            bump("sem")
 
         async def on_notify():
             await n.notified()
-            got["notify"] += 1
+            bump("notify")
 
         async def on_event():
             await e.wait()
@@ -354,7 +358,8 @@ def test_plain_threads_release_notify_and_set_while_tasks_wait(make_runtime):
         hs = [zokio.spawn(f()) for f in (on_sem, on_notify) for _ in range(N)]
         hs += [zokio.spawn(on_event()) for _ in range(20)]
         hl = zokio.spawn(on_lock())
-        await until(lambda: sem.waiting == N and lock.waiting == 1)
+        await until(lambda: sem.waiting == N and lock.waiting == 1 and n.waiting == N
+                    and e.waiting == 20)
 
         def thread_side():
             for _ in range(N):
@@ -807,3 +812,66 @@ def test_primitive_with_parked_waiters_becomes_garbage(make_runtime):
     gc.collect()
     gc.collect()
     assert [r() for r in refs] == [None] * len(refs)
+
+
+@pytest.mark.timeout(30)
+def test_acquirer_closed_at_shutdown_past_its_deadline_leaves_the_queue():
+    """A task that swallows its cancellation and parks again is closed when
+    shutdown's deadline passes: its parked acquire leaves the queue and the
+    permits it was handed in part go back."""
+    sem = Semaphore(3)
+    rt = zokio.Runtime(threads=2)
+
+    steps = []
+
+    async def stubborn():
+        try:
+            await sem.acquire(3)
+        except zokio.Cancelled:
+            steps.append("cancelled")
+            await sem.acquire(5)  # parks again, holding what is free
+            steps.append("never")
+
+    async def main():
+        await sem.acquire(2)
+        zokio.spawn(stubborn())
+        await until(lambda: sem.waiting == 1)
+        assert sem.available == 0  # stubborn holds the free one, wants 2 more
+
+    rt.block_on(main())
+    rt.shutdown(timeout=0.3)  # cancel: removed; re-parked for 5; closed
+    gc.collect()
+    assert steps == ["cancelled"]
+    assert sem.waiting == 0
+    assert sem.available == 1  # each parked acquire's partial grant came back
+    sem.release(2)  # main's
+    assert sem.available == 3
+
+
+@pytest.mark.timeout(30)
+def test_condition_waiter_closed_at_shutdown_does_not_await_again(monkeypatch):
+    """Closing a coroutine inside Condition.wait() must not try to take the
+    lock back (a closed coroutine may not await: CPython would report
+    "coroutine ignored GeneratorExit")."""
+    reported = []
+    monkeypatch.setattr("sys.unraisablehook", lambda u: reported.append(u))
+    cond = Condition()
+    rt = zokio.Runtime(threads=2)
+
+    async def stubborn():
+        async with cond:
+            try:
+                await cond.wait()
+            except zokio.Cancelled:
+                await cond.wait()  # parks again; closed at the deadline
+
+    async def main():
+        zokio.spawn(stubborn())
+        await until(lambda: cond._waiters.waiting == 1)
+
+    rt.block_on(main())
+    rt.shutdown(timeout=0.3)
+    gc.collect()
+    assert reported == []
+    assert cond._waiters.waiting == 0
+    assert not cond.locked()  # re-taken without a wait, released by `async with`

@@ -27,15 +27,4 @@ from ._channels import (  # noqa: E402
 from ._locks import BoundedSemaphore, Lock, Mutex, RwLock, Semaphore
 from ._notify import Barrier, Condition, Event, Notify
 
-__all__ = [
-    "Barrier",
-    "BoundedSemaphore",
-    "Condition",
-    "Event",
-    "Lock",
-    "Mutex",
-    "Notify",
-    "RwLock",
-    "Semaphore",
-]
 # ---- end of sync primitives ----

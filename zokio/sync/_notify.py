@@ -50,24 +50,35 @@ class Condition:
             raise RuntimeError("cannot wait on an un-acquired lock")
         w = self._waiters.notified()  # parked before the lock goes
         self._lock.release()
-        notified = False
+        notified = closing = False
         try:
             await w
             notified = True
             return True
+        except GeneratorExit:
+            # The coroutine is being closed (runtime shutdown past its
+            # deadline): it may not await again.  Take the lock back only if
+            # that needs no wait, so that the caller's `async with` exit
+            # releases what it holds.
+            closing = True
+            self._lock.try_acquire()
+            raise
         finally:
-            error = None
-            while True:
-                try:
-                    await self._lock.acquire()
-                    break
-                except BaseException as e:  # an interrupt while re-locking
-                    if error is None:
-                        error = e
-            if error is not None:
-                if notified:
-                    self._waiters.notify(1)
-                raise error
+            if not closing:
+                error = None
+                while True:
+                    try:
+                        await self._lock.acquire()
+                        break
+                    except GeneratorExit:
+                        raise
+                    except BaseException as e:  # an interrupt while re-locking
+                        if error is None:
+                            error = e
+                if error is not None:
+                    if notified:
+                        self._waiters.notify(1)
+                    raise error
 
     async def wait_for(self, predicate):
         result = predicate()
