@@ -60,8 +60,7 @@ def _one_round(rt, seed):
             except zokio.Cancelled:
                 pass
 
-    def thread_sender(k):
-        s = tx.clone()
+    def thread_sender(k, s):
         i = 0
         while i < per:
             try:
@@ -112,7 +111,7 @@ def _one_round(rt, seed):
                 pass
 
     async def main():
-        threads = [threading.Thread(target=thread_sender, args=(n_tasks + t,))
+        threads = [threading.Thread(target=thread_sender, args=(n_tasks + t, tx.clone()))
                    for t in range(n_threads)]
         threads.append(threading.Thread(target=thread_receiver))
         for th in threads:

@@ -66,6 +66,7 @@ typedef struct zk_state {
     PyTypeObject *ChanReceiverType;
     PyTypeObject *ChanReadyType;     /* a received item not yet awaited */
     PyTypeObject *ChanSendDoneType;
+    PyTypeObject *ChanRetryType;     /* an operation deferred past a yield */
     PyObject *chan_send_done;        /* the one SendDone instance */
     PyObject *ChannelClosed;         /* zokio.sync._errors, set at its import */
     PyObject *QueueFull;

@@ -355,9 +355,10 @@ static inline int budget_spent(void) {
  * task's next suspension.  The forced yield of a spent budget resumes with
  * its grant before an interrupt (LATER), so a task that never waits for
  * anything else -- a producer on an unbounded channel, a consumer of an
- * endless stream -- would never see its cancel.  Such a send or recv does
- * nothing and yields the plain YieldNow instead: the interrupt is thrown
- * there, and the operation never happened. */
+ * endless stream -- would never see its cancel.  Such a send or recv
+ * returns a Retry instead (below): it yields once with nothing done, so the
+ * interrupt is thrown there, and does the operation only if the task is
+ * resumed normally (a cancel scope's shield may defer the interrupt). */
 static inline int interrupt_pending(void) {
     zk_task *t = zk_current_task;
     return t != NULL &&
@@ -372,6 +373,8 @@ static inline void grant_now_locked(zk_waitlist *wl, zk_waiter *w) {
     (void)t;  /* the list's reference: consumed by zk_waiter_complete */
 }
 
+static PyObject *retry_new(zk_chan *c, PyObject *item, int kind);
+
 /* send(item) for async code.  Returns the shared SendDone, a Waiter (parked,
  * or granted when the budget is spent), or NULL with ChannelClosed. */
 static PyObject *chan_send(zk_chan *c, PyObject *item, int park, int *would_block) {
@@ -380,7 +383,7 @@ static PyObject *chan_send(zk_chan *c, PyObject *item, int park, int *would_bloc
     int spent = park && budget_spent();
     if (spent) {
         if (interrupt_pending())
-            return Py_NewRef(st->yield_now);
+            return retry_new(c, item, CHAN_SEND);
         w = zk_waiter_new(1, CHAN_SEND);
         if (w == NULL)
             return NULL;
@@ -456,7 +459,7 @@ static PyObject *chan_recv(zk_chan *c, int kind, int park, int *would_block) {
     int spent = park && budget_spent();
     if (spent) {
         if (interrupt_pending())
-            return Py_NewRef(c->st->yield_now);
+            return retry_new(c, NULL, kind);
         w = zk_waiter_new(1, kind);
         if (w == NULL)
             return NULL;
@@ -586,23 +589,47 @@ static PyObject *ready_new(zk_chan *c, PyObject *item) {
     return (PyObject *)r;
 }
 
-/* Return `v` from __next__: StopIteration(v) (None: plain exhaustion). */
+/* Returning a value from __next__ means raising StopIteration(value), and
+ * building that exception (an args tuple, the instance, its init) cost about
+ * as much as the rest of a receive.  Each thread keeps one StopIteration and
+ * raises it again with its `value` swapped, when nothing but the cache holds
+ * it (the await that catches it -- SEND -- takes the value and drops the
+ * exception at once; an exception someone kept is left alone and replaced).
+ * Its traceback, context and cause are reset before each reuse.  The value
+ * of the last receive stays referenced by the cache until the next one on
+ * that thread.  A thread-local reference, not a module global: it belongs
+ * to the thread, which is what owns an object's refcount on 3.13t. */
+static ZK_TLS PyObject *stop_cache;
+
 static PyObject *return_value(PyObject *v) {
     if (v == Py_None) {
         Py_DECREF(v);
         return NULL;
     }
-    if (PyTuple_Check(v) || PyExceptionInstance_Check(v)) {
-        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, v);
-        Py_DECREF(v);
-        if (stop != NULL) {
-            PyErr_SetObject(PyExc_StopIteration, stop);
-            Py_DECREF(stop);
+    PyObject *e = stop_cache;
+    if (e == NULL || Py_REFCNT(e) != 1) {
+        PyObject *fresh = PyObject_CallNoArgs(PyExc_StopIteration);
+        if (fresh == NULL) {
+            Py_DECREF(v);
+            return NULL;
         }
-        return NULL;
+        stop_cache = fresh;
+        Py_XDECREF(e);  /* someone else still holds the old one */
+        e = fresh;
+    } else {
+        PyException_SetTraceback(e, Py_None);
+        PyException_SetContext(e, NULL);
+        PyException_SetCause(e, NULL);
     }
-    PyErr_SetObject(PyExc_StopIteration, v);
-    Py_DECREF(v);
+    PyStopIterationObject *si = (PyStopIterationObject *)e;
+    PyObject *old = si->value;
+    si->value = v;  /* steals */
+    Py_XDECREF(old);
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(Py_NewRef(e));
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(e)), Py_NewRef(e), NULL);
+#endif
     return NULL;
 }
 
@@ -691,6 +718,108 @@ static PyType_Spec done_spec = {
     .basicsize = sizeof(PyObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = done_slots,
+};
+
+/* Retry: a send or recv that has not happened yet (see interrupt_pending).
+ * First __next__: yield YieldNow, doing nothing.  If the task is resumed
+ * (no interrupt was delivered), do the operation and go on as its result
+ * (SendDone, Ready or a Waiter, to which later __next__ calls and close()
+ * are forwarded).  If the interrupt is thrown instead, it is raised at the
+ * await (no `throw` here) and the operation never happens. */
+typedef struct {
+    PyObject_HEAD
+    zk_chan *chan;
+    PyObject *item;         /* send: the item; recv: NULL */
+    PyObject *inner;        /* the operation's awaitable, once done */
+    int kind;
+    int yielded;
+} zk_chan_retry;
+
+static PyObject *retry_new(zk_chan *c, PyObject *item, int kind) {
+    zk_chan_retry *r = PyObject_GC_New(zk_chan_retry, c->st->ChanRetryType);
+    if (r == NULL)
+        return NULL;
+    r->chan = (zk_chan *)Py_NewRef(c);
+    r->item = Py_XNewRef(item);
+    r->inner = NULL;
+    r->kind = kind;
+    r->yielded = 0;
+    PyObject_GC_Track(r);
+    return (PyObject *)r;
+}
+
+static PyObject *retry_iternext(zk_chan_retry *self) {
+    if (self->inner == NULL) {
+        zk_task *t = zk_current_task;
+        if (!self->yielded && t != NULL) {
+            self->yielded = 1;
+            return Py_NewRef(self->chan->st->yield_now);
+        }
+        if (t != NULL)
+            t->yield_resume = 0;  /* this call is the resumption of that yield */
+        int wb = 0;
+        PyObject *r = self->kind == CHAN_SEND
+                          ? chan_send(self->chan, self->item, 1, &wb)
+                          : chan_recv(self->chan, self->kind, 1, &wb);
+        Py_CLEAR(self->item);
+        if (r == NULL)
+            return NULL;
+        self->inner = r;
+    }
+    return Py_TYPE(self->inner)->tp_iternext(self->inner);
+}
+
+static PyObject *retry_close(zk_chan_retry *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->inner != NULL && PyObject_HasAttr(self->inner, self->chan->st->str_close))
+        return PyObject_CallMethodNoArgs(self->inner, self->chan->st->str_close);
+    Py_RETURN_NONE;
+}
+
+static int retry_traverse(zk_chan_retry *self, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->chan);
+    Py_VISIT(self->item);
+    Py_VISIT(self->inner);
+    return 0;
+}
+
+static int retry_clear(zk_chan_retry *self) {
+    Py_CLEAR(self->item);
+    Py_CLEAR(self->inner);
+    Py_CLEAR(self->chan);
+    return 0;
+}
+
+static void retry_dealloc(zk_chan_retry *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    retry_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef retry_methods[] = {
+    {"close", (PyCFunction)retry_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot retry_slots[] = {
+    {Py_tp_dealloc, retry_dealloc},
+    {Py_tp_traverse, retry_traverse},
+    {Py_tp_clear, retry_clear},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, retry_iternext},
+    {Py_am_await, PyObject_SelfIter},
+    {Py_tp_methods, retry_methods},
+    {0, NULL},
+};
+
+static PyType_Spec retry_spec = {
+    .name = "zokio._native.ChannelRetry",
+    .basicsize = sizeof(zk_chan_retry),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = retry_slots,
 };
 
 /* Channel type (internal). */
@@ -1265,6 +1394,7 @@ int zk_channel_types_init(PyObject *module, zk_state *st) {
     MAKE(ChanReceiverType, receiver_spec);
     MAKE(ChanReadyType, ready_spec);
     MAKE(ChanSendDoneType, done_spec);
+    MAKE(ChanRetryType, retry_spec);
 #undef MAKE
     st->chan_send_done = PyType_GenericAlloc(st->ChanSendDoneType, 0);
     if (st->chan_send_done == NULL)
@@ -1274,6 +1404,7 @@ int zk_channel_types_init(PyObject *module, zk_state *st) {
     zk_immortalize((PyObject *)st->ChanReadyType);
     zk_immortalize((PyObject *)st->ChanType);
     zk_immortalize((PyObject *)st->ChanSendDoneType);
+    zk_immortalize((PyObject *)st->ChanRetryType);
     zk_immortalize(st->chan_send_done);
     if (PyModule_AddObjectRef(module, "ChannelSender", (PyObject *)st->ChanSenderType) < 0 ||
         PyModule_AddObjectRef(module, "ChannelReceiver", (PyObject *)st->ChanReceiverType) < 0)
@@ -1287,6 +1418,7 @@ int zk_channel_state_traverse(zk_state *st, visitproc visit, void *arg) {
     Py_VISIT(st->ChanReceiverType);
     Py_VISIT(st->ChanReadyType);
     Py_VISIT(st->ChanSendDoneType);
+    Py_VISIT(st->ChanRetryType);
     Py_VISIT(st->chan_send_done);
     Py_VISIT(st->ChannelClosed);
     Py_VISIT(st->QueueFull);
@@ -1300,6 +1432,7 @@ void zk_channel_state_clear(zk_state *st) {
     Py_CLEAR(st->ChanReceiverType);
     Py_CLEAR(st->ChanReadyType);
     Py_CLEAR(st->ChanSendDoneType);
+    Py_CLEAR(st->ChanRetryType);
     Py_CLEAR(st->chan_send_done);
     Py_CLEAR(st->ChannelClosed);
     Py_CLEAR(st->QueueFull);

@@ -387,9 +387,11 @@ def test_plain_threads_send_blocking_into_bounded_while_workers_receive(make_run
     n_threads, per = 4, 500
     errors = []
 
+    clones = [tx.clone() for _ in range(n_threads)]
+
     def producer(t):
         try:
-            s = tx.clone()
+            s = clones[t]
             for i in range(per):
                 s.send_blocking((t, i))
             s.close()

@@ -42,8 +42,7 @@ def test_many_senders_tasks_and_threads_several_receivers(make_runtime, capacity
     stop = threading.Event()
     pauses = _gc_pauses(stop)
 
-    def thread_sender(t):
-        s = tx.clone()
+    def thread_sender(t, s):
         for i in range(per):
             s.send_blocking((n_tasks + t, i))
         s.close()
@@ -68,7 +67,8 @@ def test_many_senders_tasks_and_threads_several_receivers(make_runtime, capacity
         return [x async for x in rx]
 
     async def main():
-        threads = [threading.Thread(target=thread_sender, args=(t,)) for t in range(n_threads)]
+        threads = [threading.Thread(target=thread_sender, args=(t, tx.clone()))
+                   for t in range(n_threads)]
         threads.append(threading.Thread(target=thread_receiver))
         for th in threads:
             th.start()
@@ -218,7 +218,7 @@ def test_cross_worker_ping_pong(make_runtime):
 def test_broadcast_and_watch_storm(make_runtime):
     rt = make_runtime(8)
     n_senders, per = 4, 200
-    btx, brx0 = zs.broadcast(n_senders * per + 1)   # never lags
+    btx, brx0 = zs.broadcast((n_senders + 1) * per)   # never lags (+1: the thread)
     brxs = [brx0] + [btx.subscribe() for _ in range(3)]
     wtx, wrx0 = zs.watch(-1)
     wrxs = [wrx0] + [wtx.subscribe() for _ in range(3)]

@@ -5,8 +5,9 @@ its Sender and Receiver are C types, so ``await tx.send(x)`` on a channel
 with room and ``await rx.recv()`` on one with items never build a coroutine
 frame.
 
-``oneshot``, ``broadcast`` and ``watch`` are small Python classes over
-native pieces: each keeps its state behind one ``threading.Lock`` held only
+``oneshot`` is a native channel of capacity 1 behind a sender that sends
+once.  ``broadcast`` and ``watch`` are small Python classes over native
+pieces: each keeps its state behind one ``threading.Lock`` held only
 for O(1) work that never awaits, and parks a task on a ``zokio.Oneshot``
 cell (a plain thread on a ``threading.Event``) that a sender completes after
 releasing the lock.  A wake carries nothing: the woken side takes what it
@@ -163,145 +164,88 @@ _EMPTY: Any = _Empty()
 
 
 # ---- oneshot ------------------------------------------------------------------
-
-_PENDING, _SENT, _TAKEN, _CLOSED = range(4)
-
-
-class _OneshotState(_Parking):
-    __slots__ = ("state", "value", "rx_closed")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.state = _PENDING
-        self.value: Any = None
-        self.rx_closed = False
+#
+# A oneshot is a native mpsc channel of capacity 1 whose sender sends once:
+# the value waits in the ring, the receiver's wait is the channel's, and a
+# sender dropped unsent ends the channel like the last mpsc sender.
 
 
 class OneshotSender(Generic[T]):
     """Sends one value, from any thread (``send`` never waits).  Dropped or
     closed without sending, it ends the channel with ChannelClosed."""
 
-    __slots__ = ("_s", "_used", "__weakref__")
+    __slots__ = ("_tx", "_once", "__weakref__")
 
-    def __init__(self, state: _OneshotState) -> None:
-        self._s = state
-        self._used = False
+    def __init__(self, tx) -> None:
+        self._tx = tx
+        self._once = threading.Lock()   # acquired by the one send or close
 
     def send(self, value: T) -> None:
         """Deliver ``value``.  RuntimeError if already sent or closed;
         ChannelClosed (``item`` = value) if the receiver is gone."""
-        s = self._s
-        with s.lock:
-            if self._used:
-                raise RuntimeError("this oneshot sender was already used")
-            self._used = True
-            if s.rx_closed:
-                s.state = _CLOSED
-                err = ChannelClosed("oneshot receiver is gone")
-                err.item = value
-                raise err
-            s.state = _SENT
-            s.value = value
-            waiters = s.take_waiters_locked()
-        _wake(waiters)
+        if not self._once.acquire(False):
+            raise RuntimeError("this oneshot sender was already used")
+        try:
+            self._tx.try_send(value)
+        finally:
+            self._tx.close()
 
     try_send = send
     send_blocking = send
 
     def close(self) -> None:
         """Give up without sending: the receiver gets ChannelClosed."""
-        s = self._s
-        with s.lock:
-            if self._used:
-                return
-            self._used = True
-            s.state = _CLOSED
-            waiters = s.take_waiters_locked()
-        _wake(waiters)
+        if self._once.acquire(False):
+            self._tx.close()
 
     def is_closed(self) -> bool:
         """True once the receiver is gone (or this sender was used)."""
-        with self._s.lock:
-            return self._s.rx_closed or self._used
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter teardown
-            pass
+        return self._tx.is_closed()
 
     def __repr__(self) -> str:
-        return f"<zokio.sync.OneshotSender {'used' if self._used else 'pending'}>"
+        return f"<zokio.sync.OneshotSender {'used' if self._once.locked() else 'pending'}>"
 
 
 class OneshotReceiver(Generic[T]):
     """``await rx`` (or ``await rx.recv()``) gets the value; ChannelClosed if
-    the sender was dropped or closed without sending."""
+    the sender was dropped or closed without sending (or the value was
+    already received)."""
 
-    __slots__ = ("_s", "__weakref__")
+    __slots__ = ("_rx", "__weakref__")
 
-    def __init__(self, state: _OneshotState) -> None:
-        self._s = state
+    def __init__(self, rx) -> None:
+        self._rx = rx
 
-    def _take_locked(self):
-        s = self._s
-        if s.state == _SENT:
-            v = s.value
-            s.value = None
-            s.state = _TAKEN
-            return v
-        if s.state == _PENDING and not s.rx_closed:
-            return _EMPTY
-        if s.state == _TAKEN:
-            raise ChannelClosed("the oneshot value was already received")
-        raise ChannelClosed("oneshot sender dropped without sending")
-
-    async def recv(self) -> T:
-        """The value.  Cancel-safe: a cancelled recv leaves the value for the
-        next one."""
-        return await self._s.park(self._take_locked)
+    def recv(self):
+        """Awaitable: the value.  Cancel-safe: a cancelled recv leaves the
+        value for the next one."""
+        return self._rx.recv()
 
     def __await__(self):
-        return self.recv().__await__()
+        return self._rx.recv().__await__()
 
     def try_recv(self) -> T:
         """The value if sent; QueueEmpty if not yet; ChannelClosed if it
         never will be (or was already received)."""
-        with self._s.lock:
-            r = self._take_locked()
-        if r is _EMPTY:
-            raise QueueEmpty("no value sent yet")
-        return r
+        return self._rx.try_recv()
 
     def recv_blocking(self, timeout: Optional[float] = None) -> T:
         """Plain threads: wait (TimeoutError after ``timeout`` seconds)."""
-        return self._s.park_blocking(self._take_locked, timeout, "recv_blocking")
+        return self._rx.recv_blocking(timeout)
 
     def close(self) -> None:
         """Refuse the value: a later send raises ChannelClosed.  A value
         already sent can still be received."""
-        s = self._s
-        with s.lock:
-            s.rx_closed = True
-            waiters = s.take_waiters_locked()
-        _wake(waiters)
-
-    def __del__(self) -> None:
-        try:
-            with self._s.lock:
-                self._s.rx_closed = True
-        except Exception:
-            pass
+        self._rx.close()
 
     def __repr__(self) -> str:
-        state = ("pending", "sent", "received", "closed")[self._s.state]
-        return f"<zokio.sync.OneshotReceiver {state}>"
+        return f"<zokio.sync.OneshotReceiver {'sent' if len(self._rx) else 'empty'}>"
 
 
 def oneshot() -> Tuple[OneshotSender, OneshotReceiver]:
     """A channel for one value: ``(OneshotSender, OneshotReceiver)``."""
-    s = _OneshotState()
-    return OneshotSender(s), OneshotReceiver(s)
+    tx, rx = _native.mpsc_channel(1)
+    return OneshotSender(tx), OneshotReceiver(rx)
 
 
 # ---- broadcast ---------------------------------------------------------------
