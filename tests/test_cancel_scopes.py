@@ -634,3 +634,88 @@ def test_storm_scopes_cancelled_from_threads_and_tasks_on_8_workers(make_runtime
         if shielded[i]:
             assert log[0] == "shield part"
     assert rt.metrics()["timers_pending"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_cancel_racing_the_scopes_exit_never_leaks_past_it(make_runtime):
+    """Plain threads cancel scopes at random moments around their exit (and
+    after it): a cancel that lands after the exit must not interrupt the
+    code after the scope, and one that lands inside is caught by the scope."""
+    rt = make_runtime(8)
+    current = [None]
+    stop = threading.Event()
+    rounds = 3000
+
+    def hammer(seed):
+        r = random.Random(seed)
+        while not stop.is_set():
+            s = current[0]
+            if s is not None:
+                if r.random() < 0.5:
+                    time.sleep(r.uniform(0, 0.0002))
+                s.cancel()
+            else:
+                time.sleep(0)
+
+    async def one(i):
+        for _ in range(rounds // 20):
+            with CancelScope() as s:
+                current[0] = s
+                await zokio.yield_now()
+            current[0] = None
+            # whatever the scope did, nothing may reach the code after it
+            await zokio.yield_now()
+            await zokio.sleep(0)
+        return "clean"
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        async def main():
+            hs = [zokio.spawn(one(i)) for i in range(20)]
+            return [await h for h in hs]
+        out = rt.block_on(main())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert out == ["clean"] * 20
+
+
+@pytest.mark.timeout(60)
+def test_deadline_moved_back_and_forth_from_threads(make_runtime):
+    """Threads move the deadlines of sleeping tasks' scopes earlier and later
+    at random while the tasks sleep: every scope ends by its last deadline
+    (or sooner), nothing crashes, no timer is left behind."""
+    rt = make_runtime(8)
+    n = 50
+    scopes = [CancelScope(deadline=math.inf) for _ in range(n)]
+    stop = threading.Event()
+
+    def mover(seed):
+        r = random.Random(seed)
+        while not stop.is_set():
+            s = scopes[r.randrange(n)]
+            s.deadline = zokio.monotonic() + r.uniform(-0.001, 0.2)
+            time.sleep(r.uniform(0, 0.001))
+
+    async def sleeper(i):
+        with scopes[i]:
+            await zokio.sleep(30)
+        return scopes[i].cancelled_caught
+
+    threads = [threading.Thread(target=mover, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        async def main():
+            hs = [zokio.spawn(sleeper(i)) for i in range(n)]
+            return [await h for h in hs]
+        out = rt.block_on(main())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert out == [True] * n
+    assert rt.metrics()["timers_pending"] == 0

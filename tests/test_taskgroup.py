@@ -469,3 +469,71 @@ def test_shutdown_closes_a_group_stuck_on_a_child_that_ignores_cancellation(tmp_
     assert r.returncode == 0, r.stderr
     assert "done [True, True, True]" in r.stdout
     assert "GeneratorExit" not in r.stderr, r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_storm_groups_failing_and_cancelled_from_threads(make_runtime):
+    """Rounds of nested groups on 8 workers whose children fail at random
+    moments while a plain thread cancels the parent tasks at random moments
+    and a GC thread collects: each parent ends with an ExceptionGroup or
+    Cancelled (or returns), and when it has ended, every child it spawned
+    has ended too."""
+    import gc
+    import random
+    rt = make_runtime(8)
+    rng = random.Random(99)
+    stop = threading.Event()
+
+    def gc_loop():
+        while not stop.is_set():
+            gc.collect()
+            time.sleep(0.003)
+
+    async def leaf(r, spawned):
+        spawned.append(zokio._native.current_task())
+        await zokio.sleep(r.uniform(0, 0.01))
+        if r.random() < 0.05:
+            raise ValueError("leaf")
+        return 1
+
+    async def mid(r, spawned):
+        spawned.append(zokio._native.current_task())
+        async with zokio.TaskGroup() as tg:
+            for _ in range(r.randrange(1, 6)):
+                tg.spawn(leaf(random.Random(r.random()), spawned))
+            await zokio.sleep(r.uniform(0, 0.01))
+
+    async def parent(seed, spawned):
+        r = random.Random(seed)
+        try:
+            async with zokio.TaskGroup() as tg:
+                for _ in range(r.randrange(1, 5)):
+                    tg.spawn(mid(random.Random(r.random()), spawned))
+                    tg.spawn(leaf(random.Random(r.random()), spawned))
+            return "ok"
+        except ExceptionGroup:
+            return "errors"
+
+    g = threading.Thread(target=gc_loop)
+    g.start()
+    outcomes = {"ok": 0, "errors": 0, "cancelled": 0}
+    try:
+        for _ in range(15):
+            spawned_lists = [[] for _ in range(12)]
+            hs = [rt.spawn(parent(rng.random(), sp)) for sp in spawned_lists]
+            for h in hs:
+                if rng.random() < 0.5:
+                    time.sleep(rng.uniform(0, 0.004))
+                    h.cancel()
+            for h, sp in zip(hs, spawned_lists):
+                try:
+                    outcomes[h.result(timeout=20)] += 1
+                except zokio.Cancelled:
+                    outcomes["cancelled"] += 1
+                # structured: nothing the parent started outlives it
+                assert all(c.done() for c in sp)
+    finally:
+        stop.set()
+        g.join()
+    assert sum(outcomes.values()) == 15 * 12
+    assert outcomes["cancelled"] > 0 and outcomes["ok"] + outcomes["errors"] > 0

@@ -89,24 +89,22 @@ class TaskGroup:
         return self._spawn(coro, name, None)
 
     def _spawn(self, coro: Any, name: Optional[str], status: Optional[TaskStatus]) -> Any:
+        # spawn() only queues the child (no callback can run here), so it is
+        # done under the lock: the exit sees the child counted or the group
+        # closed, never neither.
         with self._lock:
             state = self._state
             if state == _OPEN:
+                h = _spawn(coro, name=name)  # may raise: nothing counted yet
                 self._live += 1
+                self._children.add(h)
+                aborted = self._aborted
         if state != _OPEN:
             if hasattr(coro, "close"):
                 coro.close()  # never started: no "never awaited" warning
             raise RuntimeError("this TaskGroup is closed (its async with block has ended)"
                                if state == _CLOSED else "this TaskGroup was not entered "
                                "(use 'async with zokio.TaskGroup() as tg')")
-        try:
-            h = _spawn(coro, name=name)
-        except BaseException:
-            self._child_gone(None)
-            raise
-        with self._lock:
-            self._children.add(h)
-            aborted = self._aborted
         if aborted:
             h.cancel()  # spawned into a failing group: cancelled at once
         h.add_done_callback(partial(self._on_done, h, status))
@@ -155,12 +153,8 @@ class TaskGroup:
             with self._lock:
                 self._errors.append(exc)
             self._abort()
-        self._child_gone(h)
-
-    def _child_gone(self, h: Any) -> None:
         with self._lock:
-            if h is not None:
-                self._children.discard(h)
+            self._children.discard(h)
             self._live -= 1
             waiter = None
             if self._live == 0 and self._waiter is not None:

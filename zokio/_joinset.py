@@ -108,8 +108,13 @@ class JoinSet:
     async def join_next(self) -> Any:
         """The result of the next child to finish (completion order), or its
         exception raised; None if the set is empty."""
-        h = await self.join_next_handle()
-        return None if h is None else h.result()
+        with self._lock:
+            h = self._finished.popleft() if self._finished else None
+        if h is None:
+            h = await self.join_next_handle()
+            if h is None:
+                return None
+        return h.result()
 
     def abort_all(self) -> None:
         """Cancel every running child.  They stay in the set until joined
