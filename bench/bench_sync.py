@@ -7,7 +7,8 @@
 * mpsc4: the same with four producer tasks sending N/4 each into one channel.
 * pingpong: two tasks pass a message back and forth N times; round trips/s.
   zokio ``chan``: two channels of capacity 1; zokio ``oneshot``: each message
-  is a fresh ``zokio.sync.oneshot()`` sender that carries the reply;
+  is a fresh ``zokio.sync.oneshot()`` sender that carries the reply; zokio
+  ``cell``: the same with the core's ``zokio.Oneshot`` cell (as in bench_misc);
   asyncio/uvloop: two ``asyncio.Queue(1)``; trio: two memory channels of
   capacity 1.
 * mutex: 8 tasks each take one lock K times and yield once inside the
@@ -90,8 +91,8 @@ def sizes(quick: bool) -> dict[str, int]:
 SCALE = {("trio", "mpsc1"): 1 / 16, ("trio", "mpsc4"): 1 / 16, ("trio", "pingpong"): 1 / 4,
          ("trio", "mutex"): 1 / 4, ("zokio", "mpsc1"): 2, ("zokio", "mpsc4"): 2,
          ("zokio", "pingpong"): 4, ("zokio", "mutex"): 4, ("zokio", "xthread"): 2,
-         # a oneshot pair is a few Python objects: this row runs at asyncio's pace
-         ("zokio", "pingpong", "oneshot"): 1 / 2}
+         # creating two oneshot channels per round trip dominates this row
+         ("zokio", "pingpong", "oneshot"): 1}
 
 
 def _rows(sub: str) -> list[tuple[str, str, dict]]:
@@ -102,7 +103,7 @@ def _rows(sub: str) -> list[tuple[str, str, dict]]:
         out += [(rt, f"{rt} Queue" if rt != "trio" else "trio memory channel", {})
                 for rt in ("asyncio", "uvloop", "trio")]
     elif sub == "pingpong":
-        for v in ("chan", "oneshot"):
+        for v in ("chan", "oneshot", "cell"):
             out += [("zokio", f"zokio {v} threads={t}", {"threads": t, "variant": v}) for t in (1, 2)]
         out += [(rt, f"{rt} 2 Queues" if rt != "trio" else "trio 2 memory channels", {})
                 for rt in ("asyncio", "uvloop", "trio")]
@@ -248,9 +249,34 @@ def _zokio_benches(zokio, zs, p, other):
             ntx, rx = oneshot()
             rtx.send(ntx)
 
+    async def pp_cell_ping(cell, n, ids):
+        Cell = zokio.Oneshot
+        for i in range(n):
+            if not i % PP_CHUNK:
+                ids.append(get_ident())
+            reply = Cell()
+            cell.set(reply)
+            cell = await reply
+
+    async def pp_cell_pong(cell, n, ids):
+        Cell = zokio.Oneshot
+        for i in range(n):
+            if not i % PP_CHUNK:
+                ids.append(get_ident())
+            reply = await cell
+            cell = Cell()
+            reply.set(cell)
+
     async def pingpong(n):
         a_ids, b_ids = [], []
-        if p["variant"] == "chan":
+        if p["variant"] == "cell":
+            first = zokio.Oneshot()
+            with _Clock() as clk:
+                a = zokio.spawn(pp_cell_pong(first, n, b_ids))
+                b = zokio.spawn(pp_cell_ping(first, n, a_ids))
+                await a
+                await b
+        elif p["variant"] == "chan":
             _need(zs, "channel")
             t1, r1 = zs.channel(1)
             t2, r2 = zs.channel(1)
@@ -758,7 +784,9 @@ def _bars(sub: str, group: dict, base_lab: str, base) -> list[dict]:
         bar(f"sync: {TITLES[sub]}, threads=1", "zokio threads=1" if z1 is not None else None, z1, 2,
             f"; threads=2: {C.fmt_num(z2)} ({C.fmt_ratio(C.ratio(z2, base))})")
     elif sub == "pingpong":
-        z, lab = _best(group, "pingpong: zokio")
+        # zokio.sync's channels only (the bar: "oneshot or mpsc"), not the core cell
+        z, lab = max(_best(group, "pingpong: zokio chan"), _best(group, "pingpong: zokio oneshot"),
+                     key=lambda t: -1 if t[0] is None else t[0])
         bar("sync: ping-pong round trips/s", lab and lab.split(": ", 1)[1], z, 3)
     elif sub == "mutex":
         z, lab = _best(group, "mutex: zokio Lock")
