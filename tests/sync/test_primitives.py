@@ -502,12 +502,21 @@ def test_cancel_at_the_moment_of_handoff_never_loses_or_doubles_the_permit(make_
             go = threading.Event()
             t = threading.Thread(target=lambda: (go.wait(), h.cancel()))
             t.start()
-            if rng.random() < 0.5:
+            x = rng.random()
+            if x < 0.3:
                 go.set()
                 release_held()
+            elif x < 0.6:
+                release_held()
+                go.set()
             else:
-                release_held()
+                # cancel first; release after a short random spin, so that
+                # the cancel lands anywhere around the handoff
                 go.set()
+                end = time.perf_counter() + rng.random() * 0.0002
+                while time.perf_counter() < end:
+                    pass
+                release_held()
             try:
                 await h
             except zokio.Cancelled:
