@@ -723,8 +723,8 @@ threads=1 against threads=2: one channel hand-off or lock handoff is a few hundr
 nanoseconds of work, less than moving a task's wake-up to another worker (a parked
 worker to unpark, cache lines to move). zokio's scheduler runs a task woken by another
 task next on the waker's worker, so two tasks that pass messages tend to stay together
-(`apart` well below 50%, 0% for ping-pong and the lock) and the second worker adds little
-beyond an occasional steal, which then costs CPU per message. Where the two sides really
+(`apart` mostly well below 50%; 0% for ping-pong) and the second worker adds little beyond
+an occasional steal, which then costs CPU per message. Where the two sides really
 are on different threads (the cross-thread rows) each message costs more CPU than on one
 worker. More workers pay when the stages do work between messages (`examples/pipeline.py`)."""
 
