@@ -1,7 +1,7 @@
 """Run every zokio benchmark against its peers and write docs/benchmarks.md.
 
     python bench/run_all.py            # full run (~35-40 min on 2 cores, net ~20 of them), writes the doc
-    python bench/run_all.py --workloads sync   # channels and locks alone (~3 min), prints only
+    python bench/run_all.py --workloads sync   # channels and locks alone (~5 min), prints only
     python bench/run_all.py --quick    # smoke run (~4 min), prints only
     python bench/run_all.py --only zokio,asyncio --workloads spawn,sleep
 
@@ -238,7 +238,7 @@ def render_doc(info, bars, sections, timings, total, args) -> str:
         "python bench/bench_spawn.py        # one workload alone (also bench_cpu, bench_sleep,",
         "                                   # bench_stranded, bench_memory, bench_blocking,",
         "                                   # bench_misc, bench_net, bench_sync)",
-        "python bench/run_all.py --workloads sync   # channels and locks alone, ~3 min",
+        "python bench/run_all.py --workloads sync   # channels and locks alone, ~5 min",
         "```",
         "",
         "The interpreter must be a free-threaded CPython with zokio installed and, for the peers,",
