@@ -28,10 +28,13 @@
 
 N differs between runtimes (each table heading gives it) so that every timed
 round lasts a fraction of a second: trio checkpoints on every send, receive
-and acquire and moves fewer, zokio moves more.  Every zokio case runs at threads=1 and threads=2.  The timed region is inside
-the runtime: ``time.perf_counter()`` and ``time.process_time()`` (CPU time of
-the whole process, every thread) around the work, after one untimed warm-up
-of N/10 in the same runtime.  ``CPU/msg`` is that process CPU time divided by
+and acquire and moves fewer, zokio moves more.  Every zokio case runs at
+threads=1 and threads=2 (the two-runtime case: one worker each).  The timed
+region is inside the runtime: ``time.perf_counter()`` and
+``time.process_time()`` (CPU time of the whole process, every thread) around
+the work, after one untimed warm-up of N/10 in the same runtime; for
+aiologic, from the barrier both loop threads pass before their first message
+until both threads have exited.  ``CPU/msg`` is that process CPU time divided by
 the messages (round trips, acquisitions); ``cores`` is CPU time over wall
 time.  ``apart`` is the share of samples (one every 1024 messages, or every
 64 round trips / acquisitions) in which the two sides ran on different OS
