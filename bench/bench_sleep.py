@@ -52,12 +52,14 @@ def durations(n: int) -> list[float]:
     return [rnd.random() for _ in range(n)]
 
 
-def _zokio(p, ds):
-    zokio, rt = C.zokio_runtime(p["threads"])
+def zokio_burst(zokio, ds):
+    """One burst on zokio: a task per d in ds sleeps d seconds.  Returns
+    (lateness of each, deadline of each, time the last was spawned).  Also
+    the cold burst of bench_stranded.py."""
     mono = time.monotonic
     n = len(ds)
 
-    async def bench():
+    async def burst():
         lat = [0.0] * n
         dls = [0.0] * n
 
@@ -73,21 +75,17 @@ def _zokio(p, ds):
             await h
         return lat, dls, spawned
 
-    async def warm():
-        await zokio.sleep(0.01)
-
-    with rt:
-        rt.block_on(warm())
-        return [rt.block_on(bench()) for _ in range(p["repeat"])]
+    return burst()
 
 
-def _asyncio(p, ds):
+def asyncio_burst(ds):
+    """zokio_burst's twin on the running asyncio loop."""
     import asyncio
 
     mono = time.monotonic
     n = len(ds)
 
-    async def bench():
+    async def burst():
         lat = [0.0] * n
         dls = [0.0] * n
 
@@ -103,8 +101,23 @@ def _asyncio(p, ds):
             await t
         return lat, dls, spawned
 
+    return burst()
+
+
+def _zokio(p, ds):
+    zokio, rt = C.zokio_runtime(p["threads"])
+
+    async def warm():
+        await zokio.sleep(0.01)
+
+    with rt:
+        rt.block_on(warm())
+        return [rt.block_on(zokio_burst(zokio, ds)) for _ in range(p["repeat"])]
+
+
+def _asyncio(p, ds):
     with C.asyncio_runner(p["runtime"]) as runner:
-        return [runner.run(bench()) for _ in range(p["repeat"])]
+        return [runner.run(asyncio_burst(ds)) for _ in range(p["repeat"])]
 
 
 def _trio(p, ds):

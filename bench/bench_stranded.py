@@ -41,7 +41,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
-from bench_sleep import durations  # noqa: E402  (the same d_i as the sleep workload)
+from bench_sleep import asyncio_burst, durations, zokio_burst  # noqa: E402  (the same bursts)
 
 WORKLOAD = "stranded"
 SLEEP = 0.010
@@ -232,53 +232,13 @@ def _burst_stats(lat, dls, spawned):
 
 def _zokio_bursts(p, ds):
     zokio, rt = C.zokio_runtime(p["threads"])
-    mono = time.monotonic
-    n = len(ds)
-
-    async def burst():
-        lat = [0.0] * n
-        dls = [0.0] * n
-
-        async def sleeper(i, d):
-            deadline = mono() + d
-            dls[i] = deadline
-            await zokio.sleep(d)
-            lat[i] = mono() - deadline
-
-        hs = [zokio.spawn(sleeper(i, d)) for i, d in enumerate(ds)]
-        spawned = mono()
-        for h in hs:
-            await h
-        return lat, dls, spawned
-
     with rt:   # no warm-up: the first thing this process does is the burst
-        return [rt.block_on(burst()) for _ in range(2)]
+        return [rt.block_on(zokio_burst(zokio, ds)) for _ in range(2)]
 
 
 def _asyncio_bursts(p, ds):
-    import asyncio
-
-    mono = time.monotonic
-    n = len(ds)
-
-    async def burst():
-        lat = [0.0] * n
-        dls = [0.0] * n
-
-        async def sleeper(i, d):
-            deadline = mono() + d
-            dls[i] = deadline
-            await asyncio.sleep(d)
-            lat[i] = mono() - deadline
-
-        ts = [asyncio.create_task(sleeper(i, d)) for i, d in enumerate(ds)]
-        spawned = mono()
-        for t in ts:
-            await t
-        return lat, dls, spawned
-
     with C.asyncio_runner(p["runtime"]) as runner:
-        return [runner.run(burst()) for _ in range(2)]
+        return [runner.run(asyncio_burst(ds)) for _ in range(2)]
 
 
 def _run_cold(p):

@@ -5,7 +5,9 @@
 #include "core/task.h"
 #include "io/op_leaf.h"
 #include "io/port.h"
+#include "io/signal.h"
 #include "sync/waitlist.h"
+#include <signal.h>
 #include <math.h>
 /* ---- channels ---- */
 #include "sync/channel.h"
@@ -264,6 +266,72 @@ static PyObject *mod_op_poll(PyObject *module, PyObject *args, PyObject *kwds) {
     return new_op(module, ZK_OP_POLL, fd, NULL, NULL, 0, events);
 }
 
+/* cancel_fd_ops(fd): end the ops in flight on fd everywhere (-EBADF). */
+static PyObject *mod_cancel_fd_ops(PyObject *module, PyObject *arg) {
+    ZK_UNUSED(module);
+    long fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "cancel_fd_ops: bad fd %ld", fd);
+        return NULL;
+    }
+    zk_op_cancel_fd((int)fd);
+    Py_RETURN_NONE;
+}
+
+/* signal_pipe() -> fd; signal_install(signum); signal_restore(signum):
+ * io/signal.c, used by zokio/signal.py. */
+static PyObject *signal_result(int err, PyObject *ok) {
+    if (err != 0) {
+        Py_XDECREF(ok);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return ok;
+}
+
+static PyObject *mod_signal_pipe(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    ZK_UNUSED(module);
+    int fd = -1;
+    int err = zk_signal_pipe(&fd);
+    return signal_result(err, err ? NULL : PyLong_FromLong(fd));
+}
+
+static int signum_arg(PyObject *arg, int *out) {
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v <= 0 || v >= NSIG) {
+        PyErr_Format(PyExc_ValueError, "signal number out of range: %ld", v);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static PyObject *mod_signal_install(PyObject *module, PyObject *arg) {
+    ZK_UNUSED(module);
+    int signum;
+    if (signum_arg(arg, &signum) < 0)
+        return NULL;
+    return signal_result(zk_signal_install(signum), Py_NewRef(Py_None));
+}
+
+static PyObject *mod_signal_restore(PyObject *module, PyObject *arg) {
+    ZK_UNUSED(module);
+    int signum;
+    if (signum_arg(arg, &signum) < 0)
+        return NULL;
+    return signal_result(zk_signal_restore(signum), Py_NewRef(Py_None));
+}
+
+static PyObject *mod_signal_after_fork(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    ZK_UNUSED(module);
+    zk_signal_after_fork_in_child();
+    Py_RETURN_NONE;
+}
+
 /* port_stats(): the counters of the calling worker's completion port. */
 static PyObject *mod_port_stats(PyObject *module, PyObject *Py_UNUSED(ignored)) {
     ZK_UNUSED(module);
@@ -328,6 +396,17 @@ static PyMethodDef module_methods[] = {
      "pool and await its result."},
     {"current_scheduler", mod_current_scheduler, METH_NOARGS, NULL},
     {"current_task", mod_current_task, METH_NOARGS, NULL},
+    {"signal_pipe", (PyCFunction)mod_signal_pipe, METH_NOARGS,
+     "signal_pipe() -> fd: the pipe zokio's signal handler writes signal numbers into."},
+    {"signal_install", (PyCFunction)mod_signal_install, METH_O,
+     "signal_install(signum): route signum to the signal pipe (any thread)."},
+    {"signal_restore", (PyCFunction)mod_signal_restore, METH_O,
+     "signal_restore(signum): put back the disposition signal_install replaced."},
+    {"signal_after_fork", (PyCFunction)mod_signal_after_fork, METH_NOARGS,
+     "signal_after_fork(): in a forked child, drop the parent's signal routing."},
+    {"cancel_fd_ops", (PyCFunction)mod_cancel_fd_ops, METH_O,
+     "cancel_fd_ops(fd): end every op in flight on fd, on every worker, with EBADF; "
+     "the fd stays open.  Wakes a pending read or write of a pipe before closing it."},
     {"op_read", (PyCFunction)(void (*)(void))mod_op_read, METH_VARARGS | METH_KEYWORDS, NULL},
     {"op_write", (PyCFunction)(void (*)(void))mod_op_write, METH_VARARGS | METH_KEYWORDS, NULL},
 #define OP_METHOD(name, doc) \
@@ -399,12 +478,12 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
     Py_VISIT(st->WaiterType);  /* zokio.sync */
     Py_VISIT(st->Cancelled);
     Py_VISIT(st->yield_now);
+    /* cancel scopes (structured concurrency) */
+    Py_VISIT(st->scope_var);
     /* ---- channels ---- */
     if (zk_channel_state_traverse(st, visit, arg) < 0)
         return -1;
     /* ---- end of channels ---- */
-    /* cancel scopes (structured concurrency) */
-    Py_VISIT(st->scope_var);
     return 0;
 }
 
@@ -422,12 +501,12 @@ static int module_clear(PyObject *module) {
     Py_CLEAR(st->yield_now);
     Py_CLEAR(st->str_throw);
     Py_CLEAR(st->str_close);
-    /* ---- channels ---- */
-    zk_channel_state_clear(st);
-    /* ---- end of channels ---- */
     /* cancel scopes (structured concurrency) */
     Py_CLEAR(st->scope_var);
     Py_CLEAR(st->str_scope_attr);
+    /* ---- channels ---- */
+    zk_channel_state_clear(st);
+    /* ---- end of channels ---- */
     /* They borrowed the types cleared above. */
     memset(st->leaf_kind_type, 0, sizeof(st->leaf_kind_type));
     memset(st->leaf_kind_ops, 0, sizeof(st->leaf_kind_ops));

@@ -475,6 +475,21 @@ def _close_quietly(coro: Any) -> None:
 _owners: "dict[int, weakref.ref[Runtime]]" = {}
 
 
+def forget_fd_everywhere(fd: int) -> None:
+    """Before a listener's fd is closed: every worker of every live runtime
+    drops what its port keeps for that file (io_uring: a multishot ACCEPT,
+    which holds the socket open in the kernel, and the connections it
+    queued).  Any thread."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return
+    for ref in list(_owners.values()):
+        rt = ref()
+        if rt is not None and not rt.closed:
+            rt._core.forget_fd(fd, st.st_dev, st.st_ino)
+
+
 def _owner_of(core: Any) -> "Runtime":
     ref = _owners.get(id(core))
     rt = ref() if ref is not None else None

@@ -91,12 +91,14 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-enum { MAIL_CANCEL_OP = 2 };
+enum { MAIL_CANCEL_OP = 2, MAIL_FORGET_FD = 3 };
 
 typedef struct zk_mail {
     int kind;
     PyObject *obj;       /* strong reference to what holds the op */
     zk_op *op;
+    int fd;              /* MAIL_FORGET_FD: the file, by number and identity */
+    uint64_t dev, ino;
 } zk_mail;
 
 struct zk_worker {
@@ -529,7 +531,7 @@ static zk_task *steal_work(zk_worker *w, size_t min_len) {
 
 /* ---- mailbox, timers, I/O ---------------------------------------------- */
 
-static void mail_post(zk_worker *owner, int kind, PyObject *obj, zk_op *op) {
+static void mail_post_full(zk_worker *owner, zk_mail mail) {
     zk_mutex_lock(&owner->mail_lock);
     if (owner->mail_len == owner->mail_cap) {
         size_t cap = owner->mail_cap ? owner->mail_cap * 2 : 16;
@@ -541,7 +543,8 @@ static void mail_post(zk_worker *owner, int kind, PyObject *obj, zk_op *op) {
         owner->mail = m;
         owner->mail_cap = cap;
     }
-    owner->mail[owner->mail_len++] = (zk_mail){kind, Py_NewRef(obj), op};
+    Py_INCREF(mail.obj);
+    owner->mail[owner->mail_len++] = mail;
     atomic_fetch_add_explicit(&owner->mail_pending, 1, memory_order_release);
     zk_mutex_unlock(&owner->mail_lock);
     /* Dekker pair with park(): we publish mail_pending, then read parked;
@@ -549,6 +552,10 @@ static void mail_post(zk_worker *owner, int kind, PyObject *obj, zk_op *op) {
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&owner->parked, memory_order_relaxed))
         wake_worker(owner->sched, owner);
+}
+
+static void mail_post(zk_worker *owner, int kind, PyObject *obj, zk_op *op) {
+    mail_post_full(owner, (zk_mail){.kind = kind, .obj = obj, .op = op});
 }
 
 static void drain_mailbox(zk_worker *w) {
@@ -566,6 +573,8 @@ static void drain_mailbox(zk_worker *w) {
          * ignores the cancel. */
         if (items[i].kind == MAIL_CANCEL_OP && w->port != NULL)
             zk_port_cancel(w->port, items[i].op);
+        else if (items[i].kind == MAIL_FORGET_FD && w->port != NULL)
+            zk_port_forget_fd(w->port, items[i].fd, items[i].dev, items[i].ino);
         Py_DECREF(items[i].obj);
     }
     PyMem_RawFree(items);
@@ -971,6 +980,13 @@ static void worker_teardown(zk_worker *w) {
     }
     drain_mailbox(w);
     if (w->port != NULL) {
+        /* The kernel may take a while to give back cancelled ops (multishot
+         * ACCEPTs end in slices): wait for that detached, so a
+         * stop-the-world pause elsewhere never waits on this worker. */
+        zk_port *port = w->port;
+        Py_BEGIN_ALLOW_THREADS
+        zk_port_drain(port);
+        Py_END_ALLOW_THREADS
         zk_port_close(w->port);
         w->port = NULL;
     }
@@ -1233,6 +1249,21 @@ static PyObject *sched_cancel_all(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromSsize_t(n);
 }
 
+/* forget_fd(fd, dev, ino): every worker's port lets go of what it keeps
+ * for that file (a multishot ACCEPT and its queued connections), as soon
+ * as it next looks at its mailbox.  For a listener being closed: only the
+ * port holding the record can end it, and it may be any worker's. */
+static PyObject *sched_forget_fd(zk_sched *s, PyObject *args) {
+    int fd;
+    unsigned long long dev, ino;
+    if (!PyArg_ParseTuple(args, "iKK:forget_fd", &fd, &dev, &ino))
+        return NULL;
+    for (int i = 0; i < s->nworkers; i++)
+        mail_post_full(&s->workers[i], (zk_mail){.kind = MAIL_FORGET_FD, .obj = Py_None,
+                                                 .fd = fd, .dev = dev, .ino = ino});
+    Py_RETURN_NONE;
+}
+
 static PyObject *sched_live(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromLongLong(atomic_load_explicit(&s->live, memory_order_acquire));
 }
@@ -1395,6 +1426,9 @@ static PyMethodDef sched_methods[] = {
     {"spawn", (PyCFunction)(void (*)(void))sched_spawn, METH_VARARGS | METH_KEYWORDS, NULL},
     {"cancel_all", (PyCFunction)sched_cancel_all, METH_NOARGS, NULL},
     {"live", (PyCFunction)sched_live, METH_NOARGS, NULL},
+    {"forget_fd", (PyCFunction)sched_forget_fd, METH_VARARGS,
+     "forget_fd(fd, dev, ino): every worker's port drops what it keeps for that "
+     "file (a multishot ACCEPT and the connections it queued)."},
     {"stop", (PyCFunction)sched_stop, METH_NOARGS, NULL},
     {"finalize", (PyCFunction)sched_finalize, METH_NOARGS, NULL},
     {"metrics", (PyCFunction)sched_metrics, METH_NOARGS, NULL},

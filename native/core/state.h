@@ -60,6 +60,11 @@ typedef struct zk_state {
      * Unused entries are NULL. */
     PyTypeObject *leaf_kind_type[ZK_LEAF_KINDS_MAX];
     const zk_leaf_ops *leaf_kind_ops[ZK_LEAF_KINDS_MAX];
+    /* -- cancel scopes (structured concurrency) -- */
+    PyObject *scope_var;        /* ContextVar: the innermost entered cancel
+                                   scope of the running task (leaf.c) */
+    PyObject *str_scope_attr;   /* interned "_zokio_scope": on a scope's
+                                   Cancelled, the scope that threw it */
     /* ---- channels (native/sync/channel.c) ---- */
     PyTypeObject *ChanType;          /* the shared state of one mpsc channel */
     PyTypeObject *ChanSenderType;
@@ -72,11 +77,6 @@ typedef struct zk_state {
     PyObject *QueueFull;
     PyObject *QueueEmpty;
     /* ---- end of channels ---- */
-    /* -- cancel scopes (structured concurrency) -- */
-    PyObject *scope_var;        /* ContextVar: the innermost entered cancel
-                                   scope of the running task (leaf.c) */
-    PyObject *str_scope_attr;   /* interned "_zokio_scope": on a scope's
-                                   Cancelled, the scope that threw it */
 } zk_state;
 
 /* ---- thread-local context --------------------------------------------- */

@@ -161,17 +161,18 @@ static void registry_unlink(zk_io_op *op) {
     zk_mutex_unlock(&fd_registry[i].lock);
 }
 
-/* Before a CLOSE of fd runs on worker w: cancel the ops on fd in flight on
- * other workers.  References are taken under the lock (a linked op is
- * alive: its port holds it) and the mail is posted outside it. */
-static void registry_close_fd(zk_worker *w, int fd) {
+/* Cancel the ops in flight on fd, except those on worker `skip`, from
+ * worker w (NULL: a plain thread); they complete with -EBADF.  References
+ * are taken under the lock (a linked op is alive: its port holds it) and
+ * the cancels are sent outside it. */
+static void registry_cancel_fd(zk_worker *w, zk_worker *skip, int fd) {
     unsigned i = stripe_of(fd);
     zk_io_op *found[16];
     for (;;) {
         int n = 0, more = 0;
         zk_mutex_lock(&fd_registry[i].lock);
         for (zk_io_op *o = fd_registry[i].head; o; o = o->reg_next) {
-            if (o->op.fd != fd || o->worker == w ||
+            if (o->op.fd != fd || (skip != NULL && o->worker == skip) ||
                 atomic_load_explicit(&o->closed_by_close, memory_order_relaxed))
                 continue;
             if (n == 16) {
@@ -190,6 +191,16 @@ static void registry_close_fd(zk_worker *w, int fd) {
         if (!more)
             return;
     }
+}
+
+/* Before a CLOSE of fd runs on worker w: cancel the ops on fd in flight on
+ * other workers (the CLOSE's own cancel reaches those on w's ring). */
+static void registry_close_fd(zk_worker *w, int fd) {
+    registry_cancel_fd(w, w, fd);
+}
+
+void zk_op_cancel_fd(int fd) {
+    registry_cancel_fd(zk_current_worker, NULL, fd);
 }
 
 /* The port calls this exactly once per submitted op, on the owning worker,

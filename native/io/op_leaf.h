@@ -47,6 +47,11 @@ struct zk_op_args {
     int flags;          /* MSG_* flags, poll bits, shutdown's `how` */
 };
 
+/* End every op in flight on fd, on every worker, with -EBADF (as if the fd
+ * had been closed under them); the fd itself stays open.  Any thread,
+ * attached.  For fds that have no shutdown(2) to wake a pending op (pipes). */
+void zk_op_cancel_fd(int fd);
+
 /* Create the Op type, register its awaitable kind.  Module init. */
 int zk_op_leaf_type_init(PyObject *module, zk_state *st);
 /* An Op for `opcode` on fd, its arguments pinned by the row's pin. */

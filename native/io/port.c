@@ -230,6 +230,18 @@ zk_port *zk_port_open(zk_backend backend, int *err)
     }
 }
 
+void zk_port_forget_fd(zk_port *port, int fd, uint64_t dev, uint64_t ino)
+{
+    if (port && COMMON(port)->vt->forget_fd)
+        COMMON(port)->vt->forget_fd(port, fd, dev, ino);
+}
+
+void zk_port_drain(zk_port *port)
+{
+    if (port && COMMON(port)->vt->drain)
+        COMMON(port)->vt->drain(port);
+}
+
 void zk_port_close(zk_port *port)
 {
     if (port) {

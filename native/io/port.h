@@ -95,9 +95,16 @@ zk_backend zk_port_resolve_backend(zk_backend requested);
  * *err to a positive errno. */
 zk_port *zk_port_open(zk_backend backend, int *err);
 
-/* Cancel every op still in flight, wait for the kernel to give each one back,
- * call every outstanding `complete` (with -ECANCELED or its real result),
- * then release the kernel objects.  Attached; owner thread. */
+/* The waiting half of zk_port_close: cancel every op still in flight and
+ * wait (up to a few seconds) for the kernel to give each one back, calling
+ * no `complete`.  Detached: touches no Python object, so a stop-the-world
+ * pause or a GIL holder never waits for it.  Owner thread; afterwards the
+ * port accepts no submission, and the only call left is zk_port_close. */
+void zk_port_drain(zk_port *port);
+
+/* Drain (if zk_port_drain was not called), call every outstanding `complete`
+ * (with -ECANCELED or its real result), then release the kernel objects.
+ * Attached; owner thread. */
 void zk_port_close(zk_port *port);
 
 /* Start an op.  Returns 0 (the op is in flight) or a positive errno (the op
@@ -118,6 +125,14 @@ int zk_port_wait(zk_port *port, int64_t timeout_ns);
 /* Call `complete` for every finished op.  Attached; owner thread.  Returns
  * the number of ops completed.  Also re-arms the wake channel if needed. */
 int zk_port_process(zk_port *port);
+
+/* Let go of what the port keeps for a file, named by fd number and identity
+ * (st_dev, st_ino, so that a number reused since is left alone): io_uring's
+ * multishot ACCEPT record of a listener -- its SQE, which holds the file
+ * open in the kernel, is cancelled, the connections it queued are closed,
+ * its parked ACCEPT ops end with -EBADF.  Attached; owner thread.  A port
+ * with nothing for that file ignores it. */
+void zk_port_forget_fd(zk_port *port, int fd, uint64_t dev, uint64_t ino);
 
 /* Make a concurrent or future zk_port_wait() return.  Any thread, any time
  * between open and close.  Cheap; may coalesce. */

@@ -16,6 +16,10 @@
 #include <stdbool.h>
 
 typedef struct zk_port_vtable {
+    /* Optional: the part of close that waits for the kernel (detached). */
+    void (*drain)(zk_port *port);
+    /* Optional: drop what the port keeps for a file (zk_port_forget_fd). */
+    void (*forget_fd)(zk_port *port, int fd, uint64_t dev, uint64_t ino);
     void (*close)(zk_port *port);
     int (*submit)(zk_port *port, zk_op *op);
     void (*cancel)(zk_port *port, zk_op *op);

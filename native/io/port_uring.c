@@ -104,7 +104,9 @@
  * closes them too, and waits (2 s at most) for each SQE's last CQE, which
  * may still carry a connection to close.  A listener closed with plain
  * close(2) while its SQE is armed stays open in the kernel (the SQE holds
- * the file) until the port closes: close listeners with a CLOSE op.
+ * the file): zokio.net sends zk_port_forget_fd to every port before closing
+ * a listener, and the record whose file that is (fd number and identity)
+ * is retired like a CLOSE's.
  *
  * CLOSE.  A row with closes_fd is preceded by an ASYNC_CANCEL keyed on the
  * fd (IORING_ASYNC_CANCEL_FD | _ALL, 5.19): every op of this ring on that
@@ -270,6 +272,8 @@ typedef struct uring_port {
     bool wake_multishot; /* false once the kernel rejected POLL_ADD_MULTI */
     bool wake_seen;      /* a wake CQE was reaped: drain wake_fd */
     int wake_errors;     /* consecutive failed wake polls */
+    bool drain_leaked;   /* u_drain could not wait for every op: keep the
+                            ring and the buffers mapped forever */
 } uring_port;
 
 #define U(port) ((uring_port *)(port))
@@ -596,6 +600,18 @@ static void ms_close_fd(uring_port *u, int fd)
     ms_listener *l = ms_find(u, fd);
     if (l)
         ms_retire(u, l, -EBADF);
+}
+
+/* zk_port_forget_fd: the listener is being closed, maybe from another
+ * worker; its record here must not outlive it. */
+static void u_forget_fd(zk_port *port, int fd, uint64_t dev, uint64_t ino)
+{
+    uring_port *u = U(port);
+    ms_listener *l = ms_find(u, fd);
+    if (l && (uint64_t)l->dev == dev && (uint64_t)l->ino == ino) {
+        ms_disarm(u, l);
+        ms_retire(u, l, -EBADF);
+    }
 }
 
 static void handle_cqe(uring_port *u, uint64_t user_data, int32_t res,
@@ -1013,9 +1029,11 @@ static void u_free(uring_port *u)
     free(u);
 }
 
-static void u_close(zk_port *port)
+static void u_drain(zk_port *port)
 {
     uring_port *u = U(port);
+    if (u->c.closing)
+        return;
     u->c.closing = true;
     zk_op *nb;
     while ((nb = zk_op_list_pop(&u->nobufs)) != NULL)
@@ -1080,6 +1098,16 @@ static void u_close(zk_port *port)
         flush(u, true);
         reap(u);
     }
+    u->drain_leaked = leak;
+}
+
+/* Hand every op back and free the ring.  The wait for the kernel is
+ * u_drain's, which the worker runs detached before this (zk_port_drain). */
+static void u_close(zk_port *port)
+{
+    uring_port *u = U(port);
+    u_drain(port);
+    bool leak = u->drain_leaked;
 
     /* 3. Hand every finished op back.  Callbacks cannot add more: submit
      * refuses while closing. */
@@ -1092,6 +1120,8 @@ static void u_close(zk_port *port)
 }
 
 static const zk_port_vtable uring_vtable = {
+    .drain = u_drain,
+    .forget_fd = u_forget_fd,
     .close = u_close,
     .submit = u_submit,
     .cancel = u_cancel,

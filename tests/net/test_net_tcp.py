@@ -8,6 +8,8 @@ import gc
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -708,3 +710,69 @@ def test_closed_idle_listener_refuses_new_connections(rt, accepts):
         return True
 
     assert rt.block_on(main())
+
+
+@pytest.mark.timeout(60)
+def test_sockets_left_open_at_interpreter_exit_close_quietly(tmp_path):
+    # A listener (with an accept pending, then abandoned) and a connected
+    # pair kept in module globals until the interpreter exits: their
+    # finalizers run while module globals are being torn down, and must
+    # neither print "Exception ignored" nor leave the process hanging.
+    script = (
+        "import zokio, zokio.net as net\n"
+        "async def main():\n"
+        "    global lst, c, s\n"
+        "    lst = net.TcpListener.bind('127.0.0.1', 0)\n"
+        "    c = await net.TcpStream.connect('127.0.0.1', lst.local_address[1])\n"
+        "    s, _ = await lst.accept()\n"
+        "    zokio.spawn(lst.accept())\n"
+        "    await zokio.sleep(0.05)\n"
+        "rt = zokio.Runtime(threads=2)\n"
+        "rt.block_on(main())\n"
+        "rt.shutdown()\n"
+        "print('done', flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=50,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "done"
+    assert "Exception ignored" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_connections_queued_before_close_are_closed_not_left_waiting(make_runtime):
+    """On io_uring, connections that arrived after an accept armed the
+    multishot ACCEPT, with no accept pending, wait in the port's queue of
+    whichever worker armed it.  Closing the listener (here from a plain
+    thread, the worker being another) must close them: the client sees the
+    end of the connection, not a silence lasting until runtime shutdown."""
+    rt = make_runtime(2)
+    listener = net.TcpListener.bind("127.0.0.1", 0)
+    port = listener.local_address[1]
+
+    async def first():
+        c = await net.TcpStream.connect("127.0.0.1", port)
+        s, _ = await listener.accept()
+        return c, s
+
+    c, s = rt.block_on(first())
+    clients = []
+    for _ in range(3):
+        k = socket.create_connection(("127.0.0.1", port), timeout=5)
+        clients.append(k)
+    time.sleep(0.2)   # the port reaps their accepts into its queue
+    threading.Thread(target=listener.close).start()
+    try:
+        for k in clients:
+            k.settimeout(5)
+            try:
+                assert k.recv(1) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        for k in clients:
+            k.close()
+        c.close()
+        s.close()

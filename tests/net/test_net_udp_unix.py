@@ -173,3 +173,33 @@ def test_unix_errors_and_pair(rt, tmp_path):
         return got
 
     assert rt.block_on(main()) == b"paired"
+
+
+@pytest.mark.timeout(60)
+def test_an_abstract_unix_listener_is_unreachable_after_close(rt, tmp_path):
+    """After serving an accept (on io_uring that arms a multishot ACCEPT,
+    which holds the socket in the kernel), a closed abstract-name listener
+    refuses new connects once every port has let go of it."""
+    address = "\0zokio-closed-%d-%s" % (os.getpid(), tmp_path.name)
+
+    async def main():
+        listener = net.UnixListener.bind(address)
+        c = await net.UnixStream.connect(address)
+        s, _ = await listener.accept()
+        s.close()
+        c.close()
+        listener.close()
+        # A few probes, spaced out: far fewer than the port would queue
+        # before ending the multishot ACCEPT by itself (MS_READY_MAX).
+        for _ in range(40):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(address)
+            except ConnectionRefusedError:
+                return True
+            finally:
+                probe.close()
+            await zokio.sleep(0.05)
+        return False
+
+    assert rt.block_on(main()), "the closed listener still accepts connections"

@@ -613,3 +613,47 @@ def test_tasks_abandoned_at_shutdown_leave_the_channel_consistent(make_runtime):
     with pytest.raises(zs.QueueFull):
         other_tx.try_send("y")
     assert other_rx.try_recv() == "x"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("op", ["send", "recv"])
+def test_cancel_deferred_by_a_shield_at_a_spent_budget_still_does_every_operation(rt1, op):
+    """A task in a shielded scope is cancelled (by itself, mid-loop) while
+    it sends (receives) thousands of times without waiting: the next spent
+    budget meets the pending cancel and hands out a deferred operation that
+    yields first; the shield defers the cancel, the task is resumed, and the
+    operation must then happen -- nothing skipped, no None received.  The
+    cancel lands when the shield ends."""
+    n = 2000
+
+    async def main():
+        tx, rx = zs.unbounded_channel()
+        if op == "recv":
+            for i in range(n):
+                tx.try_send(i)
+        out, kinds = [], set()
+
+        async def worker():
+            me = _native.current_task()
+            with zokio.CancelScope(shield=True):
+                for i in range(n):
+                    if i == 700:
+                        me.cancel()
+                    a = tx.send(i) if op == "send" else rx.recv()
+                    kinds.add(type(a).__name__)
+                    r = await a
+                    if op == "recv":
+                        out.append(r)
+            await zokio.sleep(10)                 # the deferred cancel lands
+
+        h = zokio.spawn(worker())
+        with pytest.raises(zokio.Cancelled):
+            await h
+        if op == "send":
+            while len(rx):
+                out.append(rx.try_recv())
+        return out, kinds
+
+    out, kinds = rt1.block_on(main())
+    assert out == list(range(n))
+    assert "ChannelRetry" in kinds, kinds   # the deferred path was taken

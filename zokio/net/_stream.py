@@ -42,6 +42,7 @@ from typing import Any, Optional
 from .._api import sleep
 from . import _ops
 from .._native import op_accept, op_recv, op_recv_into, op_send, op_shutdown
+from .._runtime import forget_fd_everywhere as _forget_fd_everywhere
 from ._ops import (
     BusyResourceError,
     IncompleteReadError,
@@ -173,12 +174,22 @@ class _FdOwner:
         finally:
             s.detach()
 
-    def __del__(self) -> None:
+    # The defaults bind what the finalizer needs: at interpreter exit this
+    # module's globals may already be None when a forgotten socket dies.
+    def __del__(self, _warn: Any = warnings.warn, _close: Any = os.close) -> None:
         box = getattr(self, "_fdbox", None)
-        if box:
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
-            self._closed = True
+        if not box:
+            return
+        self._closed = True
+        try:
+            _warn(f"unclosed {self!r}", ResourceWarning, source=self)
             self._finish_close()
+        except Exception:
+            # Interpreter teardown (globals gone): close the fd directly.
+            try:
+                _close(box.pop())
+            except (IndexError, OSError):
+                pass
 
     async def __aenter__(self) -> Any:
         return self
@@ -520,7 +531,10 @@ class SocketListener(_FdOwner):
                 # Stop listening now, also when no accept is pending: on
                 # io_uring a multishot ACCEPT armed by an earlier accept holds
                 # the file, so the socket would go on accepting (into the
-                # port's queue) after close(2) until the runtime shuts down.
+                # port's queue) after close(2).  Every port that keeps such
+                # a record (any worker's) cancels it and closes what it
+                # queued.
+                _forget_fd_everywhere(box[0])
                 self._stop_listening(box[0])
                 if not self._idle():
                     self._wake_pending(box[0])

@@ -92,9 +92,9 @@ class UnixListener(SocketListener):
 
     def _stop_listening(self, fd: int) -> None:
         # shutdown() does not stop a Unix listener, and would make the
-        # self-connect below fail.  The path is unlinked on close; an
-        # abstract name stays reachable on io_uring while a multishot ACCEPT
-        # of an earlier accept holds the socket (docs/api.md).
+        # self-connect below fail.  The path is unlinked on close; on
+        # io_uring the multishot ACCEPT that holds the socket is ended by
+        # forget_fd_everywhere (SocketListener.close).
         pass
 
     def _wake_pending(self, fd: int) -> None:
