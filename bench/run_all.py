@@ -23,7 +23,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
-WORKLOADS = ("spawn", "cpu", "sleep", "stranded", "memory", "blocking", "misc", "net", "sync")
+WORKLOADS = ("spawn", "cpu", "sleep", "stranded", "memory", "blocking", "misc", "net",
+             "files", "process", "sync")
 DOC = os.path.join(C.REPO_DIR, "docs", "benchmarks.md")
 
 
@@ -114,6 +115,19 @@ def main() -> int:
     elif not args.no_write:
         print("(doc not written: quick or partial run; pass --write to write it anyway)")
     return 0
+
+
+# ---- files and processes (bench_files.py, bench_process.py) ----------------
+FILES_AND_PROCESSES_INTRO = [
+    "## Files and processes",
+    "",
+    "zokio.fs on io_uring submits each read as a native op: a page-cached 4 KiB read",
+    "completes inside the `io_uring_enter` that submits it, with no thread hop. The peers",
+    "(asyncio + `to_thread`, aiofiles) make one or two thread-pool round trips per call; so",
+    "does zokio on epoll (its blocking pool). Processes: `zokio.process.spawn` + `wait` (a",
+    "pidfd awaited with a POLL op) against `asyncio.create_subprocess_exec`.",
+    "",
+]
 
 
 def bars_table(bars) -> str:
@@ -226,6 +240,8 @@ def render_doc(info, bars, sections, timings, total, args) -> str:
         "",
     ]
     for w, text, _ in sections:
+        if w == "files" or (w == "process" and "files" not in timings):
+            lines += FILES_AND_PROCESSES_INTRO
         lines += [text.replace("### ", "### ", 1), "", f"({w}: {timings[w]:.0f} s of wall time)", ""]
     lines += [
         "## How to rerun",
@@ -237,7 +253,8 @@ def render_doc(info, bars, sections, timings, total, args) -> str:
         "python bench/run_all.py            # the same with an interpreter that has zokio installed",
         "python bench/bench_spawn.py        # one workload alone (also bench_cpu, bench_sleep,",
         "                                   # bench_stranded, bench_memory, bench_blocking,",
-        "                                   # bench_misc, bench_net, bench_sync)",
+        "                                   # bench_misc, bench_net, bench_files,",
+        "                                   # bench_process, bench_sync)",
         "python bench/run_all.py --workloads sync   # channels and locks alone, ~5 min",
         "```",
         "",
@@ -248,6 +265,10 @@ def render_doc(info, bars, sections, timings, total, args) -> str:
         "`--json FILE` keeps every raw figure (all rounds, zokio's `Runtime.metrics()`),",
         "`--settle S` waits up to S seconds before each case for the machine to go idle (use it on",
         "a shared machine; the doc is only rewritten by a full run unless `--write` is given).",
+        "",
+        "The files workload needs `aiofiles` for its peer (in the `bench` extra) and writes a",
+        "256 MiB file under `$ZOKIO_BENCH_TMP` (default `/var/tmp`), deleted when the run ends;",
+        "`--workloads files,process` runs the files and process workloads alone.",
         "",
         "The net workload also needs gcc (it compiles `bench/c/epoll_echo.c` and the load",
         "generator `../shared/tools/echo-load.c`, or `$ZOKIO_ECHO_LOAD_C`, into a temporary",

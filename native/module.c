@@ -9,6 +9,8 @@
 #include "sync/waitlist.h"
 #include <signal.h>
 #include <math.h>
+#include <fcntl.h>      /* AT_FDCWD, AT_* (files) */
+#include <sys/stat.h>   /* STATX_* (files) */
 /* ---- channels ---- */
 #include "sync/channel.h"
 /* ---- end of channels ---- */
@@ -266,6 +268,125 @@ static PyObject *mod_op_poll(PyObject *module, PyObject *args, PyObject *kwds) {
     return new_op(module, ZK_OP_POLL, fd, NULL, NULL, 0, events);
 }
 
+/* ---- files: zokio.fs (io/op.c's file rows) ------------------------------- */
+
+/* op_read_into(fd, buffer, offset=-1) */
+static PyObject *mod_op_read_into(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", "buffer", "offset", NULL};
+    int fd;
+    PyObject *buffer;
+    long long offset = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO|L:op_read_into", kwlist, &fd, &buffer,
+                                     &offset))
+        return NULL;
+    return new_op(module, ZK_OP_READ_INTO, fd, buffer, NULL, offset, 0);
+}
+
+/* op_openat(path, flags, mode=0o666, dirfd=AT_FDCWD) */
+static PyObject *mod_op_openat(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"path", "flags", "mode", "dirfd", NULL};
+    PyObject *path;
+    int flags, mode = 0666, dirfd = AT_FDCWD;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oi|ii:op_openat", kwlist, &path, &flags, &mode,
+                                     &dirfd))
+        return NULL;
+    return new_op(module, ZK_OP_OPENAT, dirfd, path, NULL, mode, flags);
+}
+
+/* op_statx(path, fd=-1, follow_symlinks=True): of path, or of fd itself
+ * when path is "" and fd >= 0. */
+static PyObject *mod_op_statx(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"path", "fd", "follow_symlinks", NULL};
+    PyObject *path;
+    int fd = -1, follow = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|ip:op_statx", kwlist, &path, &fd, &follow))
+        return NULL;
+    int flags = AT_STATX_SYNC_AS_STAT | (follow ? 0 : AT_SYMLINK_NOFOLLOW);
+    if (fd >= 0)
+        flags |= AT_EMPTY_PATH;
+    else
+        fd = AT_FDCWD;
+    return new_op(module, ZK_OP_STATX, fd, path, NULL, STATX_BASIC_STATS | STATX_BTIME, flags);
+}
+
+/* op_fsync(fd, datasync=False) */
+static PyObject *mod_op_fsync(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", "datasync", NULL};
+    int fd, datasync = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|p:op_fsync", kwlist, &fd, &datasync))
+        return NULL;
+    return new_op(module, ZK_OP_FSYNC, fd, NULL, NULL, 0, datasync);
+}
+
+/* op_renameat(old, new, flags=0) */
+static PyObject *mod_op_renameat(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"old", "new", "flags", NULL};
+    PyObject *old, *new;
+    int flags = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|i:op_renameat", kwlist, &old, &new, &flags))
+        return NULL;
+    return new_op(module, ZK_OP_RENAMEAT, AT_FDCWD, old, new, 0, flags);
+}
+
+/* op_unlinkat(path, rmdir=False) */
+static PyObject *mod_op_unlinkat(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"path", "rmdir", NULL};
+    PyObject *path;
+    int rmdir = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|p:op_unlinkat", kwlist, &path, &rmdir))
+        return NULL;
+    return new_op(module, ZK_OP_UNLINKAT, AT_FDCWD, path, NULL, 0, rmdir ? AT_REMOVEDIR : 0);
+}
+
+/* op_mkdirat(path, mode=0o777) */
+static PyObject *mod_op_mkdirat(PyObject *module, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"path", "mode", NULL};
+    PyObject *path;
+    int mode = 0777;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|i:op_mkdirat", kwlist, &path, &mode))
+        return NULL;
+    return new_op(module, ZK_OP_MKDIRAT, AT_FDCWD, path, NULL, mode, 0);
+}
+
+/* fs_native(): the calling thread's port is io_uring and has every file
+ * opcode; False elsewhere (epoll, no port, an older kernel). */
+static PyObject *mod_fs_native(PyObject *module, PyObject *Py_UNUSED(ignored)) {
+    ZK_UNUSED(module);
+    zk_port *port = zk_port_current();
+    if (port == NULL || zk_port_backend(port) != ZK_BACKEND_URING)
+        Py_RETURN_FALSE;
+    static const int file_ops[] = {ZK_OP_OPENAT, ZK_OP_STATX, ZK_OP_FSYNC, ZK_OP_RENAMEAT,
+                                   ZK_OP_UNLINKAT, ZK_OP_MKDIRAT};
+    for (size_t i = 0; i < sizeof file_ops / sizeof file_ops[0]; i++)
+        if (!zk_port_uring_supports(file_ops[i]))
+            Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+}
+
+#define ZK_FS_METHODS \
+    {"op_read_into", (PyCFunction)(void (*)(void))mod_op_read_into, METH_VARARGS | METH_KEYWORDS, \
+     "op_read_into(fd, buffer, offset=-1) -> Op: bytes read into buffer (no copy); at the " \
+     "file offset, or the file position when offset is -1."}, \
+    {"op_openat", (PyCFunction)(void (*)(void))mod_op_openat, METH_VARARGS | METH_KEYWORDS, \
+     "op_openat(path, flags, mode=0o666, dirfd=AT_FDCWD) -> Op: the new fd (O_CLOEXEC)."}, \
+    {"op_statx", (PyCFunction)(void (*)(void))mod_op_statx, METH_VARARGS | METH_KEYWORDS, \
+     "op_statx(path, fd=-1, follow_symlinks=True) -> Op: (mode, ino, dev, nlink, uid, gid, " \
+     "size, atime_ns, mtime_ns, ctime_ns, blksize, blocks, rdev, btime_ns, attributes, mask); " \
+     "of fd itself when path is '' and fd >= 0."}, \
+    {"op_fsync", (PyCFunction)(void (*)(void))mod_op_fsync, METH_VARARGS | METH_KEYWORDS, \
+     "op_fsync(fd, datasync=False) -> Op: None once fsync (fdatasync) returned."}, \
+    {"op_renameat", (PyCFunction)(void (*)(void))mod_op_renameat, METH_VARARGS | METH_KEYWORDS, \
+     "op_renameat(old, new, flags=0) -> Op: None (renameat2)."}, \
+    {"op_unlinkat", (PyCFunction)(void (*)(void))mod_op_unlinkat, METH_VARARGS | METH_KEYWORDS, \
+     "op_unlinkat(path, rmdir=False) -> Op: None (unlink, or rmdir)."}, \
+    {"op_mkdirat", (PyCFunction)(void (*)(void))mod_op_mkdirat, METH_VARARGS | METH_KEYWORDS, \
+     "op_mkdirat(path, mode=0o777) -> Op: None."}, \
+    {"fs_native", (PyCFunction)mod_fs_native, METH_NOARGS, \
+     "fs_native() -> bool: file ops run natively on this thread's port (io_uring with " \
+     "every file opcode); else zokio.fs uses the blocking pool."},
+
+/* ---- end of files ------------------------------------------------------------ */
+
 /* cancel_fd_ops(fd): end the ops in flight on fd everywhere (-EBADF). */
 static PyObject *mod_cancel_fd_ops(PyObject *module, PyObject *arg) {
     ZK_UNUSED(module);
@@ -427,6 +548,7 @@ static PyMethodDef module_methods[] = {
                         "end with OSError(EBADF)."),
     OP_METHOD(op_poll, "op_poll(fd, events) -> Op: the revents (poll bits)."),
 #undef OP_METHOD
+    ZK_FS_METHODS
     {"port_stats", mod_port_stats, METH_NOARGS,
      "port_stats() -> dict | None: counters of the completion port of the worker "
      "thread calling it (None elsewhere): submitted, completed, enters "

@@ -3,8 +3,17 @@
  *
  * Read and write share everything but direction: one SQE preparation
  * (prep_rw), one syscall helper, and a buffer the kernel writes into (READ:
- * a bytearray made here) or reads from (WRITE: the caller's bytes-like
- * object, pinned through the buffer protocol).
+ * a bytes object made here, shrunk to what arrived; READ_INTO: the caller's
+ * writable buffer) or reads from (WRITE: the caller's bytes-like object,
+ * pinned through the buffer protocol).  On a regular file they move data
+ * at `offset` (pread/pwrite; 64-bit, so past 2 GiB too) or at the file
+ * position when it is -1.
+ *
+ * The file ops (OPENAT, STATX, FSYNC, RENAMEAT, UNLINKAT, MKDIRAT) keep
+ * their paths, encoded once, in one bytes object made for the op (own_buf),
+ * STATX its struct statx in front of the path: the kernel reads and writes
+ * memory that lives exactly as long as the op.  They are uring_optional
+ * (op.h): an io_uring without them still serves every other op.
  *
  * The socket ops follow the same pattern.  RECV fills a bytes object made
  * for it (shrunk to what arrived); RECV_INTO and SEND use the caller's buffer
@@ -30,7 +39,10 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 /* Largest count a single read/write moves on Linux (MAX_RW_COUNT). */
@@ -104,6 +116,51 @@ static void prep_poll(struct io_uring_sqe *sqe, const zk_op *op) {
 #else
     sqe->poll32_events = (uint32_t)op->flags;
 #endif
+}
+
+/* ---- io_uring: files ------------------------------------------------------
+ * Path ops keep their path (NUL-terminated) at op->buf and the directory fd
+ * (AT_FDCWD or an fd) in op->fd; RENAMEAT's second path and STATX's result
+ * buffer sit in op->iov.iov_base; OPENAT's mode and STATX's mask in op->len,
+ * the open/statx/unlink/rename flags in op->flags. */
+static void prep_openat(struct io_uring_sqe *sqe, const zk_op *op) {
+    sqe->fd = op->fd;
+    sqe->addr = ptr64(op->buf);
+    sqe->len = (uint32_t)op->len;
+    sqe->open_flags = (uint32_t)op->flags;
+}
+
+static void prep_statx(struct io_uring_sqe *sqe, const zk_op *op) {
+    sqe->fd = op->fd;
+    sqe->addr = ptr64(op->buf);
+    sqe->len = (uint32_t)op->len;
+    sqe->addr2 = ptr64(op->iov.iov_base);
+    sqe->statx_flags = (uint32_t)op->flags;
+}
+
+static void prep_fsync(struct io_uring_sqe *sqe, const zk_op *op) {
+    sqe->fd = op->fd;
+    sqe->fsync_flags = op->flags ? IORING_FSYNC_DATASYNC : 0;
+}
+
+static void prep_renameat(struct io_uring_sqe *sqe, const zk_op *op) {
+    sqe->fd = op->fd;
+    sqe->addr = ptr64(op->buf);
+    sqe->len = (uint32_t)op->fd;  /* the new path's directory */
+    sqe->addr2 = ptr64(op->iov.iov_base);
+    sqe->rename_flags = (uint32_t)op->flags;
+}
+
+static void prep_unlinkat(struct io_uring_sqe *sqe, const zk_op *op) {
+    sqe->fd = op->fd;
+    sqe->addr = ptr64(op->buf);
+    sqe->unlink_flags = (uint32_t)op->flags;
+}
+
+static void prep_mkdirat(struct io_uring_sqe *sqe, const zk_op *op) {
+    sqe->fd = op->fd;
+    sqe->addr = ptr64(op->buf);
+    sqe->len = (uint32_t)op->len;
 }
 
 /* ---- epoll: the non-blocking attempt ------------------------------------ */
@@ -303,6 +360,46 @@ static int64_t attempt_poll(zk_op *op) {
     if (p.revents & POLLNVAL)
         return -EBADF;
     return (uint16_t)p.revents;
+}
+
+/* File ops: the plain syscall.  It may block (a disk, a network file
+ * system), which is why zokio.fs does not send them to the epoll port but
+ * to the blocking pool; the rows still have an attempt so that an op
+ * awaited there anyway completes (on the worker) instead of failing. */
+static int64_t attempt_openat(zk_op *op) {
+    int fd;
+    do {
+        fd = openat(op->fd, (const char *)op->buf, op->flags, (mode_t)op->len);
+    } while (fd < 0 && errno == EINTR);
+    return fd < 0 ? -errno : fd;
+}
+
+static int64_t attempt_statx(zk_op *op) {
+    int r = statx(op->fd, (const char *)op->buf, op->flags, (unsigned)op->len,
+                  (struct statx *)op->iov.iov_base);
+    return r < 0 ? -errno : 0;
+}
+
+static int64_t attempt_fsync(zk_op *op) {
+    int r;
+    do {
+        r = op->flags ? fdatasync(op->fd) : fsync(op->fd);
+    } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : 0;
+}
+
+static int64_t attempt_renameat(zk_op *op) {
+    int r = renameat2(op->fd, (const char *)op->buf, op->fd, (const char *)op->iov.iov_base,
+                      (unsigned)op->flags);
+    return r < 0 ? -errno : 0;
+}
+
+static int64_t attempt_unlinkat(zk_op *op) {
+    return unlinkat(op->fd, (const char *)op->buf, op->flags) < 0 ? -errno : 0;
+}
+
+static int64_t attempt_mkdirat(zk_op *op) {
+    return mkdirat(op->fd, (const char *)op->buf, (mode_t)op->len) < 0 ? -errno : 0;
 }
 
 /* ---- socket addresses, to and from the socket module's forms ------------- */
@@ -546,22 +643,20 @@ static Py_ssize_t size_arg(PyObject *arg, const char *what) {
     return n;
 }
 
-/* arg: the number of bytes to read, into a bytearray made for the op. */
+/* arg: the number of bytes to read, into a bytes object made for the op
+ * and never seen by Python before the op completes; the value is that
+ * object, shrunk to what was read (recv_to_python: no copy). */
 static int pin_read(zk_io_op *self, const zk_op_args *a) {
     Py_ssize_t n = size_arg(a->arg, "read");
     if (n < 0)
         return -1;
     self->op.offset = a->offset;
-    self->own_buf = PyByteArray_FromStringAndSize(NULL, n);
-    if (self->own_buf == NULL ||
-        PyObject_GetBuffer(self->own_buf, &self->view, PyBUF_WRITABLE) < 0)
+    self->own_buf = PyBytes_FromStringAndSize(NULL, n);
+    if (self->own_buf == NULL)
         return -1;
-    return use_view(self, 0);
-}
-
-/* The bytes read: a copy of the filled part of the bytearray. */
-static PyObject *read_to_python(zk_io_op *self, int64_t result) {
-    return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self->own_buf), (Py_ssize_t)result);
+    self->op.buf = PyBytes_AS_STRING(self->own_buf);
+    self->op.len = (size_t)n;
+    return 0;
 }
 
 /* arg: any bytes-like object, pinned as it is (no copy). */
@@ -746,6 +841,118 @@ static int pin_poll(zk_io_op *self, const zk_op_args *a) {
     return 0;
 }
 
+/* ---- Python: files --------------------------------------------------------- */
+
+/* arg: a writable buffer, filled from its start; offset: the file offset
+ * (-1: the file position). */
+static int pin_read_into(zk_io_op *self, const zk_op_args *a) {
+    if (PyObject_GetBuffer(a->arg, &self->view, PyBUF_WRITABLE) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "readinto needs a writable buffer, not %.100s",
+                         Py_TYPE(a->arg)->tp_name);
+        }
+        return -1;
+    }
+    self->op.offset = a->offset;
+    return use_view(self, 0);
+}
+
+/* One bytes object of `extra` bytes (zeroed) followed by the encoded paths,
+ * each with its NUL: own_buf, so it lives exactly as long as the op.
+ * Paths are str, bytes or os.PathLike (PyUnicode_FSConverter: embedded NUL
+ * is a ValueError, as for os.open). */
+static int pin_paths(zk_io_op *self, PyObject *first, PyObject *second, size_t extra) {
+    PyObject *p1 = NULL, *p2 = NULL;
+    if (!PyUnicode_FSConverter(first, &p1))
+        return -1;
+    if (second != NULL && !PyUnicode_FSConverter(second, &p2)) {
+        Py_DECREF(p1);
+        return -1;
+    }
+    size_t n1 = (size_t)PyBytes_GET_SIZE(p1) + 1;
+    size_t n2 = p2 ? (size_t)PyBytes_GET_SIZE(p2) + 1 : 0;
+    /* Align the paths after a struct statx. */
+    extra = (extra + 15) & ~(size_t)15;
+    self->own_buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(extra + n1 + n2));
+    if (self->own_buf == NULL) {
+        Py_DECREF(p1);
+        Py_XDECREF(p2);
+        return -1;
+    }
+    char *base = PyBytes_AS_STRING(self->own_buf);
+    memset(base, 0, extra);
+    memcpy(base + extra, PyBytes_AS_STRING(p1), n1);
+    if (p2)
+        memcpy(base + extra + n1, PyBytes_AS_STRING(p2), n2);
+    Py_DECREF(p1);
+    Py_XDECREF(p2);
+    self->op.buf = base + extra;
+    self->op.iov.iov_base = extra ? (void *)base : (p2 ? base + extra + n1 : NULL);
+    return 0;
+}
+
+/* arg: the path; flags: open(2) flags (O_CLOEXEC is always added);
+ * offset: the mode. */
+static int pin_openat(zk_io_op *self, const zk_op_args *a) {
+    self->op.flags |= O_CLOEXEC;
+    self->op.len = (size_t)(a->offset & 07777);
+    return pin_paths(self, a->arg, NULL, 0);
+}
+
+static PyObject *fd_to_python(zk_io_op *self, int64_t result) {
+    ZK_UNUSED(self);
+    return PyLong_FromLongLong(result);
+}
+
+/* arg: the path ("" with AT_EMPTY_PATH: the fd itself); flags: AT_*;
+ * offset: the STATX_* mask. */
+static int pin_statx(zk_io_op *self, const zk_op_args *a) {
+    self->op.len = (size_t)(uint32_t)a->offset;
+    return pin_paths(self, a->arg, NULL, sizeof(struct statx));
+}
+
+static PyObject *nsec_of(const struct statx_timestamp *t) {
+    return PyLong_FromLongLong((long long)t->tv_sec * 1000000000LL + (long long)t->tv_nsec);
+}
+
+/* (mode, ino, dev, nlink, uid, gid, size, atime_ns, mtime_ns, ctime_ns,
+ *  blksize, blocks, rdev, btime_ns or None, attributes, mask):
+ * zokio/fs builds an os.stat_result from it. */
+static PyObject *statx_to_python(zk_io_op *self, int64_t result) {
+    ZK_UNUSED(result);
+    const struct statx *sx = (const struct statx *)PyBytes_AS_STRING(self->own_buf);
+    PyObject *btime = (sx->stx_mask & STATX_BTIME) ? nsec_of(&sx->stx_btime) : Py_NewRef(Py_None);
+    return Py_BuildValue(
+        "(IKKIIIKNNNIKKNKI)", (unsigned)sx->stx_mode, (unsigned long long)sx->stx_ino,
+        (unsigned long long)makedev(sx->stx_dev_major, sx->stx_dev_minor),
+        (unsigned)sx->stx_nlink, (unsigned)sx->stx_uid, (unsigned)sx->stx_gid,
+        (unsigned long long)sx->stx_size, nsec_of(&sx->stx_atime), nsec_of(&sx->stx_mtime),
+        nsec_of(&sx->stx_ctime), (unsigned)sx->stx_blksize, (unsigned long long)sx->stx_blocks,
+        (unsigned long long)makedev(sx->stx_rdev_major, sx->stx_rdev_minor), btime,
+        (unsigned long long)sx->stx_attributes, (unsigned)sx->stx_mask);
+}
+
+/* arg: the old path; address: the new path; flags: RENAME_*. */
+static int pin_renameat(zk_io_op *self, const zk_op_args *a) {
+    if (a->address == NULL) {
+        PyErr_SetString(PyExc_TypeError, "rename needs a new path");
+        return -1;
+    }
+    return pin_paths(self, a->arg, a->address, 0);
+}
+
+/* arg: the path; flags: 0 or AT_REMOVEDIR. */
+static int pin_unlinkat(zk_io_op *self, const zk_op_args *a) {
+    return pin_paths(self, a->arg, NULL, 0);
+}
+
+/* arg: the path; offset: the mode. */
+static int pin_mkdirat(zk_io_op *self, const zk_op_args *a) {
+    self->op.len = (size_t)(a->offset & 07777);
+    return pin_paths(self, a->arg, NULL, 0);
+}
+
 /* ---- the table ------------------------------------------------------------ */
 
 const zk_op_desc zk_op_descs[ZK_OP_COUNT] = {
@@ -756,7 +963,7 @@ const zk_op_desc zk_op_descs[ZK_OP_COUNT] = {
         .attempt = attempt_read,
         .epoll_events = EPOLLIN,
         .pin = pin_read,
-        .to_python = read_to_python,
+        .to_python = recv_to_python,
     },
     [ZK_OP_WRITE] = {
         .name = "write",
@@ -866,5 +1073,74 @@ const zk_op_desc zk_op_descs[ZK_OP_COUNT] = {
         .epoll_events = 0,  /* the op's own poll bits */
         .pin = pin_poll,
         .to_python = count_to_python,
+    },
+    [ZK_OP_READ_INTO] = {
+        .name = "read_into",
+        .uring_opcode = IORING_OP_READ,
+        .uring_prep = prep_rw,
+        .attempt = attempt_read,
+        .epoll_events = EPOLLIN,
+        .pin = pin_read_into,
+        .to_python = count_to_python,
+    },
+    [ZK_OP_OPENAT] = {
+        .name = "openat",
+        .uring_optional = 1,
+        .uring_opcode = IORING_OP_OPENAT,
+        .uring_prep = prep_openat,
+        .attempt = attempt_openat,
+        .epoll_events = EPOLLOUT,  /* never waits */
+        .pin = pin_openat,
+        .to_python = fd_to_python,
+    },
+    [ZK_OP_STATX] = {
+        .name = "statx",
+        .uring_optional = 1,
+        .uring_opcode = IORING_OP_STATX,
+        .uring_prep = prep_statx,
+        .attempt = attempt_statx,
+        .epoll_events = EPOLLOUT,
+        .pin = pin_statx,
+        .to_python = statx_to_python,
+    },
+    [ZK_OP_FSYNC] = {
+        .name = "fsync",
+        .uring_optional = 1,
+        .uring_opcode = IORING_OP_FSYNC,
+        .uring_prep = prep_fsync,
+        .attempt = attempt_fsync,
+        .epoll_events = EPOLLOUT,
+        .pin = pin_nothing,
+        .to_python = none_to_python,
+    },
+    [ZK_OP_RENAMEAT] = {
+        .name = "renameat",
+        .uring_optional = 1,
+        .uring_opcode = IORING_OP_RENAMEAT,
+        .uring_prep = prep_renameat,
+        .attempt = attempt_renameat,
+        .epoll_events = EPOLLOUT,
+        .pin = pin_renameat,
+        .to_python = none_to_python,
+    },
+    [ZK_OP_UNLINKAT] = {
+        .name = "unlinkat",
+        .uring_optional = 1,
+        .uring_opcode = IORING_OP_UNLINKAT,
+        .uring_prep = prep_unlinkat,
+        .attempt = attempt_unlinkat,
+        .epoll_events = EPOLLOUT,
+        .pin = pin_unlinkat,
+        .to_python = none_to_python,
+    },
+    [ZK_OP_MKDIRAT] = {
+        .name = "mkdirat",
+        .uring_optional = 1,
+        .uring_opcode = IORING_OP_MKDIRAT,
+        .uring_prep = prep_mkdirat,
+        .attempt = attempt_mkdirat,
+        .epoll_events = EPOLLOUT,
+        .pin = pin_mkdirat,
+        .to_python = none_to_python,
     },
 };

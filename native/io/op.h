@@ -44,6 +44,18 @@ typedef enum zk_opcode {
     ZK_OP_SHUTDOWN,   /* shutdown(fd, flags) */
     ZK_OP_CLOSE,      /* close(fd) */
     ZK_OP_POLL,       /* poll(fd, flags): the revents */
+    /* Files (zokio.fs).  Path ops take a directory fd in `fd` (AT_FDCWD for
+     * the working directory) and their NUL-terminated path(s) in buf.  On
+     * the epoll backend their attempt is the plain (blocking) syscall:
+     * zokio.fs sends them to the blocking pool there instead, and so it does
+     * on an io_uring that lacks one of them (uring_optional). */
+    ZK_OP_READ_INTO,  /* pread/read(fd, caller's buffer, len, offset) */
+    ZK_OP_OPENAT,     /* openat(fd, path, flags, mode): the new fd */
+    ZK_OP_STATX,      /* statx(fd, path, flags, mask): a tuple of fields */
+    ZK_OP_FSYNC,      /* fsync(fd), fdatasync(fd) when flags = 1 */
+    ZK_OP_RENAMEAT,   /* renameat2(fd, old, fd, new, flags) */
+    ZK_OP_UNLINKAT,   /* unlinkat(fd, path, flags: 0 or AT_REMOVEDIR) */
+    ZK_OP_MKDIRAT,    /* mkdirat(fd, path, mode) */
     ZK_OP_COUNT       /* rows in zk_op_descs; 0 is no op */
 } zk_opcode;
 
@@ -87,6 +99,11 @@ typedef struct zk_op_desc {
      * queued in the port, handed to the next such op, closed when the fd is
      * closed by a CLOSE op or the port closes (port_uring.c). */
     uint8_t uring_multishot;
+    /* 1: io_uring may lack the opcode (older kernels): the probe does not
+     * require it, and zk_port_uring_supports() says whether this kernel
+     * has it.  A caller that finds it missing runs the syscall elsewhere
+     * (zokio.fs: the blocking pool). */
+    uint8_t uring_optional;
     /* The Op leaf: pin what Python passed (a size, a bytes-like object, an
      * address, ...) and point op.buf/op.len (and op.addr, op.msg) at the
      * memory the kernel will use.  0, or -1 with an exception set.

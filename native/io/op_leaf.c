@@ -7,6 +7,7 @@
 #include "io/port.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,7 +66,7 @@ PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, const zk_op_args 
         PyErr_Format(PyExc_ValueError, "unknown opcode %d", (int)opcode);
         return NULL;
     }
-    if (fd < 0) {
+    if (fd < 0 && fd != AT_FDCWD) {  /* path ops (OPENAT...) may name the cwd */
         PyErr_Format(PyExc_ValueError, "invalid file descriptor %d", fd);
         return NULL;
     }

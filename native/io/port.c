@@ -45,6 +45,10 @@
 
 /* 0: not probed yet; 1: available; -errno: unavailable, and why. */
 static atomic_int uring_probe_state = 0;
+/* Bit k: row k is uring_optional and this kernel has its opcode.  Written
+ * by the probe before uring_probe_state is published (release). */
+static _Atomic uint64_t uring_optional_ok = 0;
+_Static_assert(ZK_OP_COUNT <= 64, "uring_optional_ok has one bit per row");
 
 static int probe_uring_once(void)
 {
@@ -73,13 +77,22 @@ static int probe_uring_once(void)
                     probe, 256) < 0) {
             reason = errno ? errno : EOPNOTSUPP;
         } else {
-            /* The port's own opcodes, then every op's (op.h). */
+            /* The port's own opcodes, then every op's (op.h); a row marked
+             * uring_optional is only recorded (uring_optional_ok). */
             int needed[2 + ZK_OP_COUNT];
             size_t n = 0;
+            uint64_t optional_ok = 0;
             needed[n++] = IORING_OP_POLL_ADD;
             needed[n++] = IORING_OP_ASYNC_CANCEL;
-            for (int code = 1; code < ZK_OP_COUNT; code++)
-                needed[n++] = zk_op_descs[code].uring_opcode;
+            for (int code = 1; code < ZK_OP_COUNT; code++) {
+                int opc = zk_op_descs[code].uring_opcode;
+                if (!zk_op_descs[code].uring_optional)
+                    needed[n++] = opc;
+                else if (opc <= probe->last_op && opc < probe->ops_len
+                         && (probe->ops[opc].flags & IO_URING_OP_SUPPORTED))
+                    optional_ok |= (uint64_t)1 << code;
+            }
+            atomic_store_explicit(&uring_optional_ok, optional_ok, memory_order_relaxed);
             for (size_t i = 0; i < n; i++) {
                 int opc = needed[i];
                 if (opc > probe->last_op || opc >= probe->ops_len
@@ -137,6 +150,16 @@ int zk_port_uring_unavailable_reason(void)
 int zk_port_uring_available(void)
 {
     return zk_port_uring_unavailable_reason() == 0;
+}
+
+int zk_port_uring_supports(int opcode)
+{
+    const zk_op_desc *d = zk_op_desc_of(opcode);
+    if (d == NULL || !zk_port_uring_available())
+        return 0;
+    if (!d->uring_optional)
+        return 1;
+    return (int)((atomic_load_explicit(&uring_optional_ok, memory_order_relaxed) >> opcode) & 1);
 }
 
 /* ------------------------------------------------------------------------ */

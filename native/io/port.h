@@ -88,6 +88,11 @@ typedef struct zk_port zk_port;
  * need is supported)?  Cached after the first call; thread-safe. */
 int zk_port_uring_available(void);
 
+/* Does this kernel's io_uring have the opcode of row `opcode` (op.h)?
+ * Always 1 for a row that is not uring_optional once io_uring is available;
+ * 0 when io_uring is not.  Thread-safe; probes on first use. */
+int zk_port_uring_supports(int opcode);
+
 /* Resolve AUTO to a concrete backend (honouring the probe). */
 zk_backend zk_port_resolve_backend(zk_backend requested);
 
