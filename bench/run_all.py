@@ -1,6 +1,7 @@
 """Run every zokio benchmark against its peers and write docs/benchmarks.md.
 
-    python bench/run_all.py            # full run (~30-35 min on 2 cores, net ~20 of them), writes the doc
+    python bench/run_all.py            # full run (~35-40 min on 2 cores, net ~20 of them), writes the doc
+    python bench/run_all.py --workloads sync   # channels and locks alone (~5 min), prints only
     python bench/run_all.py --quick    # smoke run (~4 min), prints only
     python bench/run_all.py --only zokio,asyncio --workloads spawn,sleep
 
@@ -23,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 
 WORKLOADS = ("spawn", "cpu", "sleep", "stranded", "memory", "blocking", "misc", "net",
-             "files", "process")
+             "files", "process", "sync")
 DOC = os.path.join(C.REPO_DIR, "docs", "benchmarks.md")
 
 
@@ -68,7 +69,8 @@ def main() -> int:
         print("WARNING: the benchmark interpreter is not a free-threaded build; zokio cannot run "
               "tasks in parallel there (pass --python /path/to/python3.13t)", file=sys.stderr)
     print(f"machine: {info.get('cpu_model')}, {info.get('nproc')} CPUs, kernel {info.get('kernel')}")
-    print(f"versions: uvloop {info.get('uvloop')}, trio {info.get('trio')}, zokio {info.get('zokio')}")
+    print(f"versions: uvloop {info.get('uvloop')}, trio {info.get('trio')}, zokio {info.get('zokio')}, "
+          f"aiologic {info.get('aiologic')}")
 
     wanted = [w.strip() for w in args.workloads.split(",") if w.strip()]
     sections, bars, raw, timings = [], [], {}, {}
@@ -195,7 +197,8 @@ def render_doc(info, bars, sections, timings, total, args) -> str:
             ["python", f"CPython {info.get('python')}, free-threaded build: {info.get('free_threaded_build')}, "
                        f"`sys._is_gil_enabled()`: {info.get('gil_enabled_at_start')} at start"],
             ["GIL after import", ", ".join(f"{k}: {v}" for k, v in gil_after.items())],
-            ["versions", f"zokio {info.get('zokio')}, uvloop {info.get('uvloop')}, trio {info.get('trio')}"],
+            ["versions", f"zokio {info.get('zokio')}, uvloop {info.get('uvloop')}, trio {info.get('trio')}, "
+                         f"aiologic {info.get('aiologic')}"],
         ]),
         "",
         "## Bars",
@@ -251,11 +254,13 @@ def render_doc(info, bars, sections, timings, total, args) -> str:
         "python bench/bench_spawn.py        # one workload alone (also bench_cpu, bench_sleep,",
         "                                   # bench_stranded, bench_memory, bench_blocking,",
         "                                   # bench_misc, bench_net, bench_files,",
-        "                                   # bench_process)",
+        "                                   # bench_process, bench_sync)",
+        "python bench/run_all.py --workloads sync   # channels and locks alone, ~5 min",
         "```",
         "",
         "The interpreter must be a free-threaded CPython with zokio installed and, for the peers,",
-        "`uvloop` and `trio` (`pip install .[bench]`); a missing peer is reported as missing.",
+        "`uvloop`, `trio` and `aiologic` (`pip install .[bench]`); a missing peer is reported as",
+        "missing.",
         "`--only zokio,asyncio` limits the runtimes, `--workloads spawn,sleep` the workloads,",
         "`--json FILE` keeps every raw figure (all rounds, zokio's `Runtime.metrics()`),",
         "`--settle S` waits up to S seconds before each case for the machine to go idle (use it on",
