@@ -884,3 +884,43 @@ def test_monitor_idles_and_stops_with_the_runtime(make_runtime):
     assert any(t.name == "zokio-monitor" and t.is_alive() for t in threading.enumerate())
     rt.shutdown()
     assert not any(t.name == "zokio-monitor" and t.is_alive() for t in threading.enumerate())
+
+
+_CHAINS = r"""
+import zokio
+head = None
+for _ in range(400_000):
+    cell = zokio.Oneshot()
+    cell.set(head)
+    head = cell
+del head, cell
+
+async def link(prev):
+    return prev
+
+async def main():
+    head = None
+    for i in range(200_000):
+        head = zokio.spawn(link(head))
+        if i % 1000 == 0:
+            await head
+    await head
+    return head
+
+rt = zokio.Runtime(threads=2)
+h = rt.block_on(main())
+rt.shutdown()
+del h
+print("freed")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_freeing_long_chains_of_cells_and_handles_does_not_overflow_the_stack(tmp_path, util):
+    # 400k Oneshots each completed with the next, 200k tasks each returning
+    # the previous task's handle: freeing the head used to recurse once per
+    # link in C and crash the interpreter (SIGSEGV).
+    proc = subprocess.run([sys.executable, "-c", _CHAINS], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=110, env=util.subprocess_env())
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.strip() == "freed"

@@ -251,9 +251,15 @@ static PyObject *oneshot_repr(zk_leaf *self) {
 void zk_leaf_dealloc(zk_leaf *self) {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    /* A leaf's value may be another leaf holding another (a chain of
+     * Oneshots each completed with the next): freeing the head would
+     * recurse once per link and overflow the C stack.  The trashcan defers
+     * the deep part, as CPython's own containers do. */
+    Py_TRASHCAN_BEGIN(self, zk_leaf_dealloc)
     leaf_clear_fields(self);
     tp->tp_free(self);
     Py_DECREF(tp);
+    Py_TRASHCAN_END
 }
 
 static PyMethodDef oneshot_methods[] = {

@@ -1352,10 +1352,15 @@ static void task_dealloc(zk_task *self) {
         return;  /* resurrected */
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    /* A result may be another handle whose result is another (a chain of
+     * tasks each returning the previous one's handle): the trashcan keeps
+     * freeing the chain from recursing once per link (see zk_leaf_dealloc). */
+    Py_TRASHCAN_BEGIN(self, task_dealloc)
     task_clear(self);
     zk_mutex_destroy(&self->lock);
     tp->tp_free(self);
     Py_DECREF(tp);
+    Py_TRASHCAN_END
 }
 
 static PyMethodDef task_methods[] = {
