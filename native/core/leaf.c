@@ -81,8 +81,8 @@ void zk_leaf_unregister_waker(zk_leaf *leaf) {
 }
 
 /* The value of a completed leaf, as __next__'s return: StopIteration(value)
- * or the stored exception. */
-static PyObject *leaf_outcome(zk_leaf *l) {
+ * or the stored exception (leaf.h). */
+PyObject *zk_leaf_outcome(zk_leaf *l) {
     if (l->exc != NULL) {
         zk_raise_instance(l->exc);
         return NULL;
@@ -119,7 +119,7 @@ PyObject *zk_leaf_iternext(zk_leaf *self) {
         return outside_task_error((PyObject *)self);
     }
     if (zk_leaf_is_done(self) && zk_coop_budget-- > 0)
-        return leaf_outcome(self);
+        return zk_leaf_outcome(self);
     return Py_NewRef(self);
 }
 

@@ -133,6 +133,10 @@ void zk_leaf_init(zk_leaf *l);
 int zk_leaf_register_waker(zk_leaf *leaf, zk_task *task);
 /* Drop the registered waker, if any (the task is being interrupted). */
 void zk_leaf_unregister_waker(zk_leaf *leaf);
+/* A completed leaf's outcome the way __next__ returns it: NULL with
+ * StopIteration(value) set (no exception for None), or NULL with the stored
+ * exception raised. */
+PyObject *zk_leaf_outcome(zk_leaf *l);
 /* Type slots: __next__ (the outcome once done, while the cooperative budget
  * lasts, else yield the leaf), __await__, GC traverse/clear, dealloc. */
 PyObject *zk_leaf_iternext(zk_leaf *self);

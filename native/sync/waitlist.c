@@ -133,29 +133,6 @@ void zk_waiter_complete(zk_waiter *w, PyObject *value, PyObject *exc) {
     Py_DECREF(w);  /* the list's reference; may give an unconsumed grant back */
 }
 
-/* The outcome as __next__ returns it: NULL with StopIteration(value) set
- * (or no exception for None), or NULL with the stored exception. */
-static PyObject *waiter_outcome_stop(zk_waiter *w) {
-    zk_leaf *l = &w->leaf;
-    if (l->exc != NULL) {
-        zk_raise_instance(l->exc);
-        return NULL;
-    }
-    PyObject *r = l->value;
-    if (r == NULL || r == Py_None)
-        return NULL;
-    if (PyTuple_Check(r) || PyExceptionInstance_Check(r)) {
-        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, r);
-        if (stop != NULL) {
-            PyErr_SetObject(PyExc_StopIteration, stop);
-            Py_DECREF(stop);
-        }
-        return NULL;
-    }
-    PyErr_SetObject(PyExc_StopIteration, r);
-    return NULL;
-}
-
 PyObject *zk_waiter_take_outcome(zk_waiter *w) {
     atomic_store_explicit(&w->consumed, 1, memory_order_release);
     if (w->leaf.exc != NULL) {
@@ -282,7 +259,7 @@ static PyObject *waiter_iternext(zk_waiter *self) {
     }
     if (zk_leaf_is_done(&self->leaf) && zk_coop_budget-- > 0) {
         atomic_store_explicit(&self->consumed, 1, memory_order_release);
-        return waiter_outcome_stop(self);
+        return zk_leaf_outcome(&self->leaf);
     }
     return Py_NewRef(self);
 }

@@ -263,15 +263,55 @@ class _BroadcastState(_Parking):
         self.receivers = 0
 
 
-class BroadcastSender(Generic[T]):
+class _CountedSender:
+    """What broadcast and watch senders share: each one counts in its
+    state's ``senders``; the last one closed (or collected) ends the
+    receivers' waits."""
+
+    __slots__ = ("_s", "_closed", "__weakref__")
+    _kind = "sender"
+
+    def __init__(self, state: Any) -> None:
+        self._s = state
+        self._closed = False
+
+    def clone(self):
+        s = self._s
+        with s.lock:
+            if self._closed:
+                raise ChannelClosed(f"this {self._kind} was closed")
+            s.senders += 1
+            return type(self)(s)
+
+    def close(self) -> None:
+        """This sender is done; receivers end (after what is retained) when
+        every sender is closed or dropped."""
+        s = self._s
+        with s.lock:
+            if self._closed:
+                return
+            self._closed = True
+            s.senders -= 1
+            waiters = s.take_waiters_locked() if s.senders == 0 else ()
+        _wake(waiters)
+
+    def is_closed(self) -> bool:
+        with self._s.lock:
+            return self._closed or self._s.receivers == 0
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class BroadcastSender(_CountedSender, Generic[T]):
     """Sends to every receiver subscribed at the time.  ``send`` never
     waits: a slow receiver is overwritten (it then gets Lagged)."""
 
-    __slots__ = ("_s", "_closed", "__weakref__")
-
-    def __init__(self, state: _BroadcastState) -> None:
-        self._s = state
-        self._closed = False
+    __slots__ = ()
+    _kind = "broadcast sender"
 
     def send(self, value: T) -> int:
         """Send to every receiver; returns how many there are.
@@ -305,35 +345,6 @@ class BroadcastSender(Generic[T]):
         with self._s.lock:
             return self._s.receivers
 
-    def clone(self) -> "BroadcastSender[T]":
-        s = self._s
-        with s.lock:
-            if self._closed:
-                raise ChannelClosed("this broadcast sender was closed")
-            s.senders += 1
-            return BroadcastSender(s)
-
-    def close(self) -> None:
-        """This sender is done; receivers end (after what is retained) when
-        every sender is closed or dropped."""
-        s = self._s
-        with s.lock:
-            if self._closed:
-                return
-            self._closed = True
-            s.senders -= 1
-            waiters = s.take_waiters_locked() if s.senders == 0 else ()
-        _wake(waiters)
-
-    def is_closed(self) -> bool:
-        with self._s.lock:
-            return self._closed or self._s.receivers == 0
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class BroadcastReceiver(Generic[T]):
@@ -444,14 +455,11 @@ class _WatchState(_Parking):
         self.receivers = 0
 
 
-class WatchSender(Generic[T]):
+class WatchSender(_CountedSender, Generic[T]):
     """Publishes the latest value; receivers are told that it changed."""
 
-    __slots__ = ("_s", "_closed", "__weakref__")
-
-    def __init__(self, state: _WatchState) -> None:
-        self._s = state
-        self._closed = False
+    __slots__ = ()
+    _kind = "watch sender"
 
     def send(self, value: T) -> None:
         """Replace the value and notify every receiver.  ChannelClosed
@@ -499,33 +507,6 @@ class WatchSender(Generic[T]):
         with self._s.lock:
             return self._s.receivers
 
-    def clone(self) -> "WatchSender[T]":
-        s = self._s
-        with s.lock:
-            if self._closed:
-                raise ChannelClosed("this watch sender was closed")
-            s.senders += 1
-            return WatchSender(s)
-
-    def close(self) -> None:
-        s = self._s
-        with s.lock:
-            if self._closed:
-                return
-            self._closed = True
-            s.senders -= 1
-            waiters = s.take_waiters_locked() if s.senders == 0 else ()
-        _wake(waiters)
-
-    def is_closed(self) -> bool:
-        with self._s.lock:
-            return self._closed or self._s.receivers == 0
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class WatchReceiver(Generic[T]):
