@@ -347,10 +347,41 @@ class BroadcastSender(_CountedSender, Generic[T]):
 
 
 
-class BroadcastReceiver(Generic[T]):
+class _CountedReceiver:
+    """What broadcast and watch receivers share: each one counts in its
+    state's ``receivers``; iteration takes messages until the channel ends.
+    A subclass defines ``_take_locked``."""
+
+    __slots__ = ("_s", "_closed", "__weakref__")
+
+    def close(self) -> None:
+        s = self._s
+        with s.lock:
+            if self._closed:
+                return
+            self._closed = True
+            s.receivers -= 1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self._s.park(self._take_locked)
+        except ChannelClosed:
+            raise StopAsyncIteration from None
+
+
+class BroadcastReceiver(_CountedReceiver, Generic[T]):
     """Receives every message sent after it subscribed, in order."""
 
-    __slots__ = ("_s", "_next", "_closed", "__weakref__")
+    __slots__ = ("_next",)
 
     def __init__(self, state: _BroadcastState, start: int) -> None:
         self._s = state
@@ -404,28 +435,6 @@ class BroadcastReceiver(Generic[T]):
         with s.lock:
             return s.tail - max(self._next, s.tail - s.capacity)
 
-    def close(self) -> None:
-        s = self._s
-        with s.lock:
-            if self._closed:
-                return
-            self._closed = True
-            s.receivers -= 1
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> T:
-        try:
-            return await self._s.park(self._take_locked)
-        except ChannelClosed:
-            raise StopAsyncIteration from None
 
 
 def broadcast(capacity: int) -> Tuple[BroadcastSender, BroadcastReceiver]:
@@ -509,10 +518,10 @@ class WatchSender(_CountedSender, Generic[T]):
 
 
 
-class WatchReceiver(Generic[T]):
+class WatchReceiver(_CountedReceiver, Generic[T]):
     """Sees the latest value and waits for changes."""
 
-    __slots__ = ("_s", "_seen", "_closed", "__weakref__")
+    __slots__ = ("_seen",)
 
     def __init__(self, state: _WatchState, seen: int) -> None:
         self._s = state
@@ -576,28 +585,6 @@ class WatchReceiver(Generic[T]):
             s.receivers += 1
             return WatchReceiver(s, self._seen)
 
-    def close(self) -> None:
-        s = self._s
-        with s.lock:
-            if self._closed:
-                return
-            self._closed = True
-            s.receivers -= 1
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> T:
-        try:
-            return await self._s.park(self._take_locked)
-        except ChannelClosed:
-            raise StopAsyncIteration from None
 
 
 def watch(initial: T) -> Tuple[WatchSender, WatchReceiver]:
