@@ -6,6 +6,7 @@
 #include "io/op_leaf.h"
 #include "io/port.h"
 #include "io/signal.h"
+#include "io/stream.h"
 #include "sync/waitlist.h"
 #include <signal.h>
 #include <math.h>
@@ -498,7 +499,19 @@ static PyObject *mod_resolve_backend(PyObject *module, PyObject *arg) {
     return PyUnicode_FromString(zk_port_backend_name(zk_port_resolve_backend(b)));
 }
 
+static PyObject *mod_set_await_one(PyObject *module, PyObject *fn) {
+    if (!PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "set_await_one needs a callable");
+        return NULL;
+    }
+    Py_XSETREF(get_state(module)->await_one, Py_NewRef(fn));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"set_await_one", mod_set_await_one, METH_O,
+     "set_await_one(fn): fn(awaitable) -> a coroutine awaiting it; spawn uses it for "
+     "awaitables that are not coroutines."},
     {"spawn", (PyCFunction)(void (*)(void))mod_spawn, METH_FASTCALL | METH_KEYWORDS,
      "spawn(coro, *, name=None) -> JoinHandle: run coro as a new task on the "
      "current runtime."},
@@ -577,6 +590,9 @@ static int module_exec(PyObject *module) {
     if (zk_task_type_init(module, st) < 0 || zk_leaf_types_init(module, st) < 0 ||
         zk_op_leaf_type_init(module, st) < 0 || zk_sched_type_init(module, st) < 0)
         return -1;
+    /* zokio.net's byte-stream fast path and busy token (io/stream.c). */
+    if (zk_stream_types_init(module, st) < 0)
+        return -1;
     /* zokio.sync: the wait list's Waiter (an awaitable kind) and the
      * primitives built on it (native/sync/). */
     if (zk_waitlist_types_init(module, st) < 0)
@@ -600,6 +616,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
     Py_VISIT(st->WaiterType);  /* zokio.sync */
     Py_VISIT(st->Cancelled);
     Py_VISIT(st->yield_now);
+    Py_VISIT(st->await_one);
     /* cancel scopes (structured concurrency) */
     Py_VISIT(st->scope_var);
     /* ---- channels ---- */
@@ -621,6 +638,7 @@ static int module_clear(PyObject *module) {
     Py_CLEAR(st->WaiterType);  /* zokio.sync */
     Py_CLEAR(st->Cancelled);
     Py_CLEAR(st->yield_now);
+    Py_CLEAR(st->await_one);
     Py_CLEAR(st->str_throw);
     Py_CLEAR(st->str_close);
     /* cancel scopes (structured concurrency) */

@@ -24,6 +24,15 @@ monotonic = _native.monotonic
 spawn_blocking = _native.spawn_blocking
 
 
+async def _await_one(awaitable: Any) -> Any:
+    return await awaitable
+
+
+# spawn() and block_on() given an awaitable that is not a coroutine (a
+# stream's read(), an Event's wait(), a Oneshot...) run this around it.
+_native.set_await_one(_await_one)
+
+
 def current_runtime() -> Any:
     """The Runtime running the current task (RuntimeError outside one)."""
     from ._runtime import _owner_of

@@ -80,6 +80,65 @@ void zk_leaf_unregister_waker(zk_leaf *leaf) {
     Py_XDECREF(w);
 }
 
+/* Returning a value from __next__ means raising StopIteration(value), and
+ * building that exception (an args tuple, the instance, its init) costs as
+ * much as the rest of a completed await.  Each thread keeps one
+ * StopIteration and raises it again with its `value` swapped, when nothing
+ * but the cache holds it (the await that catches it -- SEND -- takes the
+ * value and drops the exception at once; an exception someone kept, e.g.
+ * by calling __next__ by hand, is left alone and replaced).  Its traceback,
+ * context and cause are reset before each reuse.  The last value returned
+ * on a thread stays referenced by the cache until the next one.  A
+ * thread-local reference, not a module global: it belongs to the thread,
+ * which is what owns an object's refcount on 3.13t.  Setting `value`
+ * directly also returns a tuple or an exception instance as itself, which
+ * PyErr_SetObject would unpack or raise. */
+static ZK_TLS PyObject *stop_cache;
+
+PyObject *zk_return_value(PyObject *v) {
+    if (v == Py_None) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    PyObject *e = stop_cache;
+    if (e == NULL || Py_REFCNT(e) != 1) {
+        PyObject *fresh = PyObject_CallNoArgs(PyExc_StopIteration);
+        if (fresh == NULL) {
+            Py_DECREF(v);
+            return NULL;
+        }
+        stop_cache = fresh;
+        Py_XDECREF(e);  /* someone else still holds the old one */
+        e = fresh;
+    } else {
+        PyException_SetTraceback(e, Py_None);
+        PyException_SetContext(e, NULL);
+        PyException_SetCause(e, NULL);
+    }
+    PyStopIterationObject *si = (PyStopIterationObject *)e;
+    PyObject *old = si->value;
+    si->value = v;  /* steals */
+    Py_XDECREF(old);
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(Py_NewRef(e));
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(e)), Py_NewRef(e), NULL);
+#endif
+    return NULL;
+}
+
+void zk_return_value_release(void) {
+    PyObject *e = stop_cache;
+    if (e != NULL && Py_REFCNT(e) == 1) {
+        PyStopIterationObject *si = (PyStopIterationObject *)e;
+        Py_CLEAR(si->value);
+    }
+}
+
+void zk_return_value_drop(void) {
+    Py_CLEAR(stop_cache);
+}
+
 /* The value of a completed leaf, as __next__'s return: StopIteration(value)
  * or the stored exception (leaf.h). */
 PyObject *zk_leaf_outcome(zk_leaf *l) {
@@ -90,16 +149,7 @@ PyObject *zk_leaf_outcome(zk_leaf *l) {
     PyObject *r = l->value;
     if (r == NULL || r == Py_None)
         return NULL;
-    if (PyTuple_Check(r) || PyExceptionInstance_Check(r)) {
-        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, r);
-        if (stop != NULL) {
-            PyErr_SetObject(PyExc_StopIteration, stop);
-            Py_DECREF(stop);
-        }
-        return NULL;
-    }
-    PyErr_SetObject(PyExc_StopIteration, r);
-    return NULL;
+    return zk_return_value(Py_NewRef(r));
 }
 
 static PyObject *outside_task_error(PyObject *self) {

@@ -137,6 +137,14 @@ void zk_leaf_unregister_waker(zk_leaf *leaf);
  * StopIteration(value) set (no exception for None), or NULL with the stored
  * exception raised. */
 PyObject *zk_leaf_outcome(zk_leaf *l);
+/* Return v (stolen) from __next__: NULL with StopIteration(v) set, from a
+ * per-thread cached instance (leaf.c); None sets nothing. */
+PyObject *zk_return_value(PyObject *v);
+/* Let go of the value the thread's cached StopIteration still holds (a
+ * worker about to park), or of the cache itself (a worker exiting).
+ * Attached. */
+void zk_return_value_release(void);
+void zk_return_value_drop(void);
 /* Type slots: __next__ (the outcome once done, while the cooperative budget
  * lasts, else yield the leaf), __await__, GC traverse/clear, dealloc. */
 PyObject *zk_leaf_iternext(zk_leaf *self);

@@ -946,6 +946,7 @@ static void worker_loop(zk_worker *w) {
             atomic_store_explicit(&w->polling, 0, memory_order_relaxed);
             continue;
         }
+        zk_return_value_release();  /* don't keep the last value alive while idle */
         park(w);
         fairness_restart(w);
     }
@@ -990,6 +991,7 @@ static void worker_teardown(zk_worker *w) {
         zk_port_close(w->port);
         w->port = NULL;
     }
+    zk_return_value_drop();
 }
 
 /* ---- Python type: Scheduler --------------------------------------------- */

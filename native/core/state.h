@@ -52,6 +52,8 @@ typedef struct zk_state {
     PyObject *yield_now;        /* the one YieldNow instance */
     PyObject *str_throw;        /* interned "throw" */
     PyObject *str_close;        /* interned "close" */
+    PyObject *await_one;        /* zokio._api._await_one: spawn wraps an
+                                   awaitable that is not a coroutine in it */
     /* Every awaitable kind (leaf.h): its exact type, borrowed from the
      * fields above, and its ops table, at the same index, in the order
      * registered (zk_leaf_kind_add).  The lookup compares types from the

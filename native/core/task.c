@@ -232,7 +232,31 @@ int zk_task_is_complete(zk_task *t) {
     return (atomic_load_explicit(&t->state, memory_order_acquire) & ZK_COMPLETE) != 0;
 }
 
+static zk_task *task_new_from_coro(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name);
+
+/* Awaitable but not a coroutine (an Op such as stream.read(), a sync
+ * primitive's wait, a Oneshot, a JoinHandle...): the task awaits it in a
+ * small coroutine of its own (zokio._api._await_one), as asyncio's
+ * ensure_future does. */
+static int is_wrappable_awaitable(zk_state *st, PyObject *obj) {
+    PyTypeObject *tp = Py_TYPE(obj);
+    return st->await_one != NULL && tp->tp_as_async != NULL && tp->tp_as_async->am_await != NULL &&
+           !PyCoro_CheckExact(obj) && !Py_IS_TYPE(obj, st->OwnedCoroType);
+}
+
 zk_task *zk_task_new(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name) {
+    if (!PyCoro_CheckExact(coro) && is_wrappable_awaitable(st, coro)) {
+        PyObject *wrapped = PyObject_CallOneArg(st->await_one, coro);
+        if (wrapped == NULL)
+            return NULL;
+        zk_task *t = task_new_from_coro(st, s, wrapped, name);
+        Py_DECREF(wrapped);
+        return t;
+    }
+    return task_new_from_coro(st, s, coro, name);
+}
+
+static zk_task *task_new_from_coro(zk_state *st, zk_sched *s, PyObject *coro, PyObject *name) {
     if (Py_IS_TYPE(coro, st->OwnedCoroType)) {
         owned_coro_error(coro, "spawn");
         return NULL;
@@ -1134,16 +1158,7 @@ static PyObject *task_iternext(zk_task *self) {
         PyObject *r = self->outcome;
         if (r == NULL || r == Py_None)
             return NULL;  /* StopIteration(None) */
-        if (PyTuple_Check(r) || PyExceptionInstance_Check(r)) {
-            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, r);
-            if (stop != NULL) {
-                PyErr_SetObject(PyExc_StopIteration, stop);
-                Py_DECREF(stop);
-            }
-            return NULL;
-        }
-        PyErr_SetObject(PyExc_StopIteration, r);
-        return NULL;
+        return zk_return_value(Py_NewRef(r));
     }
     if (zk_current_task == self) {
         PyErr_SetString(PyExc_RuntimeError, "a task cannot await its own JoinHandle");

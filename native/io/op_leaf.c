@@ -3,6 +3,7 @@
  * opcode: the row of zk_op_descs (op.c) pins the arguments and makes the
  * result. */
 #include "io/op_leaf.h"
+#include "io/stream.h"
 #include "core/sched.h"
 #include "io/port.h"
 
@@ -24,6 +25,9 @@ static void io_op_release_buffer(zk_io_op *self) {
 
 static void io_op_dealloc(zk_io_op *self) {
     /* In flight, the port's reference keeps us alive: never reached then. */
+    PyObject_GC_UnTrack(self);
+    if (self->stream_mode != 0 || self->stream != NULL)
+        zk_stream_op_clear(self);  /* may run Python: a write_all's rest closing */
     io_op_release_buffer(self);
     Py_CLEAR(self->own_buf);
     if (self->op.buf_owned)
@@ -33,6 +37,8 @@ static void io_op_dealloc(zk_io_op *self) {
 
 static int io_op_traverse(zk_io_op *self, visitproc visit, void *arg) {
     Py_VISIT(self->own_buf);
+    if (zk_stream_op_traverse(self, visit, arg) < 0)
+        return -1;
     return zk_leaf_traverse(&self->leaf, visit, arg);
 }
 
@@ -41,10 +47,32 @@ static PyObject *io_op_repr(zk_io_op *self) {
                                 self->op.fd, zk_leaf_is_done(&self->leaf) ? "done" : "pending");
 }
 
+static int io_op_clear(zk_io_op *self) {
+    zk_stream_op_clear(self);
+    return zk_leaf_clear(&self->leaf);
+}
+
+static PyObject *io_op_throw(zk_io_op *self, PyObject *const *args, Py_ssize_t nargs) {
+    return zk_stream_op_throw(self, args, nargs);
+}
+
+static PyObject *io_op_close(zk_io_op *self, PyObject *Py_UNUSED(ignored)) {
+    return zk_stream_op_close(self);
+}
+
+/* throw and close: what `await op` passes on when its coroutine is thrown
+ * into or closed; only a stream op (stream.h) has anything to do then. */
+static PyMethodDef io_op_methods[] = {
+    {"throw", (PyCFunction)(void (*)(void))io_op_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)io_op_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyType_Slot io_op_slots[] = {
+    {Py_tp_methods, io_op_methods},
     {Py_tp_dealloc, io_op_dealloc},
     {Py_tp_traverse, io_op_traverse},
-    {Py_tp_clear, zk_leaf_clear},
+    {Py_tp_clear, io_op_clear},
     {Py_tp_iter, PyObject_SelfIter},
     {Py_tp_iternext, io_op_iternext},
     {Py_am_await, zk_leaf_await},
@@ -86,6 +114,9 @@ PyObject *zk_io_op_new(zk_state *st, zk_opcode opcode, int fd, const zk_op_args 
     self->view_held = 0;
     self->cancel_requested = 0;
     self->ended_by_cancel = 0;
+    self->stream = self->stream_token = self->stream_data = self->stream_delegate = NULL;
+    self->stream_total = 0;
+    self->stream_mode = self->token_held = self->stream_delivered = 0;
     self->op.opcode = opcode;
     self->op.fd = fd;
     self->op.offset = -1;
@@ -287,6 +318,8 @@ static PyObject *io_op_iternext(zk_io_op *self) {
                 io_op_finish(self, self->st, r);
         }
     }
+    if (self->stream_mode != ZK_STREAM_NONE)
+        return zk_stream_op_next(self);
     return zk_leaf_iternext(&self->leaf);
 }
 

@@ -33,6 +33,16 @@ struct zk_io_op {
     int view_held;
     int cancel_requested;    /* an interrupt asked the port to cancel it */
     int ended_by_cancel;     /* its completion was -ECANCELED */
+    /* The byte-stream fast path (stream.h); all NULL/0 for a plain op. */
+    PyObject *stream;        /* the SocketStream it reads or writes */
+    PyObject *stream_token;  /* the stream's BusyToken, held while token_held */
+    PyObject *stream_data;   /* write_all: the data, for a partial send's rest */
+    PyObject *stream_delegate;  /* write_all after a partial send: the
+                                   coroutine that sends the rest */
+    Py_ssize_t stream_total; /* write_all: bytes to send */
+    uint8_t stream_mode;     /* ZK_STREAM_* */
+    uint8_t token_held;
+    uint8_t stream_delivered;  /* the outcome went to the awaiting task */
 };
 
 /* What Python passed to an op binding; each row's pin reads the fields it

@@ -589,57 +589,13 @@ static PyObject *ready_new(zk_chan *c, PyObject *item) {
     return (PyObject *)r;
 }
 
-/* Returning a value from __next__ means raising StopIteration(value), and
- * building that exception (an args tuple, the instance, its init) cost about
- * as much as the rest of a receive.  Each thread keeps one StopIteration and
- * raises it again with its `value` swapped, when nothing but the cache holds
- * it (the await that catches it -- SEND -- takes the value and drops the
- * exception at once; an exception someone kept is left alone and replaced).
- * Its traceback, context and cause are reset before each reuse.  The value
- * of the last receive stays referenced by the cache until the next one on
- * that thread.  A thread-local reference, not a module global: it belongs
- * to the thread, which is what owns an object's refcount on 3.13t. */
-static ZK_TLS PyObject *stop_cache;
-
-static PyObject *return_value(PyObject *v) {
-    if (v == Py_None) {
-        Py_DECREF(v);
-        return NULL;
-    }
-    PyObject *e = stop_cache;
-    if (e == NULL || Py_REFCNT(e) != 1) {
-        PyObject *fresh = PyObject_CallNoArgs(PyExc_StopIteration);
-        if (fresh == NULL) {
-            Py_DECREF(v);
-            return NULL;
-        }
-        stop_cache = fresh;
-        Py_XDECREF(e);  /* someone else still holds the old one */
-        e = fresh;
-    } else {
-        PyException_SetTraceback(e, Py_None);
-        PyException_SetContext(e, NULL);
-        PyException_SetCause(e, NULL);
-    }
-    PyStopIterationObject *si = (PyStopIterationObject *)e;
-    PyObject *old = si->value;
-    si->value = v;  /* steals */
-    Py_XDECREF(old);
-#if PY_VERSION_HEX >= 0x030C0000
-    PyErr_SetRaisedException(Py_NewRef(e));
-#else
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(e)), Py_NewRef(e), NULL);
-#endif
-    return NULL;
-}
-
 static PyObject *ready_iternext(zk_chan_ready *self) {
     PyObject *v = atomic_exchange_explicit(&self->value, NULL, memory_order_acq_rel);
     if (v == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "this recv() was already awaited");
         return NULL;
     }
-    return return_value(v);
+    return zk_return_value(v);
 }
 
 static int ready_traverse(zk_chan_ready *self, visitproc visit, void *arg) {

@@ -68,9 +68,7 @@ static PyObject *str_value;
 /* ---- Ready: an awaitable that is complete from the start ------------------- */
 
 static PyObject *ready_iternext(zk_ready *self) {
-    if (self->value != Py_None)
-        PyErr_SetObject(PyExc_StopIteration, self->value);
-    return NULL;
+    return zk_return_value(Py_NewRef(self->value));
 }
 
 static PyObject *ready_await(PyObject *self) {

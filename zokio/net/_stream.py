@@ -5,16 +5,22 @@ Ownership rules (they are what makes the classes safe on several workers):
 
 * The hot path uses ``self._fd`` (an int) and one native op per call; socket
   objects are made only for setup and for ``socket()``.
-* Busy tokens.  Each direction has a one-element list (``_rtok`` for
-  reading, ``_wtok`` for writing, ``_atok`` for accepting).  A call takes the
-  token with ``list.pop()`` and puts it back in ``finally``.  ``pop()`` on a
-  list is atomic on both interpreters (the list's own lock on 3.13t, the GIL
-  on 3.11), so of two tasks that call ``read`` at the same instant on two
+* Busy tokens.  Each direction has a ``BusyToken`` (``_rtok`` for reading,
+  ``_wtok`` for writing, ``_atok`` for accepting): a call takes it
+  (``take()``, one atomic compare-and-swap) and gives it back in
+  ``finally``, so of two tasks that call ``read`` at the same instant on two
   workers exactly one gets the token and the other gets
   ``BusyResourceError`` before anything is read: bytes are never split
-  between two readers or interleaved between two writers.  A plain flag
-  (``if busy: raise; busy = True``) would let both through that window; the
-  token costs about 15 ns more on 3.13t.
+  between two readers or interleaved between two writers.  A token is
+  truthy while free.
+* The fast path.  ``read``, ``readinto``, ``write`` and ``write_all`` are
+  native methods (``native/io/stream.c``, put on ``SocketStream`` by
+  ``stream_install`` below): they take the token and return the op itself,
+  which gives the token back when its task takes the outcome.  They run no
+  Python code of ours unless something needs it: bytes buffered by
+  ``readuntil`` or a cancelled ``read_exact``, a closed stream or a busy
+  token (the ``_*_slow`` coroutines below), a close or an ``OSError`` when
+  the op ends (``_op_end``), a partial ``write_all`` (``_write_rest``).
 * Closing.  ``close()`` sets ``_closed``, then looks at the tokens: with no
   op in flight it closes the fd at once; with one in flight it shuts the
   socket down (which completes the pending recv/send/accept in the kernel,
@@ -41,7 +47,16 @@ from typing import Any, Optional
 
 from .._api import sleep
 from . import _ops
-from .._native import op_accept, op_poll, op_recv, op_recv_into, op_send, op_shutdown
+from .._native import (
+    BusyToken,
+    op_accept,
+    op_poll,
+    op_recv,
+    op_recv_into,
+    op_send,
+    op_shutdown,
+    stream_install,
+)
 from .._runtime import forget_fd_everywhere as _forget_fd_everywhere
 from ._ops import (
     BusyResourceError,
@@ -208,8 +223,8 @@ class SocketStream(_FdOwner):
 
     def __init__(self, fd: int, family: int, peer: Any = None) -> None:
         _FdOwner.__init__(self, fd, family)
-        self._rtok = [None]
-        self._wtok = [None]
+        self._rtok = BusyToken()
+        self._wtok = BusyToken()
         self._rbuf: Optional[bytearray] = None
         self._peer = peer
 
@@ -234,14 +249,12 @@ class SocketStream(_FdOwner):
         return with_address(e, action, self._peer)
 
     # -- reading ----------------------------------------------------------
-    async def read(self, n: int = _READ_CHUNK) -> bytes:
+    async def _read_slow(self, n: int = _READ_CHUNK) -> bytes:
         """Up to ``n`` bytes (at least 1), as soon as any are available;
         ``b""`` at end of stream.  Cancel-safe."""
         t = self._rtok
-        try:
-            t.pop()
-        except IndexError:
-            raise self._busy("reading from") from None
+        if not t.take():
+            raise self._busy("reading from")
         try:
             if self._rbuf:
                 return self._take(n)
@@ -251,21 +264,19 @@ class SocketStream(_FdOwner):
         except OSError as e:
             raise self._error(e, "reading from") from None
         finally:
-            t.append(None)
+            t.give()
             if self._closed:
                 self._finish_close()
         if not data and self._closed:
             raise closed_error(self._kind)
         return data
 
-    async def readinto(self, buffer: Any) -> int:
+    async def _readinto_slow(self, buffer: Any) -> int:
         """Read into a writable buffer (no copy); returns the byte count, 0 at
         end of stream.  Cancel-safe."""
         t = self._rtok
-        try:
-            t.pop()
-        except IndexError:
-            raise self._busy("reading from") from None
+        if not t.take():
+            raise self._busy("reading from")
         try:
             if self._rbuf:
                 return self._take_into(buffer)
@@ -275,7 +286,7 @@ class SocketStream(_FdOwner):
         except OSError as e:
             raise self._error(e, "reading from") from None
         finally:
-            t.append(None)
+            t.give()
             if self._closed:
                 self._finish_close()
         if not k and self._closed:
@@ -320,10 +331,8 @@ class SocketStream(_FdOwner):
         if n < 0:
             raise ValueError("read_exact: n must be >= 0")
         t = self._rtok
-        try:
-            t.pop()
-        except IndexError:
-            raise self._busy("reading from") from None
+        if not t.take():
+            raise self._busy("reading from")
         buf = bytearray(n)
         got = 0
         try:
@@ -348,7 +357,7 @@ class SocketStream(_FdOwner):
                 raise self._error(e, "reading from") from None
             raise
         finally:
-            t.append(None)
+            t.give()
             if self._closed:
                 self._finish_close()
         return bytes(buf)
@@ -362,10 +371,8 @@ class SocketStream(_FdOwner):
         if not separator:
             raise ValueError("readuntil: the separator must not be empty")
         t = self._rtok
-        try:
-            t.pop()
-        except IndexError:
-            raise self._busy("reading from") from None
+        if not t.take():
+            raise self._busy("reading from")
         try:
             seplen = len(separator)
             start = 0
@@ -399,7 +406,7 @@ class SocketStream(_FdOwner):
         except OSError as e:
             raise self._error(e, "reading from") from None
         finally:
-            t.append(None)
+            t.give()
             if self._closed:
                 self._finish_close()
 
@@ -412,14 +419,12 @@ class SocketStream(_FdOwner):
             return e.partial
 
     # -- writing ----------------------------------------------------------
-    async def write(self, data: Any) -> int:
+    async def _write_slow(self, data: Any) -> int:
         """Send some of ``data`` (any bytes-like object, not copied); return
         how many bytes went.  Waits until at least one byte can go."""
         t = self._wtok
-        try:
-            t.pop()
-        except IndexError:
-            raise self._busy("writing to") from None
+        if not t.take():
+            raise self._busy("writing to")
         try:
             if self._closed:
                 raise closed_error(self._kind)
@@ -427,19 +432,17 @@ class SocketStream(_FdOwner):
         except OSError as e:
             raise self._error(e, "writing to") from None
         finally:
-            t.append(None)
+            t.give()
             if self._closed:
                 self._finish_close()
 
-    async def write_all(self, data: Any) -> None:
+    async def _write_all_slow(self, data: Any) -> None:
         """Send all of ``data``.  Not cancel-safe: a cancelled call has sent
         an unknown prefix of ``data`` (what the kernel took before the
         cancel), and nothing after it."""
         t = self._wtok
-        try:
-            t.pop()
-        except IndexError:
-            raise self._busy("writing to") from None
+        if not t.take():
+            raise self._busy("writing to")
         try:
             if self._closed:
                 raise closed_error(self._kind)
@@ -456,9 +459,46 @@ class SocketStream(_FdOwner):
         except OSError as e:
             raise self._error(e, "writing to") from None
         finally:
-            t.append(None)
+            t.give()
             if self._closed:
                 self._finish_close()
+
+    async def _write_rest(self, data: Any, sent: int) -> None:
+        """write_all after a send that took only ``sent`` bytes: the rest.
+        The native op hands over the write token, held on entry."""
+        t = self._wtok
+        try:
+            fd = self._fd
+            cls = type(data)
+            total = len(data) if (cls is bytes or cls is bytearray) else memoryview(data).nbytes
+            while sent < total:
+                if self._closed:
+                    raise closed_error(self._kind)
+                k = await op_send(fd, data, 0, sent)
+                if k <= 0:
+                    raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+                sent += k
+        except OSError as e:
+            raise self._error(e, "writing to") from None
+        finally:
+            t.give()
+            if self._closed:
+                self._finish_close()
+
+    def _op_end(self, value: Any, exc: Optional[BaseException], mode: int) -> Any:
+        """How a native read/write op ends when the stream was closed under
+        it or the op failed with an OSError (its token is back): finish the
+        close, put the address into the error.  ``mode``: 1 read, 2 write,
+        3 write_all (stream.h)."""
+        if self._closed:
+            self._finish_close()
+        if exc is not None:
+            if isinstance(exc, OSError):
+                raise self._error(exc, "reading from" if mode == 1 else "writing to") from None
+            raise exc
+        if mode == 1 and not value and self._closed:
+            raise closed_error(self._kind)
+        return value
 
     async def sendfile(self, file: Any, offset: int = 0, count: Optional[int] = None) -> int:
         """Send ``count`` bytes of ``file`` from ``offset`` (all of the rest
@@ -480,10 +520,8 @@ class SocketStream(_FdOwner):
         if count is None:
             count = max(0, os.fstat(in_fd).st_size - offset)
         t = self._wtok
-        try:
-            t.pop()
-        except IndexError:
-            raise self._busy("writing to") from None
+        if not t.take():
+            raise self._busy("writing to")
         sent = 0
         try:
             fd = self._fd
@@ -502,7 +540,7 @@ class SocketStream(_FdOwner):
         except OSError as e:
             raise self._error(e, "sending a file to") from None
         finally:
-            t.append(None)
+            t.give()
             if self._closed:
                 self._finish_close()
 
@@ -511,10 +549,8 @@ class SocketStream(_FdOwner):
         goes on.  Waits for no write in progress (``BusyResourceError`` if
         one is)."""
         t = self._wtok
-        try:
-            t.pop()
-        except IndexError:
-            raise self._busy("writing to") from None
+        if not t.take():
+            raise self._busy("writing to")
         try:
             if self._closed:
                 raise closed_error(self._kind)
@@ -522,7 +558,7 @@ class SocketStream(_FdOwner):
         except OSError as e:
             raise self._error(e, "shutting down") from None
         finally:
-            t.append(None)
+            t.give()
             if self._closed:
                 self._finish_close()
 
@@ -546,6 +582,10 @@ class SocketStream(_FdOwner):
         return self._sockname()
 
 
+# read, readinto, write and write_all: the native fast path (top of file).
+stream_install(SocketStream)
+
+
 class SocketListener(_FdOwner):
     """A listening socket: ``accept`` and ``async for``; see ``TcpListener``."""
 
@@ -554,7 +594,7 @@ class SocketListener(_FdOwner):
 
     def __init__(self, fd: int, family: int, stream_cls: type) -> None:
         _FdOwner.__init__(self, fd, family)
-        self._atok = [None]
+        self._atok = BusyToken()
         self._stream_cls = stream_cls
         self._backoffs = 0  # accept failures waited out (EMFILE...): for tests
 
@@ -609,10 +649,8 @@ class SocketListener(_FdOwner):
         listener waits (10 ms, doubling to 1 s) and tries again, without
         spinning; the connections wait in the backlog meanwhile."""
         t = self._atok
-        try:
-            t.pop()
-        except IndexError:
-            raise BusyResourceError("another task is already accepting on this listener") from None
+        if not t.take():
+            raise BusyResourceError("another task is already accepting on this listener")
         delay = 0.0
         try:
             while True:
@@ -640,7 +678,7 @@ class SocketListener(_FdOwner):
                 os.close(fd)
                 raise closed_error(self._kind)
         finally:
-            t.append(None)
+            t.give()
             if self._closed:
                 self._finish_close()
         return self._stream_cls(fd, self._family, addr), addr

@@ -5,7 +5,7 @@ import socket
 from typing import Any, Optional
 
 from . import _ops
-from .._native import op_recv, op_recvmsg, op_send, op_sendmsg
+from .._native import BusyToken, op_recv, op_recvmsg, op_send, op_sendmsg
 from ._ops import closed_error, with_address
 from ._resolve import _numeric, lookup_host
 from ._stream import _FdOwner
@@ -31,8 +31,8 @@ class UdpSocket(_FdOwner):
 
     def __init__(self, fd: int, family: int) -> None:
         _FdOwner.__init__(self, fd, family)
-        self._rtok = [None]
-        self._wtok = [None]
+        self._rtok = BusyToken()
+        self._wtok = BusyToken()
         self._peer: Any = None
 
     def _idle(self) -> bool:
@@ -136,10 +136,8 @@ class UdpSocket(_FdOwner):
         """Send one datagram to ``address`` (``(host, port)``); returns its size."""
         addr = await self._address(address)
         t = self._wtok
-        try:
-            t.pop()
-        except IndexError:
-            raise self._busy("sending on") from None
+        if not t.take():
+            raise self._busy("sending on")
         try:
             if self._closed:
                 raise closed_error(self._kind)
@@ -147,7 +145,7 @@ class UdpSocket(_FdOwner):
         except OSError as e:
             raise self._error(e, "sending to", addr) from None
         finally:
-            t.append(None)
+            t.give()
             if self._closed:
                 self._finish_close()
 
@@ -155,10 +153,8 @@ class UdpSocket(_FdOwner):
         """Receive one datagram: ``(data, sender_address)``; a datagram over
         ``n`` bytes is truncated to ``n``.  Cancel-safe."""
         t = self._rtok
-        try:
-            t.pop()
-        except IndexError:
-            raise self._busy("receiving on") from None
+        if not t.take():
+            raise self._busy("receiving on")
         try:
             if self._closed:
                 raise closed_error(self._kind)
@@ -166,7 +162,7 @@ class UdpSocket(_FdOwner):
         except OSError as e:
             raise self._error(e, "receiving on", self._local_or_none()) from None
         finally:
-            t.append(None)
+            t.give()
             if self._closed:
                 self._finish_close()
         if self._closed:
@@ -176,10 +172,8 @@ class UdpSocket(_FdOwner):
     async def send(self, data: Any) -> int:
         """Send one datagram to the connected peer."""
         t = self._wtok
-        try:
-            t.pop()
-        except IndexError:
-            raise self._busy("sending on") from None
+        if not t.take():
+            raise self._busy("sending on")
         try:
             if self._closed:
                 raise closed_error(self._kind)
@@ -187,7 +181,7 @@ class UdpSocket(_FdOwner):
         except OSError as e:
             raise self._error(e, "sending to", self._peer) from None
         finally:
-            t.append(None)
+            t.give()
             if self._closed:
                 self._finish_close()
 
@@ -195,10 +189,8 @@ class UdpSocket(_FdOwner):
         """Receive one datagram from the connected peer (truncated to ``n``).
         Cancel-safe."""
         t = self._rtok
-        try:
-            t.pop()
-        except IndexError:
-            raise self._busy("receiving on") from None
+        if not t.take():
+            raise self._busy("receiving on")
         try:
             if self._closed:
                 raise closed_error(self._kind)
@@ -206,7 +198,7 @@ class UdpSocket(_FdOwner):
         except OSError as e:
             raise self._error(e, "receiving from", self._peer) from None
         finally:
-            t.append(None)
+            t.give()
             if self._closed:
                 self._finish_close()
         if not data and self._closed:
