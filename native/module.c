@@ -7,6 +7,7 @@
 #include "io/port.h"
 #include "io/signal.h"
 #include "io/stream.h"
+#include "sync/cancel_scope.h"
 #include "sync/waitlist.h"
 #include <signal.h>
 #include <math.h>
@@ -596,6 +597,9 @@ static int module_exec(PyObject *module) {
     /* zokio.sync: the wait list's Waiter (an awaitable kind) and the
      * primitives built on it (native/sync/). */
     if (zk_waitlist_types_init(module, st) < 0)
+        return -1;
+    /* zokio.timeout and CancelScope's enter/exit (sync/cancel_scope.c). */
+    if (zk_cancel_scope_init(module, st) < 0)
         return -1;
     /* ---- channels (after the wait list's types) ---- */
     if (zk_channel_types_init(module, st) < 0)

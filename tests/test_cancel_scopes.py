@@ -719,3 +719,55 @@ def test_deadline_moved_back_and_forth_from_threads(make_runtime):
             t.join()
     assert out == [True] * n
     assert rt.metrics()["timers_pending"] == 0
+
+
+# ---- the native enter/exit and zokio.timeout (native/sync/cancel_scope.c) ------------
+
+@pytest.mark.timeout(20)
+def test_native_enter_exit_and_timeout_construction(rt):
+    async def main():
+        scope = zokio.timeout(5)
+        assert isinstance(scope, CancelScope) and scope.deadline == math.inf
+        aw = scope.__aenter__()
+        assert not hasattr(aw, "cr_frame")  # an already-complete awaitable, not a coroutine
+        assert await aw is scope
+        assert scope.deadline > zokio.monotonic() + 4  # counted from entry
+        assert await scope.__aexit__(None, None, None) is False
+        with pytest.raises(RuntimeError, match="entered once"):
+            scope.__enter__()
+        with pytest.raises(TypeError, match="3 arguments"):
+            zokio.timeout(1).__exit__(None)
+        for bad, err in (("1", TypeError), (True, TypeError), (float("nan"), ValueError),
+                         (None, None), (0, None), (2**70, None)):
+            if err is None:
+                zokio.timeout(bad)
+            else:
+                with pytest.raises(err):
+                    zokio.timeout(bad)
+        async with zokio.timeout(None) as s:
+            s.cancel()
+            with pytest.raises(zokio.Cancelled):
+                await zokio.sleep(1)
+        # the block caught the Cancelled itself: the exit has nothing to turn
+        # into TimeoutError, and the scope stays marked as cancelled
+        assert s.cancel_called and not s.cancelled_caught
+
+    rt.block_on(main())
+
+
+@pytest.mark.timeout(20)
+def test_native_exit_of_a_fired_scope_raises_timeout_error_with_the_seconds(rt):
+    async def main():
+        with pytest.raises(TimeoutError, match="after 0.02 s"):
+            async with zokio.timeout(0.02):
+                await zokio.sleep(5)
+        with pytest.raises(TimeoutError, match="timed out"):
+            async with zokio.timeout(None) as s:
+                s.cancel()
+                await zokio.sleep(5)
+        with CancelScope() as s2:  # the sync form, native too
+            s2.cancel()
+            await zokio.sleep(5)
+        assert s2.cancelled_caught
+
+    rt.block_on(main())

@@ -51,26 +51,15 @@ class CancelScope:
         self._fail: Any = None
 
     # -- entering and leaving ---------------------------------------------
-    # (the async forms repeat the sync ones: zokio.timeout around each read
-    # of a server is a hot path)
+    # __enter__, __exit__, __aenter__ and __aexit__ are native (scope_install
+    # below, native/sync/cancel_scope.c): zokio.timeout around each read of a
+    # server is a hot path.  __aenter__ and __aexit__ return already-complete
+    # awaitables.  Entering arms the native scope (an *_after deadline counts
+    # from entry); leaving disarms it, and only a scope that fired comes back
+    # here to decide what its exit catches.
 
-    def __enter__(self) -> "CancelScope":
-        self._ns.arm(self._relative)  # *_after: the deadline counts from entry
-        return self
-
-    def __exit__(self, et: Any, exc: Any, tb: Any) -> bool:
-        if not self._ns.disarm():
-            return False  # never cancelled: nothing here can be ours
-        self._fired = True
-        return exc is not None and self._absorb(exc)
-
-    async def __aenter__(self) -> "CancelScope":
-        self._ns.arm(self._relative)
-        return self
-
-    async def __aexit__(self, et: Any, exc: Any, tb: Any) -> bool:
-        if not self._ns.disarm():
-            return False
+    def _exit_fired(self, exc: Optional[BaseException]) -> bool:
+        """The exit of a scope that was cancelled: catch its own Cancelled."""
         self._fired = True
         return exc is not None and self._absorb(exc)
 
@@ -172,24 +161,7 @@ def fail_after(seconds: float, *, shield: bool = False) -> CancelScope:
     return scope
 
 
-def timeout(seconds: Optional[float]) -> CancelScope:
-    """``async with zokio.timeout(s):`` -- fail_after(s): TimeoutError if the
-    block is still running after ``s`` seconds.  ``None``: no deadline (the
-    scope can still be cancelled)."""
-    scope = _new_scope(CancelScope)
-    scope._ns = _Native(_INF)
-    scope._caught = scope._fired = False
-    if seconds is None:
-        scope._relative = None
-        scope._fail = "timed out"
-        return scope
-    if seconds.__class__ is not float:  # a float skips the type checks
-        _check_seconds("timeout", seconds)
-    elif seconds != seconds:
-        raise ValueError("timeout() seconds is NaN")
-    scope._relative = scope._fail = seconds
-    return scope
-
-
-_new_scope = object.__new__
-_INF = math.inf
+# zokio.timeout(seconds): fail_after(seconds), made in C (a server enters
+# one per request); None: no deadline (the scope can still be cancelled).
+_native.scope_install(CancelScope)
+timeout = _native.scope_timeout

@@ -471,6 +471,10 @@ static PyObject *scope_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     double deadline;
     if (parse_deadline(deadline_obj, &deadline) < 0)
         return NULL;
+    return zk_scope_new(type, deadline, outer != Py_None ? outer : NULL, shield);
+}
+
+PyObject *zk_scope_new(PyTypeObject *type, double deadline, PyObject *outer, int shield) {
     zk_timeout_scope *self = PyObject_GC_New(zk_timeout_scope, type);
     if (self == NULL)
         return NULL;
@@ -478,7 +482,7 @@ static PyObject *scope_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     self->timer.entry.tag = ZK_TIMER_TIMEOUT;
     self->timer.deadline_ns = deadline_to_ns(deadline);
     atomic_init(&self->task, NULL);
-    self->outer = outer != Py_None ? Py_NewRef(outer) : NULL;
+    self->outer = Py_XNewRef(outer);
     self->token = NULL;
     self->arm_worker = NULL;
     self->deadline = deadline;
@@ -515,27 +519,23 @@ int zk_scope_file_timer(zk_worker *w, zk_timeout_scope *sc) {
  * innermost scope of the task's context, linked to the enclosing one.
  * `relative` (seconds): the deadline is now + relative (move_on_after and
  * fail_after count from entry). */
-static PyObject *scope_arm(zk_timeout_scope *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs > 1) {
-        PyErr_SetString(PyExc_TypeError, "arm() takes at most one argument");
-        return NULL;
-    }
+int zk_scope_arm(zk_timeout_scope *self, PyObject *relative) {
     double rel = 0.0;
-    int has_rel = nargs == 1 && args[0] != Py_None;
-    if (has_rel && parse_deadline(args[0], &rel) < 0)
-        return NULL;
+    int has_rel = relative != NULL && relative != Py_None;
+    if (has_rel && parse_deadline(relative, &rel) < 0)
+        return -1;
     zk_worker *w = zk_current_worker;
     zk_task *t = zk_current_task;
     if (w == NULL || t == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "a zokio cancel scope (zokio.timeout, CancelScope, move_on_after, "
                         "fail_after...) must be entered inside a zokio task");
-        return NULL;
+        return -1;
     }
     if (scope_task_of(self) != NULL || self->token != NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "this cancel scope was already entered (a scope is entered once)");
-        return NULL;
+        return -1;
     }
     zk_state *st = state_of_type(Py_TYPE(self));
     if (has_rel) {
@@ -551,12 +551,12 @@ static PyObject *scope_arm(zk_timeout_scope *self, PyObject *const *args, Py_ssi
     if (self->outer == NULL) {
         PyObject *cur = NULL;
         if (PyContextVar_Get(st->scope_var, NULL, &cur) < 0)
-            return NULL;
+            return -1;
         self->outer = cur;  /* NULL if none */
     }
     PyObject *token = PyContextVar_Set(st->scope_var, (PyObject *)self);
     if (token == NULL)
-        return NULL;
+        return -1;
     self->token = token;
     self->arm_worker = w;
     self->scope_state = ZK_SCOPE_ARMED;  /* not yet shared: no lock needed */
@@ -571,15 +571,25 @@ static PyObject *scope_arm(zk_timeout_scope *self, PyObject *const *args, Py_ssi
         due = zk_scope_file_timer(w, self);
     if (due)
         zk_task_fire_scope(t, self);
+    return 0;
+}
+
+static PyObject *scope_arm(zk_timeout_scope *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "arm() takes at most one argument");
+        return NULL;
+    }
+    if (zk_scope_arm(self, nargs == 1 ? args[0] : NULL) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
 /* disarm() -> True if the scope was cancelled (deadline or cancel()). */
-static PyObject *scope_disarm(zk_timeout_scope *self, PyObject *Py_UNUSED(ignored)) {
+int zk_scope_disarm(zk_timeout_scope *self) {
     zk_task *t = scope_task_of(self);
     if (t == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "this cancel scope was never entered");
-        return NULL;
+        return -1;
     }
     zk_mutex_lock(&self->dl_lock);
     self->dl_closed = 1;
@@ -596,7 +606,12 @@ static PyObject *scope_disarm(zk_timeout_scope *self, PyObject *Py_UNUSED(ignore
             PyErr_Clear();
         Py_DECREF(token);
     }
-    return PyBool_FromLong(fired);
+    return fired;
+}
+
+static PyObject *scope_disarm(zk_timeout_scope *self, PyObject *Py_UNUSED(ignored)) {
+    int fired = zk_scope_disarm(self);
+    return fired < 0 ? NULL : PyBool_FromLong(fired);
 }
 
 /* cancel(): any thread, any time; idempotent. */

@@ -90,6 +90,13 @@ struct zk_timeout_scope {
 /* File sc's timer again in w's wheel (its deadline moved).  Returns 1 if
  * the deadline has already passed: the caller fires the scope. */
 int zk_scope_file_timer(zk_worker *w, zk_timeout_scope *sc);
+/* TimeoutScope(deadline, outer, shield) without argument parsing: `type`
+ * is zk_state.TimeoutScopeType, `outer` may be NULL. */
+PyObject *zk_scope_new(PyTypeObject *type, double deadline, PyObject *outer, int shield);
+/* scope.arm(relative) and scope.disarm() for C callers (the CancelScope
+ * fast path): 0 / 1 (disarm: the scope fired), or -1 with an exception. */
+int zk_scope_arm(zk_timeout_scope *self, PyObject *relative);
+int zk_scope_disarm(zk_timeout_scope *self);
 #if defined(Py_GIL_DISABLED) && PY_VERSION_HEX >= 0x030D0000
 /* A sleeping task pays for its Sleep: 112 bytes is a mimalloc size class. */
 _Static_assert(sizeof(zk_sleep) <= 112, "zk_sleep grew past 112 bytes");

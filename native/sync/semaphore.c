@@ -62,7 +62,7 @@ typedef struct zk_ready {
 } zk_ready;
 
 static PyTypeObject *sem_type, *guard_type, *ready_type;
-static PyObject *ready_none, *ready_true;  /* immortal */
+static PyObject *ready_none, *ready_true, *ready_false;  /* immortal */
 static PyObject *str_value;
 
 /* ---- Ready: an awaitable that is complete from the start ------------------- */
@@ -108,6 +108,8 @@ PyObject *zk_sync_ready(PyObject *value) {
         return Py_NewRef(ready_none);
     if (value == Py_True && ready_true != NULL)
         return Py_NewRef(ready_true);
+    if (value == Py_False && ready_false != NULL)
+        return Py_NewRef(ready_false);
     return ready_new(value);
 }
 
@@ -878,10 +880,12 @@ int zk_semaphore_types_init(PyObject *module, zk_state *st) {
     zk_immortalize((PyObject *)guard_type);
     ready_none = ready_new(Py_None);
     ready_true = ready_new(Py_True);
-    if (ready_none == NULL || ready_true == NULL)
+    ready_false = ready_new(Py_False);
+    if (ready_none == NULL || ready_true == NULL || ready_false == NULL)
         return -1;
     zk_immortalize(ready_none);
     zk_immortalize(ready_true);
+    zk_immortalize(ready_false);
     if (PyModule_AddObjectRef(module, "BatchSemaphore", (PyObject *)sem_type) < 0 ||
         PyModule_AddObjectRef(module, "Guard", (PyObject *)guard_type) < 0 ||
         PyModule_AddObjectRef(module, "Ready", (PyObject *)ready_type) < 0)

@@ -140,8 +140,8 @@ int zk_waitlist_types_init(PyObject *module, zk_state *st);
 /* ---- shared by the primitives ------------------------------------------- */
 
 /* An awaitable that is already complete with `value` (a new reference):
- * what an operation returns when it did not have to park.  Ready(None) and
- * Ready(True) are shared immortal instances (no allocation); other values
+ * what an operation returns when it did not have to park.  Ready(None),
+ * Ready(True) and Ready(False) are shared immortal instances (no allocation); other values
  * get a small new object.  semaphore.c. */
 PyObject *zk_sync_ready(PyObject *value);
 
