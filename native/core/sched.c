@@ -179,10 +179,21 @@ struct zk_sched {
     _Atomic int wakers_active;     /* threads inside wake_worker() */
     _Atomic int closing;           /* no new spawns */
     _Atomic int workers_running;
-    zk_mutex owned_lock[ZK_OWNED_SHARDS];
-    zk_task *owned_head[ZK_OWNED_SHARDS];
-    _Atomic int64_t live;
-    _Atomic uint64_t spawned, completed;
+    /* The live-task registry, one shard per home worker (index 1 + home,
+     * 0 for tasks spawned from plain threads): a task starts and usually
+     * finishes on its home worker, so each worker mostly touches its own
+     * shard, and 128-byte strides keep shards off each other's cache lines
+     * (they bounced between the workers when tasks were sharded by
+     * address). */
+    struct {
+        zk_mutex lock;
+        zk_task *head;
+        _Atomic uint64_t spawned, completed;  /* written under lock */
+        char pad[128 - sizeof(zk_mutex) - sizeof(zk_task *) - 2 * sizeof(uint64_t)];
+    } owned[ZK_OWNED_SHARDS];
+    char live_pad0[64];
+    _Atomic int64_t live;          /* its own line: every start and finish */
+    char live_pad1[64];
     zk_blocking_pool *pool;
     int finalized;
     /* monitor (run_monitor): futex word bumped to wake it; idle while every
@@ -246,37 +257,41 @@ static void wake_worker(zk_sched *s, zk_worker *target) {
 /* ---- live-task registry (for shutdown) ------------------------------------ */
 
 static int owned_shard(zk_task *t) {
-    return (int)(((uintptr_t)t >> 6) % ZK_OWNED_SHARDS);
+    return t->home < 0 ? 0 : 1 + t->home % (ZK_OWNED_SHARDS - 1);
 }
 
 void zk_sched_task_started(zk_sched *s, zk_task *t) {
-    int sh = owned_shard(t);
     zk_worker *w = zk_current_worker;
     t->home = (w != NULL && w->sched == s) ? (int16_t)w->index : -1;
+    int sh = owned_shard(t);
     Py_INCREF(t);  /* the registry's reference, dropped at completion */
-    zk_mutex_lock(&s->owned_lock[sh]);
+    zk_mutex_lock(&s->owned[sh].lock);
     t->owned_prev = NULL;
-    t->owned_next = s->owned_head[sh];
+    t->owned_next = s->owned[sh].head;
     if (t->owned_next)
         t->owned_next->owned_prev = t;
-    s->owned_head[sh] = t;
-    zk_mutex_unlock(&s->owned_lock[sh]);
-    atomic_fetch_add_explicit(&s->spawned, 1, memory_order_relaxed);
+    s->owned[sh].head = t;
+    atomic_store_explicit(&s->owned[sh].spawned,
+                          atomic_load_explicit(&s->owned[sh].spawned, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    zk_mutex_unlock(&s->owned[sh].lock);
     atomic_fetch_add_explicit(&s->live, 1, memory_order_release);
 }
 
 void zk_sched_task_finished(zk_sched *s, zk_task *t) {
     int sh = owned_shard(t);
-    zk_mutex_lock(&s->owned_lock[sh]);
+    zk_mutex_lock(&s->owned[sh].lock);
     if (t->owned_prev)
         t->owned_prev->owned_next = t->owned_next;
     else
-        s->owned_head[sh] = t->owned_next;
+        s->owned[sh].head = t->owned_next;
     if (t->owned_next)
         t->owned_next->owned_prev = t->owned_prev;
     t->owned_prev = t->owned_next = NULL;
-    zk_mutex_unlock(&s->owned_lock[sh]);
-    atomic_fetch_add_explicit(&s->completed, 1, memory_order_relaxed);
+    atomic_store_explicit(&s->owned[sh].completed,
+                          atomic_load_explicit(&s->owned[sh].completed, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    zk_mutex_unlock(&s->owned[sh].lock);
     atomic_fetch_sub_explicit(&s->live, 1, memory_order_release);
     zk_worker *cur = zk_current_worker;
     zk_worker *home = t->home >= 0 ? &s->workers[t->home] : NULL;
@@ -326,16 +341,16 @@ static PyObject *owned_snapshot(zk_sched *s) {
     if (list == NULL)
         return NULL;
     for (int sh = 0; sh < ZK_OWNED_SHARDS; sh++) {
-        zk_mutex_lock(&s->owned_lock[sh]);
-        for (zk_task *t = s->owned_head[sh]; t != NULL; t = t->owned_next) {
+        zk_mutex_lock(&s->owned[sh].lock);
+        for (zk_task *t = s->owned[sh].head; t != NULL; t = t->owned_next) {
             /* PyList_Append may allocate but never runs Python code. */
             if (PyList_Append(list, (PyObject *)t) < 0) {
-                zk_mutex_unlock(&s->owned_lock[sh]);
+                zk_mutex_unlock(&s->owned[sh].lock);
                 Py_DECREF(list);
                 return NULL;
             }
         }
-        zk_mutex_unlock(&s->owned_lock[sh]);
+        zk_mutex_unlock(&s->owned[sh].lock);
     }
     return list;
 }
@@ -1051,8 +1066,10 @@ static PyObject *sched_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     atomic_init(&s->nparked, 0);
     zk_mutex_init(&s->idle_lock);
     for (int i = 0; i < ZK_OWNED_SHARDS; i++) {
-        zk_mutex_init(&s->owned_lock[i]);
-        s->owned_head[i] = NULL;
+        zk_mutex_init(&s->owned[i].lock);
+        s->owned[i].head = NULL;
+        atomic_init(&s->owned[i].spawned, 0);
+        atomic_init(&s->owned[i].completed, 0);
     }
     if (zk_inject_init(&s->inject) < 0) {
         Py_DECREF(s);
@@ -1320,6 +1337,11 @@ static PyObject *sched_finalize(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
 static PyObject *sched_metrics(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
     uint64_t polls = 0, steals = 0, parks = 0, fired = 0, ops = 0, rescued = 0;
     size_t timers = 0, local = 0;
+    uint64_t spawned = 0, completed = 0;
+    for (int sh = 0; sh < ZK_OWNED_SHARDS; sh++) {
+        completed += atomic_load_explicit(&s->owned[sh].completed, memory_order_relaxed);
+        spawned += atomic_load_explicit(&s->owned[sh].spawned, memory_order_relaxed);
+    }
     PyObject *per = PyList_New(0);
     if (per == NULL)
         return NULL;
@@ -1351,8 +1373,8 @@ static PyObject *sched_metrics(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
     PyObject *r = Py_BuildValue(
         "{s:i,s:s,s:K,s:K,s:L,s:K,s:K,s:K,s:n,s:n,s:n,s:K,s:K,s:n,s:n,s:n,s:O}",
         "workers", s->nworkers, "backend", zk_port_backend_name(s->backend),
-        "tasks_spawned", (unsigned long long)atomic_load(&s->spawned),
-        "tasks_completed", (unsigned long long)atomic_load(&s->completed),
+        "tasks_spawned", (unsigned long long)spawned,
+        "tasks_completed", (unsigned long long)completed,
         "tasks_live", (long long)atomic_load(&s->live),
         "polls", (unsigned long long)polls, "steals", (unsigned long long)steals,
         "parks", (unsigned long long)parks,
