@@ -976,7 +976,7 @@ const zk_op_desc zk_op_descs[ZK_OP_COUNT] = {
     },
     [ZK_OP_ACCEPT] = {
         .name = "accept",
-        .eager = ZK_EAGER_ALWAYS,
+        .eager = 1,
         .uring_multishot = 1,
         .uring_opcode = IORING_OP_ACCEPT,
         .uring_prep = prep_accept,

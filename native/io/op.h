@@ -67,8 +67,6 @@ struct io_uring_sqe;                     /* <linux/io_uring.h>, in op.c */
  * never call Python (port_uring.c and port_epoll.c run detached). */
 struct _object;
 
-enum { ZK_EAGER_ALWAYS = 2 };
-
 typedef struct zk_op_desc {
     const char *name;            /* "read": reprs and error messages */
     /* io_uring: the backend writes uring_opcode and user_data into a zeroed
@@ -87,12 +85,12 @@ typedef struct zk_op_desc {
      * then never suspends the task nor reaches the port.  On by default on
      * epoll, off on io_uring, where it measured slower (op_leaf.c).   Only for
      * ops whose attempt is a cheap non-blocking syscall with no state of
-     * its own (not regular-file READ/WRITE, CONNECT, CLOSE).
-     * ZK_EAGER_ALWAYS: on io_uring too (ACCEPT: a burst of connections is
-     * then taken by the acceptor at once; through the port it would get
-     * one per reap, a whole run-queue pass apart, and a server under load
-     * would take seconds to accept 1,000 new connections). */
-    uint8_t eager;               /* 0, 1 or ZK_EAGER_ALWAYS */
+     * its own (not regular-file READ/WRITE, CONNECT, CLOSE).  Apart from
+     * this, a uring_multishot op always first takes a connection the port
+     * already queued for it (zk_port_take_queued): through the port it
+     * would get one per reap, a whole run-queue pass apart, and a server
+     * under load took seconds to accept 1,000 new connections. */
+    uint8_t eager;
     /* 1: the op may be submitted with op->buf == NULL (a receive that pins
      * no memory while it waits).  io_uring picks a buffer of the port's
      * provided-buffer ring when data arrives (or, when the ring is empty,
