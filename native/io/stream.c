@@ -33,9 +33,9 @@
  * drives as its own.
  */
 #include "io/stream.h"
+#include "core/class_glue.h"
 
 #include <limits.h>
-#include <structmember.h>
 
 /* ---- BusyToken ------------------------------------------------------------ */
 
@@ -129,27 +129,6 @@ static struct {
     PyObject *mode_int[4];
 } S;
 
-static inline PyObject *field(PyObject *self, Py_ssize_t off) {
-    return __atomic_load_n((PyObject **)((char *)self + off), __ATOMIC_ACQUIRE);
-}
-
-/* The __slots__ offset of `name` on cls. */
-static int slot_offset(PyObject *cls, const char *name, Py_ssize_t *out) {
-    PyObject *d = PyObject_GetAttrString(cls, name);
-    if (d == NULL)
-        return -1;
-    int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
-             ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
-    if (ok)
-        *out = ((PyMemberDescrObject *)d)->d_member->offset;
-    Py_DECREF(d);
-    if (!ok) {
-        PyErr_Format(PyExc_TypeError, "stream_install: %s is not a __slots__ field", name);
-        return -1;
-    }
-    return 0;
-}
-
 /* The Python method `slow` with the same arguments: what the fast path
  * leaves to Python (and argument errors, which it reports). */
 static PyObject *call_slow(PyObject *self, PyObject *slow, PyObject *const *args,
@@ -173,18 +152,18 @@ static PyObject *call_slow(PyObject *self, PyObject *slow, PyObject *const *args
 /* Take the token, check that the fast path applies, make the Op.  NULL
  * with *slow set: let the Python method do it. */
 static PyObject *start(PyObject *self, int mode, zk_opcode opcode, PyObject *arg, int *slow) {
-    PyObject *tok = field(self, mode == ZK_STREAM_READ ? S.off_rtok : S.off_wtok);
+    PyObject *tok = zk_slot_load(self, mode == ZK_STREAM_READ ? S.off_rtok : S.off_wtok);
     *slow = 1;
     if (tok == NULL || !Py_IS_TYPE(tok, token_type) || !token_take(tok))
         return NULL;  /* Python raises the error (busy, not initialised) */
     if (mode == ZK_STREAM_READ) {
-        PyObject *rbuf = field(self, S.off_rbuf);
+        PyObject *rbuf = zk_slot_load(self, S.off_rbuf);
         if (rbuf != Py_None)  /* bytes left by readuntil or read_exact */
             goto give;
     }
-    if (field(self, S.off_closed) != Py_False)
+    if (zk_slot_load(self, S.off_closed) != Py_False)
         goto give;
-    PyObject *fdo = field(self, S.off_fd);
+    PyObject *fdo = zk_slot_load(self, S.off_fd);
     if (fdo == NULL || !PyLong_CheckExact(fdo))
         goto give;
     *slow = 0;
@@ -291,19 +270,15 @@ static PyObject *mod_stream_install(PyObject *module, PyObject *cls) {
         PyErr_SetString(PyExc_RuntimeError, "stream_install: another class is installed");
         return NULL;
     }
-    if (slot_offset(cls, "_rtok", &S.off_rtok) < 0 || slot_offset(cls, "_wtok", &S.off_wtok) < 0 ||
-        slot_offset(cls, "_rbuf", &S.off_rbuf) < 0 ||
-        slot_offset(cls, "_closed", &S.off_closed) < 0 || slot_offset(cls, "_fd", &S.off_fd) < 0)
+    const char *who = "stream_install";
+    if (zk_slot_offset(cls, "_rtok", who, &S.off_rtok) < 0 ||
+        zk_slot_offset(cls, "_wtok", who, &S.off_wtok) < 0 ||
+        zk_slot_offset(cls, "_rbuf", who, &S.off_rbuf) < 0 ||
+        zk_slot_offset(cls, "_closed", who, &S.off_closed) < 0 ||
+        zk_slot_offset(cls, "_fd", who, &S.off_fd) < 0)
         return NULL;
-    for (PyMethodDef *d = stream_defs; d->ml_name != NULL; d++) {
-        PyObject *descr = PyDescr_NewMethod((PyTypeObject *)cls, d);
-        if (descr == NULL)
-            return NULL;
-        int r = PyObject_SetAttrString(cls, d->ml_name, descr);
-        Py_DECREF(descr);
-        if (r < 0)
-            return NULL;
-    }
+    if (zk_install_methods(cls, stream_defs) < 0)
+        return NULL;
     S.cls = Py_NewRef(cls);
     zk_immortalize(cls);
     Py_RETURN_NONE;
@@ -373,7 +348,7 @@ PyObject *zk_stream_op_next(zk_io_op *self) {
         }
     }
     give_back(self);
-    if (field(self->stream, S.off_closed) == Py_False) {
+    if (zk_slot_load(self->stream, S.off_closed) == Py_False) {
         if (exc == NULL) {
             if (self->stream_mode == ZK_STREAM_WRITE_ALL)
                 return NULL;  /* None */
@@ -401,7 +376,7 @@ static int end_unawaited(zk_io_op *self) {
         return 0;
     self->stream_delivered = 1;
     give_back(self);
-    if (field(self->stream, S.off_closed) != Py_False) {
+    if (zk_slot_load(self->stream, S.off_closed) != Py_False) {
         PyObject *r = PyObject_CallMethodNoArgs(self->stream, S.str_finish_close);
         if (r == NULL)
             return -1;

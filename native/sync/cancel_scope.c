@@ -19,9 +19,9 @@
 #include "sync/cancel_scope.h"
 #include "sync/waitlist.h"
 #include "core/leaf.h"
+#include "core/class_glue.h"
 
 #include <math.h>
-#include <structmember.h>
 
 static struct {
     zk_state *st;
@@ -31,11 +31,7 @@ static struct {
     PyObject *timed_out;    /* "timed out" */
 } S;
 
-static inline PyObject *field(PyObject *self, Py_ssize_t off) {
-    return __atomic_load_n((PyObject **)((char *)self + off), __ATOMIC_ACQUIRE);
-}
-
-static inline void set_field(PyObject *self, Py_ssize_t off, PyObject *v) {
+static inline void set_slot(PyObject *self, Py_ssize_t off, PyObject *v) {
     /* a fresh object, not yet seen by another thread */
     PyObject **p = (PyObject **)((char *)self + off);
     PyObject *old = *p;
@@ -43,26 +39,10 @@ static inline void set_field(PyObject *self, Py_ssize_t off, PyObject *v) {
     Py_XDECREF(old);
 }
 
-static int slot_offset(PyObject *cls, const char *name, Py_ssize_t *out) {
-    PyObject *d = PyObject_GetAttrString(cls, name);
-    if (d == NULL)
-        return -1;
-    int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
-             ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
-    if (ok)
-        *out = ((PyMemberDescrObject *)d)->d_member->offset;
-    Py_DECREF(d);
-    if (!ok) {
-        PyErr_Format(PyExc_TypeError, "scope_install: %s is not a __slots__ field", name);
-        return -1;
-    }
-    return 0;
-}
-
 /* The scope's native TimeoutScope, checked (a private field, but a
  * subclass could have replaced it). */
 static zk_timeout_scope *native_of(PyObject *self) {
-    PyObject *ns = field(self, S.off_ns);
+    PyObject *ns = zk_slot_load(self, S.off_ns);
     if (ns == NULL || !Py_IS_TYPE(ns, S.st->TimeoutScopeType)) {
         PyErr_SetString(PyExc_RuntimeError, "this CancelScope has no native scope");
         return NULL;
@@ -74,7 +54,7 @@ static int enter(PyObject *self) {
     zk_timeout_scope *ns = native_of(self);
     if (ns == NULL)
         return -1;
-    return zk_scope_arm(ns, field(self, S.off_relative));  /* *_after: counts from entry */
+    return zk_scope_arm(ns, zk_slot_load(self, S.off_relative));  /* *_after: counts from entry */
 }
 
 /* The exit's answer (True: the exception is caught), a new reference. */
@@ -166,15 +146,15 @@ static PyObject *mod_scope_timeout(PyObject *module, PyObject *seconds) {
         Py_DECREF(ns);
         return NULL;
     }
-    set_field(self, S.off_ns, ns);
-    set_field(self, S.off_caught, Py_NewRef(Py_False));
-    set_field(self, S.off_fired, Py_NewRef(Py_False));
+    set_slot(self, S.off_ns, ns);
+    set_slot(self, S.off_caught, Py_NewRef(Py_False));
+    set_slot(self, S.off_fired, Py_NewRef(Py_False));
     if (seconds == Py_None) {
-        set_field(self, S.off_relative, Py_NewRef(Py_None));
-        set_field(self, S.off_fail, Py_NewRef(S.timed_out));
+        set_slot(self, S.off_relative, Py_NewRef(Py_None));
+        set_slot(self, S.off_fail, Py_NewRef(S.timed_out));
     } else {
-        set_field(self, S.off_relative, Py_NewRef(seconds));
-        set_field(self, S.off_fail, Py_NewRef(seconds));
+        set_slot(self, S.off_relative, Py_NewRef(seconds));
+        set_slot(self, S.off_fail, Py_NewRef(seconds));
     }
     return self;
 }
@@ -192,21 +172,14 @@ static PyObject *mod_scope_install(PyObject *module, PyObject *cls) {
         PyErr_SetString(PyExc_RuntimeError, "scope_install: another class is installed");
         return NULL;
     }
-    if (slot_offset(cls, "_ns", &S.off_ns) < 0 ||
-        slot_offset(cls, "_relative", &S.off_relative) < 0 ||
-        slot_offset(cls, "_caught", &S.off_caught) < 0 ||
-        slot_offset(cls, "_fired", &S.off_fired) < 0 ||
-        slot_offset(cls, "_fail", &S.off_fail) < 0)
+    if (zk_slot_offset(cls, "_ns", "scope_install", &S.off_ns) < 0 ||
+        zk_slot_offset(cls, "_relative", "scope_install", &S.off_relative) < 0 ||
+        zk_slot_offset(cls, "_caught", "scope_install", &S.off_caught) < 0 ||
+        zk_slot_offset(cls, "_fired", "scope_install", &S.off_fired) < 0 ||
+        zk_slot_offset(cls, "_fail", "scope_install", &S.off_fail) < 0)
         return NULL;
-    for (PyMethodDef *d = scope_defs; d->ml_name != NULL; d++) {
-        PyObject *descr = PyDescr_NewMethod((PyTypeObject *)cls, d);
-        if (descr == NULL)
-            return NULL;
-        int r = PyObject_SetAttrString(cls, d->ml_name, descr);
-        Py_DECREF(descr);
-        if (r < 0)
-            return NULL;
-    }
+    if (zk_install_methods(cls, scope_defs) < 0)
+        return NULL;
     S.cls = (PyTypeObject *)Py_NewRef(cls);
     zk_immortalize(cls);
     Py_RETURN_NONE;

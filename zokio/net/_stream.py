@@ -440,34 +440,18 @@ class SocketStream(_FdOwner):
         """Send all of ``data``.  Not cancel-safe: a cancelled call has sent
         an unknown prefix of ``data`` (what the kernel took before the
         cancel), and nothing after it."""
-        t = self._wtok
-        if not t.take():
+        if not self._wtok.take():
             raise self._busy("writing to")
+        await self._write_rest(data, 0)  # gives the token back
+
+    async def _write_rest(self, data: Any, sent: int) -> None:
+        """write_all from byte ``sent`` on, with the write token held on
+        entry (taken by _write_all_slow, or handed over by the native op
+        after a send that took only ``sent`` bytes); gives it back."""
+        t = self._wtok
         try:
             if self._closed:
                 raise closed_error(self._kind)
-            fd = self._fd
-            send = op_send
-            sent = await send(fd, data)
-            cls = type(data)
-            total = len(data) if (cls is bytes or cls is bytearray) else memoryview(data).nbytes
-            while sent < total:
-                k = await send(fd, data, 0, sent)
-                if k <= 0:
-                    raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
-                sent += k
-        except OSError as e:
-            raise self._error(e, "writing to") from None
-        finally:
-            t.give()
-            if self._closed:
-                self._finish_close()
-
-    async def _write_rest(self, data: Any, sent: int) -> None:
-        """write_all after a send that took only ``sent`` bytes: the rest.
-        The native op hands over the write token, held on entry."""
-        t = self._wtok
-        try:
             fd = self._fd
             cls = type(data)
             total = len(data) if (cls is bytes or cls is bytearray) else memoryview(data).nbytes
