@@ -120,7 +120,6 @@ struct zk_worker {
     zk_task **woken;
     size_t woken_len, woken_cap;
     int searching;                 /* owner only; mirrored in num_searching */
-    _Atomic int parked;            /* 1 while in the parked stack (idle_lock) */
     uint32_t rng;
     uint64_t tick;
     /* adaptive fairness (ZK_FAIRNESS_*): owner only */
@@ -148,9 +147,14 @@ struct zk_worker {
      * created the task, keeps the final decref thread-local; dropping it on
      * the finishing worker would send every task through CPython's
      * biased-refcount queue, whose lock the two threads then fight over. */
-    _Atomic(zk_task *) release_head;
+    /* On a cache line of its own with `parked`, which a finishing worker
+     * reads before the push: every task finished elsewhere touches this
+     * line, and next to the owner's per-poll fields (the metrics below)
+     * each push cost the owner a cache miss on its next poll. */
+    _Alignas(ZK_CACHELINE) _Atomic(zk_task *) release_head;
+    _Atomic int parked;            /* 1 while in the parked stack (idle_lock) */
     /* metrics: written by the owner, read by anyone (relaxed) */
-    _Atomic uint64_t m_polls, m_steals, m_parks, m_timers_fired, m_ops;
+    _Alignas(ZK_CACHELINE) _Atomic uint64_t m_polls, m_steals, m_parks, m_timers_fired, m_ops;
     _Atomic uint64_t m_rescued;    /* tasks and timers the monitor took over */
     _Atomic size_t m_timers_pending;
 };
