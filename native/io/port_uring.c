@@ -614,21 +614,6 @@ static void u_forget_fd(zk_port *port, int fd, uint64_t dev, uint64_t ino)
     }
 }
 
-/* zk_port_take_queued: the oldest connection queued for op->fd's file. */
-static int u_take_queued(zk_port *port, zk_op *op)
-{
-    uring_port *u = U(port);
-    ms_listener *l = ms_find(u, op->fd);
-    if (!l || !l->nready)
-        return -1;
-    struct stat sb;  /* the same file, not one that reuses the number */
-    if (fstat(op->fd, &sb) < 0 || l->dev != sb.st_dev || l->ino != sb.st_ino)
-        return -1;   /* submit() retires the stale record */
-    int fd = ms_pop(l);
-    ms_fill_addr(op, fd);
-    return fd;
-}
-
 static void handle_cqe(uring_port *u, uint64_t user_data, int32_t res,
                        uint32_t flags)
 {
@@ -1137,7 +1122,6 @@ static void u_close(zk_port *port)
 static const zk_port_vtable uring_vtable = {
     .drain = u_drain,
     .forget_fd = u_forget_fd,
-    .take_queued = u_take_queued,
     .close = u_close,
     .submit = u_submit,
     .cancel = u_cancel,
