@@ -85,7 +85,11 @@ typedef struct zk_op_desc {
      * then never suspends the task nor reaches the port.  On by default on
      * epoll, off on io_uring, where it measured slower (op_leaf.c).   Only for
      * ops whose attempt is a cheap non-blocking syscall with no state of
-     * its own (not regular-file READ/WRITE, CONNECT, CLOSE). */
+     * its own (not regular-file READ/WRITE, CONNECT, CLOSE).  Apart from
+     * this, a uring_multishot op always first takes a connection the port
+     * already queued for it (zk_port_take_queued): through the port it
+     * would get one per reap, a whole run-queue pass apart, and a server
+     * under load took seconds to accept 1,000 new connections. */
     uint8_t eager;
     /* 1: the op may be submitted with op->buf == NULL (a receive that pins
      * no memory while it waits).  io_uring picks a buffer of the port's

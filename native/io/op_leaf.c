@@ -307,16 +307,24 @@ static PyObject *io_op_iternext(zk_io_op *self) {
         self->eager_tried = 1;
         const zk_op_desc *d = &zk_op_descs[self->op.opcode];
         int bit = d->epoll_events & EPOLLOUT ? 2 : 1;
-        if (d->eager && (eager_mask() & bit) && !self->submitted &&
+        int64_t r = -EAGAIN;
+        if (d->uring_multishot && !self->submitted && !zk_leaf_is_done(&self->leaf)) {
+            /* io_uring: a connection the port already took for this
+             * listener, now rather than at the next reap */
+            int fd = zk_port_take_queued(zk_port_current(), &self->op);
+            if (fd >= 0)
+                r = fd;
+        }
+        if (r == -EAGAIN && d->eager && (eager_mask() & bit) && !self->submitted &&
             !zk_leaf_is_done(&self->leaf)) {
             self->op.attached = 1;
-            int64_t r = d->attempt(&self->op);
+            r = d->attempt(&self->op);
             self->op.attached = 0;
             if (r == -EAGAIN)
                 self->op.tried = 1;
-            else
-                io_op_finish(self, self->st, r);
         }
+        if (r != -EAGAIN)
+            io_op_finish(self, self->st, r);
     }
     if (self->stream_mode != ZK_STREAM_NONE)
         return zk_stream_op_next(self);

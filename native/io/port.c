@@ -253,6 +253,13 @@ zk_port *zk_port_open(zk_backend backend, int *err)
     }
 }
 
+int zk_port_take_queued(zk_port *port, zk_op *op)
+{
+    if (port && COMMON(port)->vt->take_queued)
+        return COMMON(port)->vt->take_queued(port, op);
+    return -1;
+}
+
 void zk_port_forget_fd(zk_port *port, int fd, uint64_t dev, uint64_t ino)
 {
     if (port && COMMON(port)->vt->forget_fd)

@@ -139,6 +139,12 @@ int zk_port_process(zk_port *port);
  * with nothing for that file ignores it. */
 void zk_port_forget_fd(zk_port *port, int fd, uint64_t dev, uint64_t ino);
 
+/* For a uring_multishot op (ACCEPT) about to be made: a connection the
+ * port already holds for op->fd (same file), handed over now -- its fd,
+ * the peer address in op->addr -- instead of as a completion at the next
+ * reap; -1 when there is none (epoll: never).  Attached; owner thread. */
+int zk_port_take_queued(zk_port *port, zk_op *op);
+
 /* Make a concurrent or future zk_port_wait() return.  Any thread, any time
  * between open and close.  Cheap; may coalesce. */
 void zk_port_wake(zk_port *port);

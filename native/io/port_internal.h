@@ -20,6 +20,8 @@ typedef struct zk_port_vtable {
     void (*drain)(zk_port *port);
     /* Optional: drop what the port keeps for a file (zk_port_forget_fd). */
     void (*forget_fd)(zk_port *port, int fd, uint64_t dev, uint64_t ino);
+    /* Optional: zk_port_take_queued. */
+    int (*take_queued)(zk_port *port, zk_op *op);
     void (*close)(zk_port *port);
     int (*submit)(zk_port *port, zk_op *op);
     void (*cancel)(zk_port *port, zk_op *op);

@@ -123,6 +123,7 @@
 #include <linux/io_uring.h>
 #include <linux/time_types.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,6 +202,27 @@ struct zk_getevents_arg {
 #define CLOSE_POLL_NS 100000000ll   /* close(): wait slice, 100 ms */
 #define CLOSE_RECANCEL_SLICES 10    /* close(): re-send cancels every 1 s */
 
+/* Connections accepted for a listening file that no op on the accepting
+ * port was waiting for.  One per file (dev, ino), shared by that file's
+ * records on every port, so that an ACCEPT on any worker finds them: the
+ * acceptor may have moved to another worker since its last accept, and a
+ * connection kept by the old worker's port alone would wait for it forever.
+ * Everything in it is under share_lock (a plain mutex: nothing done while
+ * holding it can block or call into Python). */
+typedef struct accept_share {
+    dev_t dev;
+    ino_t ino;
+    int refs;            /* records (any port) that point here */
+    bool dead;           /* the file was closed: connections are closed */
+    int *fds;            /* FIFO of accepted fds */
+    size_t head, n, cap; /* n is also read without the lock (a hint) */
+    struct ms_listener *waiting; /* records with parked ops, any port */
+    struct accept_share *next;
+} accept_share;
+
+static pthread_mutex_t share_lock = PTHREAD_MUTEX_INITIALIZER;
+static accept_share *shares;
+
 /* A listening fd served by a multishot ACCEPT (rows with uring_multishot).
  * Its SQE's user_data is the record's address with bit 0 set (op records
  * are 8-aligned, so no op has that bit; TAG_WAKE is 1, which no record is). */
@@ -213,14 +235,16 @@ typedef struct ms_listener {
     bool need_arm;       /* process() must (re)arm it: ops wait */
     bool closed;         /* its fd was closed: unlinked, freed once !armed */
     bool single;         /* the kernel refused multishot: one-shot SQEs */
+    bool in_waiting;     /* linked in share->waiting (share_lock) */
     zk_op_list waiters;  /* ops parked here (ZK_OPF_PARKED), FIFO */
-    int *ready;          /* accepted fds nobody took yet, FIFO */
-    size_t rhead, nready, cap;
+    accept_share *share; /* NULL once retired */
+    struct uring_port *port;
+    struct ms_listener *waiting_next; /* share->waiting (share_lock) */
     struct ms_listener *next;
 } ms_listener;
 
 #define MS_TAG 1ull
-#define MS_READY_MAX 256u  /* queued connections before the SQE is ended */
+#define MS_READY_MAX 256u  /* shared connections before SQEs are ended */
 
 typedef struct uring_port {
     zk_port_common c; /* must be first */
@@ -267,6 +291,8 @@ typedef struct uring_port {
     ms_listener *ms_zombies; /* closed, their SQE not ended yet */
     size_t ms_armed;        /* multishot SQEs in the kernel (all records) */
     size_t ms_need_arm;     /* records with need_arm */
+    int share_pending;      /* atomic: another port shared connections for
+                               a record of ours with waiters */
 
     bool wake_armed;     /* a POLL_ADD on wake_fd is in the kernel / SQ */
     bool wake_multishot; /* false once the kernel rejected POLL_ADD_MULTI */
@@ -341,42 +367,132 @@ static void ms_fill_addr(zk_op *op, int fd)
         op->addrlen = 0;
 }
 
-static bool ms_push(ms_listener *l, int fd)
+/* ---- the shared queue (every function here runs under share_lock) ---- */
+
+static bool share_push(accept_share *s, int fd)
 {
-    if (l->nready == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 8;
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 8;
         int *r = malloc(cap * sizeof *r);
         if (!r)
             return false;
-        for (size_t i = 0; i < l->nready; i++)
-            r[i] = l->ready[(l->rhead + i) % l->cap];
-        free(l->ready);
-        l->ready = r;
-        l->rhead = 0;
-        l->cap = cap;
+        for (size_t i = 0; i < s->n; i++)
+            r[i] = s->fds[(s->head + i) % s->cap];
+        free(s->fds);
+        s->fds = r;
+        s->head = 0;
+        s->cap = cap;
     }
-    l->ready[(l->rhead + l->nready) % l->cap] = fd;
-    l->nready++;
+    s->fds[(s->head + s->n) % s->cap] = fd;
+    __atomic_store_n(&s->n, s->n + 1, __ATOMIC_RELAXED);
     return true;
 }
 
-static int ms_pop(ms_listener *l)
+static int share_pop(accept_share *s)
 {
-    int fd = l->ready[l->rhead];
-    l->rhead = (l->rhead + 1) % l->cap;
-    l->nready--;
+    if (!s->n)
+        return -1;
+    int fd = s->fds[s->head];
+    s->head = (s->head + 1) % s->cap;
+    __atomic_store_n(&s->n, s->n - 1, __ATOMIC_RELAXED);
     return fd;
 }
 
-static void ms_close_ready(ms_listener *l)
+static void share_close_all(accept_share *s)
 {
-    while (l->nready)
-        close(ms_pop(l));
+    int fd;
+    while ((fd = share_pop(s)) >= 0)
+        close(fd);
+}
+
+/* Link or unlink the record in its share's list of records with waiters,
+ * so that connections shared by other ports wake its port. */
+static void share_set_waiting(ms_listener *l, bool want)
+{
+    if (l->in_waiting == want)
+        return;
+    accept_share *s = l->share;
+    if (want) {
+        l->waiting_next = s->waiting;
+        s->waiting = l;
+    } else {
+        for (ms_listener **pp = &s->waiting; *pp; pp = &(*pp)->waiting_next) {
+            if (*pp == l) {
+                *pp = l->waiting_next;
+                break;
+            }
+        }
+        l->waiting_next = NULL;
+    }
+    l->in_waiting = want;
+}
+
+/* ---- records ---- */
+
+/* The file's share (made on first use), with one more reference. */
+static accept_share *share_ref(dev_t dev, ino_t ino)
+{
+    pthread_mutex_lock(&share_lock);
+    accept_share *s = shares;
+    while (s && !(s->dev == dev && s->ino == ino && !s->dead))
+        s = s->next;
+    if (!s && (s = calloc(1, sizeof *s)) != NULL) {
+        s->dev = dev;
+        s->ino = ino;
+        s->next = shares;
+        shares = s;
+    }
+    if (s)
+        s->refs++;
+    pthread_mutex_unlock(&share_lock);
+    return s;
+}
+
+/* The record lets go of its share.  `file_closed`: the listener is gone
+ * (a CLOSE, forget_fd, or its number now names another file), so nobody
+ * can ever accept what the share holds: close it, and close what other
+ * ports' records still add.  The last reference frees the share, closing
+ * what it holds (a runtime going away while the listener lives on gives
+ * up connections nobody accepted, as the kernel's backlog would on close). */
+static void share_unref(ms_listener *l, bool file_closed)
+{
+    accept_share *s = l->share;
+    if (!s)
+        return;
+    pthread_mutex_lock(&share_lock);
+    share_set_waiting(l, false);
+    l->share = NULL;
+    if (file_closed) {
+        s->dead = true;
+        share_close_all(s);
+    }
+    if (--s->refs == 0) {
+        share_close_all(s);
+        for (accept_share **pp = &shares; *pp; pp = &(*pp)->next) {
+            if (*pp == s) {
+                *pp = s->next;
+                break;
+            }
+        }
+        free(s->fds);
+        free(s);
+    }
+    pthread_mutex_unlock(&share_lock);
+}
+
+/* Keep the share's list of waiting records true to l's waiters. */
+static void ms_sync_waiting(ms_listener *l)
+{
+    bool want = l->waiters.head != NULL && l->share != NULL;
+    if (want == l->in_waiting)
+        return; /* only this port's thread changes it */
+    pthread_mutex_lock(&share_lock);
+    share_set_waiting(l, want);
+    pthread_mutex_unlock(&share_lock);
 }
 
 static void ms_free(ms_listener *l)
 {
-    free(l->ready);
     free(l);
 }
 
@@ -436,11 +552,60 @@ static int ms_arm(uring_port *u, ms_listener *l)
     return 0;
 }
 
-/* End the listener's SQE (nobody waits, or too many queued). */
+/* End the listener's SQE (nobody waits here, or too many queued). */
 static void ms_disarm(uring_port *u, ms_listener *l)
 {
     if (l->armed && !l->cancel_sent && queue_cancel(u, (uint64_t)(uintptr_t)l | MS_TAG))
         l->cancel_sent = true;
+}
+
+/* A connection came to a record with no op waiting on this port: into the
+ * share, waking the ports whose records have waiters.  The SQE ends when
+ * another port's record waits (the acceptor moved there) or the share is
+ * full (the kernel's backlog holds the rest); an acceptor that is merely
+ * between two accepts on this worker keeps it. */
+static void ms_share_connection(uring_port *u, ms_listener *l, int fd)
+{
+    accept_share *s = l->share;
+    bool stop = true;
+    pthread_mutex_lock(&share_lock);
+    if (s && !s->dead && share_push(s, fd)) {
+        for (ms_listener *w = s->waiting; w; w = w->waiting_next) {
+            __atomic_store_n(&w->port->share_pending, 1, __ATOMIC_RELEASE);
+            zk_port_wake((zk_port *)w->port);
+        }
+        stop = s->waiting != NULL || s->n >= MS_READY_MAX;
+        fd = -1;
+    }
+    pthread_mutex_unlock(&share_lock);
+    if (fd >= 0)
+        close(fd); /* nobody can ever take it */
+    if (stop)
+        ms_disarm(u, l);
+}
+
+/* Shared connections to this record's waiters, oldest first. */
+static void ms_take_shared(uring_port *u, ms_listener *l)
+{
+    if (!l->share || !l->waiters.head || !__atomic_load_n(&l->share->n, __ATOMIC_RELAXED))
+        return;
+    pthread_mutex_lock(&share_lock);
+    int fd;
+    while (l->waiters.head && (fd = share_pop(l->share)) >= 0) {
+        zk_op *w = zk_op_list_pop(&l->waiters);
+        w->backend_flags &= ~ZK_OPF_PARKED;
+        ms_fill_addr(w, fd);
+        zk_port_post(&u->c, w, fd);
+    }
+    share_set_waiting(l, l->waiters.head != NULL);
+    pthread_mutex_unlock(&share_lock);
+}
+
+/* process(): another port shared connections while ops of ours waited. */
+static void ms_take_shared_all(uring_port *u)
+{
+    for (ms_listener *l = u->listeners; l; l = l->next)
+        ms_take_shared(u, l);
 }
 
 static void ms_handle_cqe(uring_port *u, ms_listener *l, int32_t res, uint32_t flags)
@@ -457,10 +622,11 @@ static void ms_handle_cqe(uring_port *u, ms_listener *l, int32_t res, uint32_t f
             w->backend_flags &= ~ZK_OPF_PARKED;
             ms_fill_addr(w, res);
             zk_port_post(&u->c, w, res);
-        } else if (l->closed || u->c.closing || !ms_push(l, res)) {
+            ms_sync_waiting(l);
+        } else if (l->closed || u->c.closing) {
             close(res); /* nobody can ever take it */
-        } else if (l->nready >= MS_READY_MAX) {
-            ms_disarm(u, l); /* the kernel's backlog holds the rest */
+        } else {
+            ms_share_connection(u, l, res);
         }
     } else if (res == -EINVAL && !l->single && !more && l->waiters.head) {
         l->single = true; /* IORING_ACCEPT_MULTISHOT unknown (before 5.19) */
@@ -471,6 +637,7 @@ static void ms_handle_cqe(uring_port *u, ms_listener *l, int32_t res, uint32_t f
         if (w) {
             w->backend_flags &= ~ZK_OPF_PARKED;
             zk_port_post(&u->c, w, res);
+            ms_sync_waiting(l);
         }
     }
     if (!l->armed) {
@@ -501,25 +668,27 @@ static void ms_arm_pending(uring_port *u)
                 w->backend_flags &= ~ZK_OPF_PARKED;
                 zk_port_post(&u->c, w, -(int64_t)err);
             }
+            ms_sync_waiting(l);
             ms_set_need_arm(u, l, false);
         }
     }
 }
 
-/* submit() of a uring_multishot op: a queued connection at once, else park
- * the op and make sure the listener's SQE is (or will be) in the kernel. */
 static void ms_retire(uring_port *u, ms_listener *l, int64_t result);
 
-static int ms_submit(uring_port *u, zk_op *op)
+/* The port's record for op->fd's file, made on first use.  The fd may have
+ * been closed with close(2) and its number reused by another listener since
+ * the record was made: check which file it is (one fstat per ACCEPT), so
+ * that connections queued for the old file are never handed out for the
+ * new one.  NULL with *err set on failure. */
+static ms_listener *ms_record(uring_port *u, int fd, int *err)
 {
-    /* The fd may have been closed with close(2) and its number reused by
-     * another listener since the record was made: check which file it is
-     * (one fstat per ACCEPT), so that connections queued for the old file
-     * are never handed out for the new one. */
     struct stat sb;
-    if (fstat(op->fd, &sb) < 0)
-        return errno;
-    ms_listener *l = ms_find(u, op->fd);
+    if (fstat(fd, &sb) < 0) {
+        *err = errno;
+        return NULL;
+    }
+    ms_listener *l = ms_find(u, fd);
     if (l && (l->dev != sb.st_dev || l->ino != sb.st_ino)) {
         ms_disarm(u, l);
         ms_retire(u, l, -EBADF);
@@ -527,43 +696,83 @@ static int ms_submit(uring_port *u, zk_op *op)
     }
     if (!l) {
         l = calloc(1, sizeof *l);
-        if (!l)
-            return ENOMEM;
-        l->fd = op->fd;
+        if (!l || !(l->share = share_ref(sb.st_dev, sb.st_ino))) {
+            free(l);
+            *err = ENOMEM;
+            return NULL;
+        }
+        l->fd = fd;
         l->dev = sb.st_dev;
         l->ino = sb.st_ino;
+        l->port = u;
         l->next = u->listeners;
         u->listeners = l;
     }
-    op->backend_flags |= ZK_OPF_PARKED;
-    if (l->nready) {
-        int fd = ms_pop(l);
-        op->backend_flags &= ~ZK_OPF_PARKED;
+    return l;
+}
+
+/* submit() of a uring_multishot op: a shared connection at once, else park
+ * the op and make sure the listener's SQE is (or will be) in the kernel. */
+static int ms_submit(uring_port *u, zk_op *op)
+{
+    int err = 0;
+    ms_listener *l = ms_record(u, op->fd, &err);
+    if (!l)
+        return err;
+    /* Taking from the share and joining its waiting records is one step
+     * under the lock: a connection shared in between would wake nobody. */
+    pthread_mutex_lock(&share_lock);
+    int fd = share_pop(l->share);
+    if (fd < 0) {
+        op->backend_flags |= ZK_OPF_PARKED;
+        zk_op_list_push(&l->waiters, op);
+        share_set_waiting(l, true);
+    }
+    pthread_mutex_unlock(&share_lock);
+    if (fd >= 0) {
         ms_fill_addr(op, fd);
         zk_port_post(&u->c, op, fd);
         return 0;
     }
-    zk_op_list_push(&l->waiters, op);
-    if (!l->armed || l->cancel_sent) {
-        /* An SQE being cancelled ends soon: its last CQE re-arms. */
-        if (!l->armed) {
-            int err = ms_arm(u, l);
-            if (err) {
-                zk_op_list_unlink(&l->waiters, op);
-                op->backend_flags &= ~ZK_OPF_PARKED;
-                return err;
-            }
+    if (!l->armed) {
+        /* (An SQE being cancelled ends soon: its last CQE re-arms.) */
+        err = ms_arm(u, l);
+        if (err) {
+            zk_op_list_unlink(&l->waiters, op);
+            op->backend_flags &= ~ZK_OPF_PARKED;
+            ms_sync_waiting(l);
+            return err;
         }
     }
     return 0;
+}
+
+/* zk_port_take_queued: the oldest shared connection for op->fd's file. */
+static int u_take_queued(zk_port *port, zk_op *op)
+{
+    uring_port *u = U(port);
+    ms_listener *l = ms_find(u, op->fd);
+    if (!l || !l->share || !__atomic_load_n(&l->share->n, __ATOMIC_RELAXED))
+        return -1;
+    struct stat sb;  /* the same file, not one that reuses the number */
+    if (fstat(op->fd, &sb) < 0 || l->dev != sb.st_dev || l->ino != sb.st_ino)
+        return -1;   /* submit() retires the stale record */
+    pthread_mutex_lock(&share_lock);
+    int fd = share_pop(l->share);
+    pthread_mutex_unlock(&share_lock);
+    if (fd >= 0)
+        ms_fill_addr(op, fd);
+    return fd;
 }
 
 /* cancel() of a parked op: it is not in the kernel, it ends here. */
 static void ms_cancel(uring_port *u, zk_op *op)
 {
     ms_listener *l = ms_find(u, op->fd);
-    if (l)
+    if (l) {
         zk_op_list_unlink(&l->waiters, op);
+        ms_sync_waiting(l);
+    }
     op->backend_flags &= ~ZK_OPF_PARKED;
     zk_port_post(&u->c, op, -ECANCELED);
     /* Nobody waits: stop accepting, so that the kernel stops holding the
@@ -573,14 +782,15 @@ static void ms_cancel(uring_port *u, zk_op *op)
 }
 
 /* The listener's fd goes (a CLOSE op: result -EBADF for its waiters; the
- * port's close: -ECANCELED): queued connections are closed, waiters end,
- * the record lives on as a zombie until its SQE's last CQE. */
+ * port's close: -ECANCELED): waiters end, the share is let go (closing
+ * what it holds when the file is gone), the record lives on as a zombie
+ * until its SQE's last CQE. */
 static void ms_retire(uring_port *u, ms_listener *l, int64_t result)
 {
     ms_unlink(&u->listeners, l);
     l->closed = true;
     ms_set_need_arm(u, l, false);
-    ms_close_ready(l);
+    share_unref(l, result == -EBADF);
     zk_op *w;
     while ((w = zk_op_list_pop(&l->waiters)) != NULL) {
         w->backend_flags &= ~ZK_OPF_PARKED;
@@ -991,6 +1201,9 @@ static int u_process(zk_port *port)
     }
     if (u->nobufs.head)
         retry_nobufs(u);
+    if (__atomic_load_n(&u->share_pending, __ATOMIC_RELAXED)
+        && __atomic_exchange_n(&u->share_pending, 0, __ATOMIC_ACQ_REL))
+        ms_take_shared_all(u);
     if (u->ms_need_arm)
         ms_arm_pending(u);
     if (u->wake_seen) {
@@ -1122,6 +1335,7 @@ static void u_close(zk_port *port)
 static const zk_port_vtable uring_vtable = {
     .drain = u_drain,
     .forget_fd = u_forget_fd,
+    .take_queued = u_take_queued,
     .close = u_close,
     .submit = u_submit,
     .cancel = u_cancel,

@@ -297,3 +297,35 @@ def test_many_readers_racing_on_two_workers_get_busy_or_data(make_runtime):
         s.close()
 
     rt.block_on(main())
+
+
+@pytest.mark.timeout(60)
+def test_waiting_connections_are_accepted_without_a_port_round_trip_each(make_runtime):
+    """A burst of connections already in the backlog (or already taken by
+    io_uring's multishot ACCEPT) is accepted at once: through the port each
+    accept would wait for the next reap, a whole run-queue pass apart, and a
+    busy server took seconds to accept 1,000 new connections."""
+    rt = make_runtime(1)
+    n = 100
+
+    async def main():
+        async with net.TcpListener.bind("127.0.0.1", 0) as listener:
+            port = listener.local_address[1]
+            # arm the listener (io_uring: its multishot SQE) with one connection
+            first = socket.create_connection(("127.0.0.1", port))
+            s0, _ = await listener.accept()
+            clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+            await zokio.sleep(0.05)  # all of them are waiting now
+            before = zokio._native.port_stats()
+            streams = [(await listener.accept())[0] for _ in range(n)]
+            after = zokio._native.port_stats()
+            peers = {s.peer_address for s in streams}
+            assert peers == {c.getsockname() for c in clients}
+            for s in streams + [s0]:
+                s.close()
+            for c in clients + [first]:
+                c.close()
+            return after["submitted"] - before["submitted"]
+
+    submitted = rt.block_on(main())
+    assert submitted <= 5, f"{submitted} accept ops went through the port for {n} waiting connections"
