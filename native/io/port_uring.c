@@ -93,20 +93,30 @@
  * kernel by itself: the port keeps one record per listening fd
  * (ms_listener) whose single ACCEPT SQE with IORING_ACCEPT_MULTISHOT (5.19)
  * yields a CQE per connection while IORING_CQE_F_MORE says it is armed.
- * An ACCEPT op takes the oldest connection already queued in the record,
- * or parks there (ZK_OPF_PARKED) until one comes.  The SQE carries no
- * address buffer (one buffer cannot serve many CQEs): the peer address is
- * getpeername()'s.  A connection that arrives with nobody waiting is queued
- * (never dropped); past MS_READY_MAX queued, or when the last parked op is
- * cancelled, the SQE is cancelled and the kernel's backlog holds the rest,
- * so an idle listener is not held by the kernel.  A CLOSE of the fd closes
- * the queued connections and ends the waiters (-EBADF); zk_port_close
- * closes them too, and waits (2 s at most) for each SQE's last CQE, which
- * may still carry a connection to close.  A listener closed with plain
- * close(2) while its SQE is armed stays open in the kernel (the SQE holds
- * the file): zokio.net sends zk_port_forget_fd to every port before closing
- * a listener, and the record whose file that is (fd number and identity)
- * is retired like a CLOSE's.
+ * An ACCEPT op parks in the record (ZK_OPF_PARKED) and the next CQE is
+ * its connection.  The SQE carries no address buffer (one buffer cannot
+ * serve many CQEs): the peer address is getpeername()'s.
+ *
+ * A connection that arrives with nobody waiting on this port goes to the
+ * listener's accept_share: one queue per listening file, shared by its
+ * records on every port, because the accepting task may have moved to
+ * another worker since its last accept.  Ports whose records have ops
+ * parked are woken (share_pending, zk_port_wake) and take what was shared.
+ * An ACCEPT takes the oldest shared connection before it parks, and
+ * zk_port_take_queued lets the op leaf take one without suspending: a busy
+ * server accepts a burst at once instead of one connection per reap, a
+ * run-queue pass apart.  A record with nobody waiting ends its SQE when
+ * another port's record waits (the acceptor is there now), when 256 are
+ * shared, or when its last parked op is cancelled; the kernel's backlog
+ * holds the rest, and an idle listener is not held by the kernel.  A
+ * CLOSE of the fd ends the waiters (-EBADF) and closes what is shared;
+ * zk_port_close lets go of the record (the last port to let go closes what
+ * nobody took) and waits (2 s at most) for each SQE's last CQE, which may
+ * still carry a connection to close.  A listener closed with plain close(2)
+ * while its SQE is armed stays open in the kernel (the SQE holds the
+ * file): zokio.net sends zk_port_forget_fd to every port before closing a
+ * listener, and the record whose file that is (fd number and identity) is
+ * retired like a CLOSE's.
  *
  * CLOSE.  A row with closes_fd is preceded by an ASYNC_CANCEL keyed on the
  * fd (IORING_ASYNC_CANCEL_FD | _ALL, 5.19): every op of this ring on that
