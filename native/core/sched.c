@@ -221,19 +221,20 @@ int64_t zk_monotonic_ns(void) {
 }
 
 static uint64_t ns_to_tick_floor(zk_sched *s, int64_t ns) {
-    return ns <= s->base_ns ? 0 : (uint64_t)((ns - s->base_ns) / 1000000);
+    return ns <= s->base_ns ? 0 : (uint64_t)((ns - s->base_ns) / ZK_TICK_NS);
 }
 
+/* A timer fires at the first tick at or after its deadline, never before. */
 static uint64_t ns_to_tick_ceil(zk_sched *s, int64_t ns) {
     if (ns <= s->base_ns)
         return 0;
     int64_t d = ns - s->base_ns;
-    if (d > INT64_MAX - 999999)
-        return (uint64_t)(d / 1000000);
-    return (uint64_t)((d + 999999) / 1000000);
+    if (d > INT64_MAX - (ZK_TICK_NS - 1))
+        return (uint64_t)(d / ZK_TICK_NS);
+    return (uint64_t)((d + ZK_TICK_NS - 1) / ZK_TICK_NS);
 }
 
-uint64_t zk_worker_now_ms(zk_worker *w) {
+uint64_t zk_worker_now_tick(zk_worker *w) {
     return ns_to_tick_floor(w->sched, zk_monotonic_ns());
 }
 
@@ -663,7 +664,7 @@ static int fire_due_timers(zk_worker *w) {
     if (atomic_load_explicit(&w->m_timers_pending, memory_order_relaxed) == 0)
         return 0;
     zk_state *st = w->sched->st;
-    uint64_t now = zk_worker_now_ms(w);
+    uint64_t now = zk_worker_now_tick(w);
     int n = 0;
     for (;;) {
         zk_timer *batch[ZK_TIMER_BATCH];
@@ -764,13 +765,13 @@ static void monitor_sleep(zk_sched *s) {
 }
 
 /* Has stuck worker w anything others could run?  Detached, no Python. */
-static int stranded(zk_worker *w, uint64_t now_ms) {
+static int stranded(zk_worker *w, uint64_t now_tick) {
     if (atomic_load_explicit(&w->lifo, memory_order_relaxed) != NULL)
         return 1;
     if (zk_local_len(&w->queue) > 0 && atomic_load_explicit(&w->sched->nparked, memory_order_relaxed) > 0)
         return 1;
     if (atomic_load_explicit(&w->m_timers_pending, memory_order_relaxed) > 0 &&
-        next_timer_tick(w) <= now_ms)
+        next_timer_tick(w) <= now_tick)
         return 1;
     return 0;
 }
@@ -809,7 +810,7 @@ static PyObject *sched_run_monitor(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
     PyThreadState *ts = PyEval_SaveThread();
     while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
         monitor_sleep(s);
-        uint64_t now_ms = ns_to_tick_floor(s, zk_monotonic_ns());
+        uint64_t now_tick = ns_to_tick_floor(s, zk_monotonic_ns());
         for (int i = 0; i < n; i++) {
             zk_worker *w = &s->workers[i];
             uint64_t polls = atomic_load_explicit(&w->m_polls, memory_order_relaxed);
@@ -822,7 +823,7 @@ static PyObject *sched_run_monitor(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
              * interval when the poll ends (fair_hurry). */
             if (!atomic_load_explicit(&w->fair_hurry, memory_order_relaxed))
                 atomic_store_explicit(&w->fair_hurry, 1, memory_order_relaxed);
-            if (++quiet_ticks[i] < ZK_MONITOR_STUCK_TICKS || !stranded(w, now_ms))
+            if (++quiet_ticks[i] < ZK_MONITOR_STUCK_TICKS || !stranded(w, now_tick))
                 continue;
             PyEval_RestoreThread(ts);
             if (!atomic_load_explicit(&s->stop, memory_order_acquire))
@@ -863,7 +864,7 @@ static void park(zk_worker *w) {
         int64_t timeout = -1;
         uint64_t next = next_timer_tick(w);
         if (next != ZK_WHEEL_NEVER) {
-            int64_t deadline = s->base_ns + (int64_t)next * 1000000;
+            int64_t deadline = s->base_ns + (int64_t)next * ZK_TICK_NS;
             int64_t now = zk_monotonic_ns();
             timeout = deadline > now ? deadline - now : 0;
         }

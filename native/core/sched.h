@@ -43,7 +43,11 @@ void zk_worker_cancel_timer(zk_worker *current, zk_timer *timer);
  * mailbox, since an io_uring ring takes submissions from its owner only.
  * `holder` owns op's memory; the mailbox keeps it alive until then. */
 void zk_worker_cancel_op(zk_worker *current, zk_worker *owner, PyObject *holder, zk_op *op);
-uint64_t zk_worker_now_ms(zk_worker *w);
+/* Timers fire at ticks of ZK_TICK_NS: a sleep ends up to one tick after its
+ * deadline (plus the time to get to it), never before. */
+#define ZK_TICK_NS 250000
+/* The current tick of w's clock (ticks since the scheduler's base). */
+uint64_t zk_worker_now_tick(zk_worker *w);
 /* Count a completed op on the worker (metrics). */
 void zk_worker_count_op(zk_worker *w);
 

@@ -1,7 +1,8 @@
 /* timer_wheel.c -- hierarchical timing wheel (see timer_wheel.h).
  *
  * Geometry.  Level k has 64 slots of 64^k ticks each, so level k covers
- * 64^(k+1) ticks and the whole wheel 64^6 = 2^36 ticks (~795 days at 1 ms).
+ * 64^(k+1) ticks and the whole wheel 64^6 = 2^36 ticks (~199 days at the
+ * scheduler's 250 us tick; later deadlines wait in the overflow slot).
  * A time t is read as six base-64 digits: digit k = (t >> 6k) & 63.
  *
  * Where an entry lives.  For an entry with deadline d > elapsed, let k be the

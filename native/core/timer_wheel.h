@@ -1,6 +1,7 @@
 /* timer_wheel.h -- hierarchical timing wheel (after Tokio runtime/time/wheel).
  *
- * 6 levels x 64 slots, 1 tick = 1 ms at level 0; level k slots span 64^k ms.
+ * 6 levels x 64 slots; level k slots span 64^k ticks.  The wheel does not know
+ * what a tick is: the scheduler's is ZK_TICK_NS (250 us).
  * Entries are intrusive (embedded in the caller's timer object), so insert and
  * remove are O(1) and allocate nothing.  Single-threaded: the owning worker is
  * the only thread that touches a wheel; requests from other threads reach it
@@ -19,7 +20,7 @@
 typedef struct zk_timer_entry {
     struct zk_timer_entry *prev;
     struct zk_timer_entry *next;
-    uint64_t deadline;   /* absolute tick (ms) */
+    uint64_t deadline;   /* absolute tick */
     uint8_t level;
     uint8_t slot;
     uint8_t linked;      /* 1 while the entry is in the wheel */

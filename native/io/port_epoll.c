@@ -326,9 +326,27 @@ static void handle_event(epoll_port *e, const struct epoll_event *ev)
     rearm_or_fail(e, st);
 }
 
-static int poll_events(epoll_port *e, int timeout_ms)
+/* 0: the kernel has epoll_pwait2 (5.11), whose timeout is in ns; 1: it
+ * refused it, epoll_wait's whole milliseconds are used. */
+static int no_pwait2;
+
+/* timeout_ns < 0: wait for an event; 0: do not block.  A timer tick is
+ * shorter than a millisecond, so a timed wait rounded to epoll_wait's whole
+ * ms would make timers late by up to one: epoll_pwait2 waits the ns. */
+static int poll_events(epoll_port *e, int64_t timeout_ns)
 {
-    int n = epoll_wait(e->epfd, e->events, MAX_EVENTS, timeout_ms);
+    int n = -1;
+    if (timeout_ns > 0 && !__atomic_load_n(&no_pwait2, __ATOMIC_RELAXED)) {
+        struct timespec ts = {timeout_ns / 1000000000ll, timeout_ns % 1000000000ll};
+        n = epoll_pwait2(e->epfd, e->events, MAX_EVENTS, &ts, NULL);
+        if (n < 0 && errno == ENOSYS)
+            __atomic_store_n(&no_pwait2, 1, __ATOMIC_RELAXED);
+    }
+    if (n < 0 && (timeout_ns <= 0 || __atomic_load_n(&no_pwait2, __ATOMIC_RELAXED))) {
+        /* Round up: returning early would make the caller spin. */
+        int64_t ms = timeout_ns < 0 ? -1 : (timeout_ns + 999999) / 1000000;
+        n = epoll_wait(e->epfd, e->events, MAX_EVENTS, ms > 0x7fffffff ? 0x7fffffff : (int)ms);
+    }
     e->c.stats.enters++;
     if (n < 0)
         return -errno;
@@ -408,20 +426,17 @@ static int e_wait(zk_port *port, int64_t timeout_ns)
     int64_t deadline = timeout_ns > 0 ? now_ns() + timeout_ns : 0;
     int err = 0;
     for (;;) {
-        int ms;
+        int64_t left;
         if (nonblock) {
-            ms = 0;
+            left = 0;
         } else if (timeout_ns < 0) {
-            ms = -1;
+            left = -1;
         } else {
-            int64_t left = deadline - now_ns();
+            left = deadline - now_ns();
             if (left <= 0)
                 break;
-            /* Round up: returning early would make the caller spin. */
-            int64_t lms = (left + 999999) / 1000000;
-            ms = lms > 0x7fffffff ? 0x7fffffff : (int)lms;
         }
-        int n = poll_events(e, ms);
+        int n = poll_events(e, left);
         if (n < 0) {
             if (n != -EINTR)
                 err = -n;
