@@ -841,12 +841,58 @@ def test_monitor_fires_the_timer_filed_on_the_stuck_worker(make_runtime):
     assert started.wait(10)
     rescued_during_hog = False
     while not hog_done.is_set():
-        if rt.metrics()["stranded_rescued"] >= 1:
+        # The monitor, or the other worker if something woke it meanwhile
+        # (an idle worker fires a busy one's due timers: timers_helped).
+        m = rt.metrics()
+        if m["stranded_rescued"] + m["timers_helped"] >= 1:
             rescued_during_hog = not hog_done.is_set()
             break
         time.sleep(0.002)
     assert rescued_during_hog
     assert h.result(timeout=10) == "timed out"
+
+
+@pytest.mark.timeout(60)
+def test_an_idle_worker_fires_the_due_timer_of_a_worker_in_a_long_poll(make_runtime):
+    """A worker woken for timers of its own (a 1 ms ticker) also fires the
+    due timers of a worker that is inside one long poll, at their tick,
+    instead of leaving them to the monitor's stuck detection.  The timer
+    here is a 10 ms timeout scope around a 0.2 s hog."""
+    rt = make_runtime(2)
+
+    async def ticker(stop):
+        while not stop:
+            await zokio.sleep(0.001)
+
+    async def stuck():
+        try:
+            async with zokio.timeout(0.01):
+                _hog(0.2)
+                await zokio.sleep(5)
+        except TimeoutError:
+            return "timed out"
+        return "not interrupted"
+
+    async def main():
+        stop = []
+        t = zokio.spawn(ticker(stop))
+        await zokio.sleep(0.01)
+        helped = 0
+        # The monitor may win a round (it fires a stuck worker's due timers
+        # too); the helper wakes at the deadline's tick and usually wins.
+        for _ in range(10):
+            before = rt.metrics()["timers_helped"]
+            assert await zokio.spawn(stuck()) == "timed out"
+            helped += rt.metrics()["timers_helped"] - before
+            if helped:
+                break
+        stop.append(True)
+        await t
+        return helped
+
+    assert rt.block_on(main()) >= 1
+    per = rt.metrics()["per_worker"]
+    assert sum(w["timers_helped"] for w in per) == rt.metrics()["timers_helped"]
 
 
 @pytest.mark.timeout(60)

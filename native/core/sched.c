@@ -156,6 +156,8 @@ struct zk_worker {
     /* metrics: written by the owner, read by anyone (relaxed) */
     _Alignas(ZK_CACHELINE) _Atomic uint64_t m_polls, m_steals, m_parks, m_timers_fired, m_ops;
     _Atomic uint64_t m_rescued;    /* tasks and timers the monitor took over */
+    _Atomic uint64_t m_timers_helped; /* due timers this worker fired from
+                                         the wheel of a worker in a poll */
     _Atomic size_t m_timers_pending;
 };
 
@@ -698,6 +700,46 @@ static uint64_t next_timer_tick(zk_worker *w) {
     return next;
 }
 
+/* Timer help.  A worker inside one long poll (a coroutine looping over
+ * finished handles, CPU-bound Python) cannot fire its own timers until the
+ * poll ends; the monitor takes over only after ZK_MONITOR_STUCK_TICKS.  An
+ * idle worker does better: before parking it also waits for the earliest
+ * due tick of the workers that are inside a poll, and when it wakes it
+ * fires what of theirs is due (the wheels are locked; the woken tasks land
+ * on the helper).  Idle path only: a busy worker never looks at another's
+ * wheel. */
+static int in_poll_with_timers(zk_worker *w, zk_worker *v) {
+    return v != w && atomic_load_explicit(&v->polling, memory_order_relaxed) &&
+           atomic_load_explicit(&v->m_timers_pending, memory_order_relaxed) > 0;
+}
+
+static uint64_t busy_workers_next_tick(zk_worker *w) {
+    zk_sched *s = w->sched;
+    uint64_t next = ZK_WHEEL_NEVER;
+    for (int i = 0; i < s->nworkers; i++) {
+        zk_worker *v = &s->workers[i];
+        if (in_poll_with_timers(w, v)) {
+            uint64_t t = next_timer_tick(v);
+            if (t < next)
+                next = t;
+        }
+    }
+    return next;
+}
+
+static int help_busy_workers_timers(zk_worker *w) {
+    zk_sched *s = w->sched;
+    int n = 0;
+    for (int i = 0; i < s->nworkers; i++) {
+        zk_worker *v = &s->workers[i];
+        if (in_poll_with_timers(w, v) && next_timer_tick(v) <= zk_worker_now_tick(v))
+            n += fire_due_timers(v);
+    }
+    if (n > 0)
+        atomic_fetch_add_explicit(&w->m_timers_helped, (uint64_t)n, memory_order_relaxed);
+    return n;
+}
+
 /* Timers, I/O completions and mailbox, without blocking. */
 
 /* Poll the tasks that timers and I/O completions woke (see `woken`). */
@@ -863,6 +905,9 @@ static void park(zk_worker *w) {
         !atomic_load_explicit(&s->stop, memory_order_acquire)) {
         int64_t timeout = -1;
         uint64_t next = next_timer_tick(w);
+        uint64_t busy_next = busy_workers_next_tick(w);
+        if (busy_next < next)
+            next = busy_next;
         if (next != ZK_WHEEL_NEVER) {
             int64_t deadline = s->base_ns + (int64_t)next * ZK_TICK_NS;
             int64_t now = zk_monotonic_ns();
@@ -900,6 +945,7 @@ static void park(zk_worker *w) {
     w->collecting = 1;
     zk_port_process(w->port);
     fire_due_timers(w);
+    help_busy_workers_timers(w);
     run_woken(w);
 }
 
@@ -1340,7 +1386,7 @@ static PyObject *sched_finalize(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *sched_metrics(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
-    uint64_t polls = 0, steals = 0, parks = 0, fired = 0, ops = 0, rescued = 0;
+    uint64_t polls = 0, steals = 0, parks = 0, fired = 0, ops = 0, rescued = 0, helped = 0;
     size_t timers = 0, local = 0;
     uint64_t spawned = 0, completed = 0;
     for (int sh = 0; sh < ZK_OWNED_SHARDS; sh++) {
@@ -1360,12 +1406,14 @@ static PyObject *sched_metrics(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
         size_t tp = atomic_load_explicit(&w->m_timers_pending, memory_order_relaxed);
         size_t lq = zk_local_len(&w->queue);
         uint64_t rs = atomic_load_explicit(&w->m_rescued, memory_order_relaxed);
+        uint64_t th = atomic_load_explicit(&w->m_timers_helped, memory_order_relaxed);
         polls += p; steals += st; parks += pk; fired += f; ops += o; timers += tp; local += lq;
         rescued += rs;
-        PyObject *d = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:n,s:n,s:K}", "polls", p, "steals", st,
+        helped += th;
+        PyObject *d = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:n,s:n,s:K,s:K}", "polls", p, "steals", st,
                                     "parks", pk, "timers_fired", f, "ops_completed", o,
                                     "timers_pending", (Py_ssize_t)tp, "local_queue_depth",
-                                    (Py_ssize_t)lq, "stranded_rescued", rs);
+                                    (Py_ssize_t)lq, "stranded_rescued", rs, "timers_helped", th);
         if (d == NULL || PyList_Append(per, d) < 0) {
             Py_XDECREF(d);
             Py_DECREF(per);
@@ -1392,6 +1440,12 @@ static PyObject *sched_metrics(zk_sched *s, PyObject *Py_UNUSED(ignored)) {
     if (r != NULL) {
         PyObject *v = PyLong_FromUnsignedLongLong(rescued);
         if (v == NULL || PyDict_SetItemString(r, "stranded_rescued", v) < 0)
+            Py_CLEAR(r);
+        Py_XDECREF(v);
+    }
+    if (r != NULL) {
+        PyObject *v = PyLong_FromUnsignedLongLong(helped);
+        if (v == NULL || PyDict_SetItemString(r, "timers_helped", v) < 0)
             Py_CLEAR(r);
         Py_XDECREF(v);
     }
