@@ -249,15 +249,18 @@ def run_case_subprocess(module_file: str, case: Case, python: str | None = None)
     return result
 
 
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """(busy, total) jiffies of the whole machine from /proc/stat."""
+def _cpu_jiffies() -> tuple[int, int, int] | None:
+    """(busy, total, steal) jiffies of the whole machine from /proc/stat.
+    Steal (time the hypervisor gave our vCPUs to someone else) counts as
+    busy too: for a case it is time it could not run."""
     try:
         with open("/proc/stat") as f:
             parts = [int(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
     idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
-    return sum(parts) - idle, sum(parts)
+    steal = parts[7] if len(parts) > 7 else 0
+    return sum(parts) - idle, sum(parts), steal
 
 
 def child_main(run_case: Callable[[dict[str, Any]], dict[str, Any]], payload: str) -> None:
@@ -267,7 +270,9 @@ def child_main(run_case: Callable[[dict[str, Any]], dict[str, Any]], payload: st
     cores' worth of CPU the *rest of the machine* used while the case ran
     (machine busy time minus this process's CPU time, per second of wall
     time).  On a shared 2-core machine a value well above 0.1 means the case
-    was competing with something else and its figure is suspect.
+    was competing with something else and its figure is suspect.  It
+    includes ``steal_cpu``, recorded apart: the vCPU time the hypervisor
+    took, which no process on this machine can see or avoid.
     """
     params = json.loads(payload)
     _CHILD_START[:] = [_cpu_jiffies(), os.times(), time.perf_counter()]
@@ -305,6 +310,7 @@ def emit_and_exit(res: dict[str, Any]) -> None:
                + (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system))
         res["other_cpu"] = round(max(0.0, busy - own) / (w1 - w0), 3)
         res["own_cpu"] = round(own / (w1 - w0), 3)
+        res["steal_cpu"] = round((j1[2] - j0[2]) / hz / (w1 - w0), 3)
     sys.stdout.write(RESULT_MARK + json.dumps(res) + "\n")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -377,8 +383,13 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def bg_cell(res: dict[str, Any]) -> str:
     """Background load while the case ran (cores used by other processes)."""
-    vals = [r.get("other_cpu") for r in res.get("procs", [res]) if r.get("other_cpu") is not None]
-    return f"{max(vals):.2f}" if vals else "-"
+    runs = res.get("procs", [res])
+    vals = [r.get("other_cpu") for r in runs if r.get("other_cpu") is not None]
+    if not vals:
+        return "-"
+    steal = max((r.get("steal_cpu") or 0.0 for r in runs), default=0.0)
+    # steal is part of the other load; named when it is a visible share
+    return f"{max(vals):.2f}" + (f" (steal {steal:.2f})" if steal >= 0.01 else "")
 
 
 def status_cell(res: dict[str, Any]) -> str | None:
@@ -451,7 +462,9 @@ def run_cases(module_file: str, cases: list[Case], only: str | None = None,
         if verbose:
             extra = "" if res["status"] == "ok" else f" {res['status']}: {res.get('error', '')}"
             noise = res.get("other_cpu")
-            noise = f" (other load {noise:.2f} cores)" if noise is not None else ""
+            steal = res.get("steal_cpu") or 0.0
+            noise = (f" (other load {noise:.2f} cores" + (f", steal {steal:.2f}" if steal >= 0.01 else "")
+                     + ")") if noise is not None else ""
             print(f" {res.get('wall', 0):.1f} s{noise}{extra}", file=sys.stderr, flush=True)
         results.append(res)
     return results

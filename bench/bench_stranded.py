@@ -27,6 +27,21 @@ Two figures of issue 5 §2 ("no stranded work").
   lateness; each figure is the median over 5 fresh processes.  zokio at
   threads=2 against asyncio and uvloop.
 
+  Every cold process also records the collector's pauses during each burst
+  (``gc.callbacks``: how many, their total and the longest) and the p99 of the
+  lateness those pauses alone explain: a sleep whose deadline fell inside a
+  pause cannot wake before that pause ends, whatever the runtime does.  Two
+  more rows separate the collector from the runtime:
+  - *zokio threads=2, collector paused*: the same bursts with ``gc.disable()``
+    around them -- the lateness the runtime itself adds;
+  - *no runtime (the burst's coroutines alone)*: no scheduler at all; the
+    process builds the same N sleeper coroutines and suspends each at its
+    first await, as a runtime would when spawning them, and records the
+    pauses that this allocation sets off.  Its p99 is the lateness a perfect
+    runtime (every timer fired on time, no object of its own) would show
+    from the collector alone: the floor of the cold figure on this
+    interpreter with the collector in its default setting.
+
 Bars (zokio, threads=2): sleep and LIFO wake behind a 1 s poll <= 30 ms
 (they were 1.0 s before the monitor); cold p99 <= 5 ms; warm p99 <= 2 ms.
 Run alone: ``python bench/bench_stranded.py``.
@@ -34,6 +49,8 @@ Run alone: ``python bench/bench_stranded.py``.
 
 from __future__ import annotations
 
+import bisect
+import gc
 import os
 import sys
 import threading
@@ -66,6 +83,10 @@ def cases(quick: bool = False, repeat: int | None = None) -> list[C.Case]:
         C.Case(WORKLOAD, "trio", "stuck: trio", {**stuck, "repeat": 1}),
         C.Case(WORKLOAD, "zokio", "cold: zokio threads=2", {**cold, "threads": 2},
                timeout=120, procs=procs),
+        C.Case(WORKLOAD, "zokio", "cold: zokio threads=2, collector paused",
+               {**cold, "threads": 2, "gc_off": True}, timeout=120, procs=procs),
+        C.Case(WORKLOAD, "threading", "cold: no runtime (the burst's coroutines alone)",
+               {**cold, "floor": True}, timeout=120, procs=procs),
         C.Case(WORKLOAD, "asyncio", "cold: asyncio", dict(cold), timeout=120, procs=procs),
         C.Case(WORKLOAD, "uvloop", "cold: uvloop", dict(cold), timeout=120, procs=procs),
     ]
@@ -223,27 +244,122 @@ def _run_stuck(p):
 # ------------------------------------------------------------------ cold burst
 
 
-def _burst_stats(lat, dls, spawned):
+class _PauseLog:
+    """The collector's pauses, as (start, end) in ``time.monotonic`` (the
+    clock the deadlines are read from), while the block runs."""
+
+    def __init__(self):
+        self.pauses: list[tuple[float, float]] = []
+        self._start = 0.0
+
+    def _callback(self, phase, info):
+        if phase == "start":
+            self._start = time.monotonic()
+        else:
+            self.pauses.append((self._start, time.monotonic()))
+
+    def __enter__(self):
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._callback)
+
+
+def _pause_bound(dls, pauses):
+    """Per deadline, how late the collector alone made it: a deadline inside
+    a pause [a, b) cannot be met before b."""
+    ends = sorted(pauses)
+    starts = [a for a, _ in ends]
+    out = []
+    for dl in dls:
+        k = bisect.bisect_right(starts, dl) - 1
+        out.append(max(0.0, ends[k][1] - dl) if k >= 0 and dl < ends[k][1] else 0.0)
+    return out
+
+
+def _burst_stats(lat, dls, spawned, pauses):
     s = sorted(x * 1e3 for x in lat)
     steady = sorted(x * 1e3 for x, dl in zip(lat, dls) if dl > spawned)
+    bound = sorted(x * 1e3 for x in _pause_bound(dls, pauses))
+    spans = [(b - a) * 1e3 for a, b in pauses]
     return {"p50": C.percentile(s, 50), "p99": C.percentile(s, 99), "max": s[-1], "min": s[0],
-            "p99_after_spawn": C.percentile(steady, 99)}
+            "p99_after_spawn": C.percentile(steady, 99) if steady else 0.0,
+            "collections": len(spans), "gc_pause_ms": sum(spans), "gc_pause_max_ms": max(spans, default=0.0),
+            "gc_bound_p99": C.percentile(bound, 99)}
+
+
+def _measured(run_burst, gc_off=False):
+    """Run one burst with the collector's pauses logged (or the collector
+    paused); returns (lat, dls, spawned, pauses)."""
+    was_enabled = gc.isenabled()
+    if gc_off:
+        gc.disable()
+    try:
+        with _PauseLog() as log:
+            lat, dls, spawned = run_burst()
+    finally:
+        if gc_off and was_enabled:
+            gc.enable()
+    return lat, dls, spawned, log.pauses
 
 
 def _zokio_bursts(p, ds):
     zokio, rt = C.zokio_runtime(p["threads"])
     with rt:   # no warm-up: the first thing this process does is the burst
-        return [rt.block_on(zokio_burst(zokio, ds)) for _ in range(2)]
+        return [_measured(lambda: rt.block_on(zokio_burst(zokio, ds)), p.get("gc_off", False))
+                for _ in range(2)]
 
 
 def _asyncio_bursts(p, ds):
     with C.asyncio_runner(p["runtime"]) as runner:
-        return [runner.run(asyncio_burst(ds)) for _ in range(2)]
+        return [_measured(lambda: runner.run(asyncio_burst(ds))) for _ in range(2)]
+
+
+def _floor_bursts(p, ds):
+    """The burst's own objects without a runtime: build the N sleeper
+    coroutines and suspend each at its first await, at the pace the loop
+    allows, then let them go.  A sleep "wakes" at its deadline unless a pause
+    covers it; that lateness is the floor no runtime can go under."""
+    mono = time.monotonic
+    n = len(ds)
+
+    class Suspend:
+        def __await__(self):
+            yield self
+
+    def burst():
+        lat = [0.0] * n
+        dls = [0.0] * n
+
+        async def sleeper(i, d):
+            deadline = mono() + d
+            dls[i] = deadline
+            await Suspend()
+            lat[i] = mono() - deadline
+
+        held = []
+        for i, d in enumerate(ds):
+            c = sleeper(i, d)
+            c.send(None)
+            held.append(c)
+        spawned = mono()
+        for c in held:
+            c.close()
+        return lat, dls, spawned
+
+    rounds = []
+    for _ in range(2):
+        lat, dls, spawned, pauses = _measured(burst)
+        rounds.append((_pause_bound(dls, pauses), dls, spawned, pauses))
+    return rounds
 
 
 def _run_cold(p):
     ds = durations(p["n"])
-    if p["runtime"] == "zokio":
+    if p.get("floor"):
+        rounds = _floor_bursts(p, ds)
+    elif p["runtime"] == "zokio":
         rounds = _zokio_bursts(p, ds)
     elif p["runtime"] in ("asyncio", "uvloop"):
         rounds = _asyncio_bursts(p, ds)
@@ -323,24 +439,34 @@ def report(results):
             name = r["label"].split(": ", 1)[1]
             cell = C.status_cell(r)
             if cell:
-                rows.append([name, cell] + ["-"] * 7 + [C.bg_cell(r)])
+                rows.append([name, cell] + ["-"] * 9 + [C.bg_cell(r)])
                 continue
-            rows.append([name, f"{r['cold_p50']:.2f}", f"{r['cold_p99']:.2f}", _range(r, "cold_p99"),
-                         f"{r['cold_max']:.1f}", f"{r['warm_p50']:.2f}", f"{r['warm_p99']:.2f}",
+            pauses = (f"{r['cold_collections']:.0f} / {r['cold_gc_pause_ms']:.0f} / {r['cold_gc_pause_max_ms']:.0f}"
+                      if "cold_collections" in r else "-")
+            bound = f"{r['cold_gc_bound_p99']:.2f}" if "cold_gc_bound_p99" in r else "-"
+            floor = r["params"].get("floor")
+            rows.append([name, "-" if floor else f"{r['cold_p50']:.2f}", f"{r['cold_p99']:.2f}",
+                         _range(r, "cold_p99"), f"{r['cold_max']:.1f}", pauses, bound,
+                         "-" if floor else f"{r['warm_p50']:.2f}", f"{r['warm_p99']:.2f}",
                          _range(r, "warm_p99"),
-                         C.fmt_ratio(C.ratio(r["cold_p99"], zc)), C.bg_cell(r)])
+                         "-" if floor else C.fmt_ratio(C.ratio(r["cold_p99"], zc)), C.bg_cell(r)])
         p = cold[0]["params"]
         procs = max(len(r.get("procs", [r])) for r in cold)
         parts.append(
             f"#### cold: {p['n']:,} concurrent sleeps in [0, 1) s, the first burst in a fresh process"
             f" (no warm-up) and the second one (warm); lateness in ms, median of {procs} fresh"
-            " processes\n\n"
-            + C.table(["runtime", "cold p50", "cold p99", "cold p99 range", "cold max", "warm p50",
+            " processes; collector pauses in the cold burst as count / total ms / longest ms, and the"
+            " p99 lateness those pauses alone explain (the no-runtime row: that is all it has)\n\n"
+            + C.table(["runtime", "cold p50", "cold p99", "cold p99 range", "cold max",
+                       "GC pauses (n / total / max)", "p99 from GC pauses alone", "warm p50",
                        "warm p99", "warm p99 range", "cold p99 vs zokio", "bg load"], rows))
         peers = ", ".join(
             f"{rt} {C.value(cold, f'cold: {rt}', 'cold_p99'):.0f} ms"
             if C.value(cold, f"cold: {rt}", "cold_p99") is not None else f"{rt} -"
             for rt in ("asyncio", "uvloop"))
+        floor = C.value(cold, "cold: no runtime (the burst's coroutines alone)", "cold_p99")
+        if floor is not None:
+            peers += f"; the collector's floor with no runtime {floor:.0f} ms"
         bars.append(C.bar(f"sleep, cold: p99 lateness of the first {p['n'] // 1000}k burst in a fresh "
                           "process (threads=2)", peers, "-" if zc is None else f"{zc:.2f} ms",
                           f"p99 <= {BAR_COLD_MS:g} ms", None if zc is None else zc <= BAR_COLD_MS))
