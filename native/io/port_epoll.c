@@ -89,6 +89,11 @@ typedef struct epoll_port {
     size_t nstates;
     size_t waiting; /* ops in some fd's readers/writers queue */
     bool wake_seen; /* the wake eventfd was reported readable */
+    /* The last epoll_wait since process() took everything the kernel had
+     * (fewer than MAX_EVENTS): process() need not ask again.  The scheduler
+     * always waits right before it processes, so without this every wake
+     * cost a second, empty epoll_wait. */
+    bool drained;
     struct epoll_event events[MAX_EVENTS];
 } epoll_port;
 
@@ -350,6 +355,7 @@ static int poll_events(epoll_port *e, int64_t timeout_ns)
     e->c.stats.enters++;
     if (n < 0)
         return -errno;
+    e->drained = n < MAX_EVENTS;
     for (int i = 0; i < n; i++)
         handle_event(e, &e->events[i]);
     return n;
@@ -454,8 +460,12 @@ static int e_wait(zk_port *port, int64_t timeout_ns)
 static int e_process(zk_port *port)
 {
     epoll_port *e = E(port);
-    if (e->waiting)
-        poll_events(e, 0); /* readiness that arrived since the last wait */
+    /* Readiness that arrived since the last wait, unless that wait was just
+     * now and took all there was: what arrives after it is left for the
+     * next wait, which is never far (maintenance or park). */
+    if (e->waiting && !e->drained)
+        poll_events(e, 0);
+    e->drained = false;
     if (e->wake_seen) {
         e->wake_seen = false;
         zk_port_wake_drain(&e->c);
