@@ -23,7 +23,12 @@ static zk_state *get_state(PyObject *module) {
 
 static zk_sched *require_sched(const char *what) {
     zk_sched *s = zk_current_sched();
-    if (s == NULL)
+    if (s == NULL && zk_worker_before_fork)
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s: this thread ran a zokio task when the process forked; the "
+                     "runtime stayed in the parent and cannot be used after os.fork(); "
+                     "create a new Runtime in the child", what);
+    else if (s == NULL)
         PyErr_Format(PyExc_RuntimeError,
                      "%s must be called from inside a zokio runtime (a task run "
                      "by Runtime.block_on() or Runtime.spawn()), but no runtime "
@@ -71,6 +76,8 @@ static PyObject *mod_yield_now(PyObject *module, PyObject *Py_UNUSED(ignored)) {
 static int parse_seconds(PyObject *arg, double *out, const char *what) {
     double d = PyFloat_AsDouble(arg);
     if (d == -1.0 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;   /* an int too large for a float: its own error says so */
         PyErr_Format(PyExc_TypeError, "%s expects a number of seconds, not %.100s",
                      what, Py_TYPE(arg)->tp_name);
         return -1;

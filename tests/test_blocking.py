@@ -2,6 +2,8 @@
 keep-alive, shutdown."""
 from __future__ import annotations
 
+import contextvars
+import math
 import threading
 import time
 import traceback
@@ -256,3 +258,54 @@ def test_shutdown_cancels_queued_blocking_jobs(make_runtime, util):
     rt.shutdown(timeout=10)
     assert ran == ["first"]
     assert not util.zokio_threads()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("keep_alive", [math.inf, 1e300])
+def test_an_endless_keep_alive_parks_idle_pool_threads_without_spinning(make_runtime, keep_alive):
+    """blocking_keep_alive=inf: an idle pool thread waits untimed.  The
+    deadline used to be computed by casting inf to time_t (undefined: it
+    came out INT64_MIN), pthread_cond_timedwait refused it at once and the
+    idle loop spun at 100% CPU holding the pool's lock, so shutdown() could
+    never take the lock and never returned."""
+    rt = make_runtime(2, blocking_keep_alive=keep_alive)
+
+    async def main():
+        return await zokio.spawn_blocking(lambda: 7)
+
+    assert rt.block_on(main()) == 7
+    time.sleep(0.1)                       # the pool thread is idle by now
+    cpu0 = time.process_time()
+    time.sleep(0.5)
+    idle_cpu = time.process_time() - cpu0
+    assert idle_cpu < 0.2, f"idle runtime used {idle_cpu:.2f} s of CPU in 0.5 s"
+    assert rt.metrics()["blocking_threads"] == 1
+    done = threading.Event()
+    threading.Thread(target=lambda: (rt.shutdown(timeout=3), done.set()), daemon=True).start()
+    assert done.wait(10), "shutdown() did not return"
+
+
+@pytest.mark.timeout(30)
+def test_spawn_blocking_runs_in_a_copy_of_the_callers_context(make_runtime):
+    """As asyncio.to_thread: the function sees the awaiting task's context
+    variables, and what it sets stays in its own copy.  It used to run in
+    an empty context (the default value came back)."""
+    request_id = contextvars.ContextVar("request_id", default="none")
+
+    def job():
+        seen = request_id.get()
+        request_id.set("changed in the pool")
+        return seen, request_id.get()
+
+    async def handler(rid):
+        request_id.set(rid)
+        seen, inside = await zokio.spawn_blocking(job)
+        return seen, inside, request_id.get()
+
+    async def main():
+        hs = [zokio.spawn(handler(f"r{i}")) for i in range(16)]
+        return [await h for h in hs]
+
+    out = make_runtime(2).block_on(main())
+    assert out == [(f"r{i}", "changed in the pool", f"r{i}") for i in range(16)]
+

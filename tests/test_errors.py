@@ -121,6 +121,42 @@ def test_bare_yield_raises_type_error_naming_the_object(rt, value):
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.parametrize("make", ["sleep", "yield_now", "oneshot", "spawn_blocking", "handle"])
+def test_a_zokio_awaitable_yielded_bare_raises_instead_of_losing_its_result(rt, make):
+    """`r = yield leaf` in a generator-based coroutine used to suspend the
+    task on the leaf and then resume the coroutine with None: the result
+    (7 here) was silently lost."""
+    @types.coroutine
+    def bare(x):
+        r = yield x
+        return r
+
+    async def seven():
+        return 7
+
+    async def main():
+        o = zokio.Oneshot()
+        o.set(7)
+        x = {"sleep": lambda: zokio.sleep(0.001), "yield_now": zokio.yield_now,
+             "oneshot": lambda: o, "spawn_blocking": lambda: zokio.spawn_blocking(lambda: 7),
+             "handle": lambda: zokio.spawn(seven())}[make]()
+        try:
+            r = await bare(x)
+        except TypeError as e:
+            msg = str(e)
+        else:
+            return ("returned", r)
+        # the same object awaited properly still works
+        return ("raised", msg, await x if make != "yield_now" else None)
+
+    out = rt.block_on(main())
+    assert out[0] == "raised", out
+    assert "bare 'yield'" in out[1] and "awaited" in out[1]
+    if make in ("oneshot", "spawn_blocking", "handle"):
+        assert out[2] == 7
+
+
+@pytest.mark.timeout(20)
 def test_foreign_awaitable_uncaught_fails_the_task(rt):
     @types.coroutine
     def bare():

@@ -296,6 +296,30 @@ def test_shutdown_from_a_blocking_pool_thread_of_the_runtime(make_runtime):
     assert not any(t.is_alive() for t in rt._threads)
 
 
+@pytest.mark.timeout(120)
+def test_shutdown_from_a_fresh_pool_thread_racing_shutdown_from_plain_threads(make_runtime):
+    """A pool thread started for the job that calls shutdown(), while eight
+    plain threads call it too.  The pool thread used to be registered only
+    after it started, so its shutdown() could not know it ran on the pool:
+    it waited for the shutdown, which waited to join it (a hang in most
+    rounds on every interpreter and backend)."""
+    for round_ in range(15):
+        rt = make_runtime(2)
+
+        async def main():
+            await zokio.spawn_blocking(rt.shutdown)
+
+        rt.spawn(main())
+        callers = [threading.Thread(target=rt.shutdown) for _ in range(8)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(15)
+        assert not [t for t in callers if t.is_alive()], f"shutdown() hung in round {round_}"
+        assert rt.closed
+        assert not any(t.is_alive() for t in rt._threads)
+
+
 @pytest.mark.timeout(40)
 def test_shutdown_timeout_with_a_worker_stuck_in_a_long_poll(make_runtime, util):
     """A task blocking its worker (CPU-bound or a sync sleep) does not hold
@@ -479,6 +503,77 @@ def test_runtime_inherited_through_fork_gives_a_clear_error(tmp_path, util):
     assert lines["threads-left"] == "[]"
     assert "PARENT-AFTER 10 2" in out
     assert "PARENT-DONE" in out
+
+
+_FORK_IN_TASK_SCRIPT = textwrap.dedent("""
+    import os, time, warnings
+    import zokio
+
+    warnings.simplefilter("ignore", DeprecationWarning)   # fork() with threads alive
+
+    async def double(x):
+        await zokio.sleep(0.001)
+        return 2 * x
+
+    def child_checks(w):
+        out = []
+        for name, fn in [("spawn", lambda: zokio.spawn(double(1))),
+                         ("spawn_blocking", lambda: zokio.spawn_blocking(int)),
+                         ("current_runtime", zokio.current_runtime)]:
+            try:
+                fn()
+                out.append(f"{name}: no error")
+            except RuntimeError as e:
+                out.append(f"{name}: RuntimeError: {e}")
+        try:
+            out.append(f"new-runtime: {zokio.run(double(21), threads=2)}")
+        except BaseException as e:
+            out.append(f"new-runtime: {type(e).__name__}: {e}")
+        os.write(w, "\\n".join(out).encode())
+
+    async def main():
+        r, w = os.pipe()
+        pid = os.fork()                # inside a task: this thread is a worker
+        if pid == 0:
+            os.close(r)
+            try:
+                child_checks(w)
+            finally:
+                os._exit(0)
+        os.close(w)
+        deadline = time.monotonic() + 20
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                return "CHILD-TIMEOUT"
+            await zokio.sleep(0.01)
+        return os.read(r, 65536).decode()
+
+    print(zokio.run(main(), threads=2), flush=True)
+    print("PARENT-DONE", flush=True)
+""")
+
+
+@pytest.mark.timeout(60)
+def test_fork_from_inside_a_task_leaves_a_child_that_can_start_a_new_runtime(tmp_path, util):
+    """os.fork() (or multiprocessing's fork start method) called by a task:
+    the child's only thread is a copy of a worker.  It used to keep
+    believing it was one: a new Runtime's block_on() in the child said
+    "cannot be called from inside a zokio task", and zokio.spawn() returned
+    a handle that never ran."""
+    script = tmp_path / "fork_in_task.py"
+    script.write_text(_FORK_IN_TASK_SCRIPT)
+    p = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=util.subprocess_env(),
+                       capture_output=True, text=True, timeout=45)
+    out = p.stdout
+    assert p.returncode == 0, (out, p.stderr)
+    assert "PARENT-DONE" in out and "CHILD-TIMEOUT" not in out, (out, p.stderr)
+    lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    assert lines["new-runtime"] == "42", out
+    for name in ("spawn", "spawn_blocking"):
+        assert lines[name].startswith("RuntimeError: "), out
+        assert "os.fork()" in lines[name] and "new Runtime" in lines[name], out
+    assert lines["current_runtime"].startswith("RuntimeError: "), out
 
 
 # ---- async generators -------------------------------------------------------------

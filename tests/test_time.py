@@ -107,10 +107,20 @@ def test_sleep_returns_none_and_zero_is_prompt(rt):
 
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize("bad, exc", [(-0.1, ValueError), (float("nan"), ValueError),
-                                      ("1", TypeError), (None, TypeError)])
+                                      ("1", TypeError), (None, TypeError),
+                                      (10 ** 400, OverflowError)])
 def test_sleep_invalid_arguments(bad, exc):
+    # 10**400 is a number: it said "expects a number of seconds, not int"
     with pytest.raises(exc):
         zokio.sleep(bad)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf")])
+def test_interval_refuses_a_period_that_is_not_positive_and_finite(bad):
+    # inf used to be accepted and failed at the first tick (0 * inf is NaN)
+    with pytest.raises(ValueError, match="finite"):
+        zokio.interval(bad)
 
 
 @pytest.mark.timeout(20)

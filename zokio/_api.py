@@ -64,6 +64,7 @@ def interval(period: float) -> AsyncIterator[float]:
     is immediate."""
     if not isinstance(period, (int, float)) or isinstance(period, bool):
         raise TypeError("interval() period must be a number of seconds")
-    if not period > 0:
-        raise ValueError(f"interval() period must be > 0, got {period!r}")
+    if not 0 < period < float("inf"):
+        # inf would make the first tick's deadline 0 * inf, NaN
+        raise ValueError(f"interval() period must be > 0 and finite, got {period!r}")
     return _interval_ticks(float(period))

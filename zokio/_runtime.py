@@ -26,6 +26,34 @@ MAX_THREADS = 1024
 _STOP_GRACE = 1.0
 
 
+def _has_ended(t: threading.Thread) -> bool:
+    """t ran and is gone.  Not ``not is_alive()``: that is also true of a
+    thread another caller is starting right now (is_alive() is False until
+    its start() returns), which must not be dropped."""
+    try:
+        t.join(0)          # RuntimeError: not started yet (or the current thread)
+    except RuntimeError:
+        return False
+    return not t.is_alive()
+
+
+def _deadline_after(timeout: Optional[float]) -> Optional[float]:
+    """A ``timeout`` argument as a deadline, read as every wait of zokio
+    reads it: None, inf or more than threading can wait for is no limit;
+    NaN is refused; a negative timeout is an immediate deadline."""
+    if timeout is None:
+        return None
+    kind = type(timeout)
+    if not (hasattr(kind, "__float__") or hasattr(kind, "__index__")):
+        raise TypeError(f"timeout must be a number of seconds or None, not {kind.__name__}")
+    timeout = float(timeout)
+    if timeout != timeout:
+        raise ValueError("timeout is NaN")
+    if timeout >= min(9.0e9, threading.TIMEOUT_MAX):
+        return None
+    return time.monotonic() + max(0.0, timeout)
+
+
 def _remaining(deadline: Optional[float]) -> Optional[float]:
     """Seconds left until ``deadline`` (None: no limit), never negative."""
     if deadline is None:
@@ -148,10 +176,18 @@ class Runtime:
             name="zokio-blocking",
             daemon=True,
         )
-        t.start()
+        # Registered before it starts: its first job may call shutdown(),
+        # which must already know it runs on a pool thread (else it waits
+        # for a shutdown that waits to join this very thread).
         with self._lock:
-            self._blocking_threads = [b for b in self._blocking_threads if b.is_alive()]
+            self._blocking_threads = [b for b in self._blocking_threads if not _has_ended(b)]
             self._blocking_threads.append(t)
+        try:
+            t.start()
+        except BaseException:
+            with self._lock:
+                self._blocking_threads = [b for b in self._blocking_threads if b is not t]
+            raise
 
     # -- public API ---------------------------------------------------------
     @property
@@ -236,7 +272,7 @@ class Runtime:
             return
         if _native.current_scheduler() is self._core:
             raise RuntimeError("Runtime.shutdown() cannot be called from one of its own tasks")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline_after(timeout)
         with self._lock:
             done = self._shutdown_done
             if done.is_set():

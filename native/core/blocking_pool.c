@@ -19,6 +19,7 @@ typedef struct zk_job {
     PyObject *fn;
     PyObject *args;
     PyObject *kwargs;   /* or NULL */
+    PyObject *context;  /* the submitter's contextvars, copied (as asyncio.to_thread) */
     zk_leaf *leaf;      /* strong */
 } zk_job;
 
@@ -75,7 +76,18 @@ static void pool_lock(zk_blocking_pool *p) {
     Py_END_ALLOW_THREADS
 }
 
-static void deadline_after(struct timespec *ts, double seconds) {
+/* Longer than this is no end: converting inf or 1e300 to time_t is
+ * undefined (it came out INT64_MIN, a deadline in the past that
+ * pthread_cond_timedwait refused with EINVAL, so the idle loop spun). */
+#define POOL_WAIT_FOREVER_SECONDS 9.0e9
+
+/* Fill *ts with now + seconds (CLOCK_MONOTONIC).  Returns 0 when the wait
+ * has no end (seconds infinite, NaN or beyond ~285 years): wait untimed. */
+static int deadline_after(struct timespec *ts, double seconds) {
+    if (!(seconds < POOL_WAIT_FOREVER_SECONDS))
+        return 0;
+    if (seconds < 0)
+        seconds = 0;
     clock_gettime(CLOCK_MONOTONIC, ts);
     double whole = (double)(time_t)seconds;
     ts->tv_sec += (time_t)seconds;
@@ -84,6 +96,7 @@ static void deadline_after(struct timespec *ts, double seconds) {
         ts->tv_sec += 1;
         ts->tv_nsec -= 1000000000L;
     }
+    return 1;
 }
 
 int zk_blocking_pool_submit(zk_blocking_pool *p, PyObject *fn, PyObject *args,
@@ -91,6 +104,11 @@ int zk_blocking_pool_submit(zk_blocking_pool *p, PyObject *fn, PyObject *args,
     zk_job *job = PyMem_RawMalloc(sizeof(*job));
     if (job == NULL) {
         PyErr_NoMemory();
+        return -1;
+    }
+    job->context = PyContext_CopyCurrent();
+    if (job->context == NULL) {
+        PyMem_RawFree(job);
         return -1;
     }
     job->next = NULL;
@@ -106,6 +124,7 @@ int zk_blocking_pool_submit(zk_blocking_pool *p, PyObject *fn, PyObject *args,
         Py_DECREF(job->fn);
         Py_DECREF(job->args);
         Py_XDECREF(job->kwargs);
+        Py_DECREF(job->context);
         Py_DECREF((PyObject *)job->leaf);
         PyMem_RawFree(job);
         PyErr_SetString(PyExc_RuntimeError, "the blocking pool is shut down");
@@ -169,18 +188,29 @@ static PyObject *job_exception(zk_job *job) {
 }
 
 static void run_job(zk_blocking_pool *p, zk_job *job) {
-    PyObject *r = job->kwargs ? PyObject_Call(job->fn, job->args, job->kwargs)
-                              : PyObject_Call(job->fn, job->args, NULL);
+    PyObject *r = NULL, *exc = NULL;
+    /* The job's own copy of the context: nobody else can have it entered. */
+    if (PyContext_Enter(job->context) < 0) {
+        exc = zk_fetch_exception();
+    } else {
+        r = job->kwargs ? PyObject_Call(job->fn, job->args, job->kwargs)
+                        : PyObject_Call(job->fn, job->args, NULL);
+        if (r == NULL)
+            exc = job_exception(job);   /* taken before the exit below */
+        if (PyContext_Exit(job->context) < 0)  /* entered just above: cannot fail */
+            PyErr_WriteUnraisable(job->fn);
+    }
     pool_lock(p);
     p->finishing++;
     pthread_mutex_unlock(&p->lock);
     if (r != NULL)
         zk_leaf_complete(p->st, job->leaf, r, NULL);
     else
-        zk_leaf_complete(p->st, job->leaf, NULL, job_exception(job));
+        zk_leaf_complete(p->st, job->leaf, NULL, exc);
     Py_DECREF(job->fn);
     Py_DECREF(job->args);
     Py_XDECREF(job->kwargs);
+    Py_DECREF(job->context);
     Py_DECREF((PyObject *)job->leaf);
     PyMem_RawFree(job);
 }
@@ -216,10 +246,11 @@ void zk_blocking_pool_thread_main(zk_blocking_pool *p) {
                 break;
             p->idle++;
             struct timespec ts;
-            deadline_after(&ts, p->keep_alive);
+            int timed = deadline_after(&ts, p->keep_alive);
             int rc = 0;
             while (p->head == NULL && !p->shutdown && p->wakeups_pending == 0 && rc != ETIMEDOUT)
-                rc = pthread_cond_timedwait(&p->work_cond, &p->lock, &ts);
+                rc = timed ? pthread_cond_timedwait(&p->work_cond, &p->lock, &ts)
+                           : pthread_cond_wait(&p->work_cond, &p->lock);
             p->idle--;
             if (p->wakeups_pending > 0)
                 p->wakeups_pending--;
@@ -256,6 +287,7 @@ void zk_blocking_pool_shutdown(zk_blocking_pool *p) {
         Py_DECREF(jobs->fn);
         Py_DECREF(jobs->args);
         Py_XDECREF(jobs->kwargs);
+        Py_DECREF(jobs->context);
         Py_DECREF((PyObject *)jobs->leaf);
         PyMem_RawFree(jobs);
         jobs = next;
@@ -264,14 +296,13 @@ void zk_blocking_pool_shutdown(zk_blocking_pool *p) {
 
 int zk_blocking_pool_join(zk_blocking_pool *p, double timeout) {
     struct timespec ts;
-    if (timeout >= 0)
-        deadline_after(&ts, timeout);
+    int timed = timeout >= 0 && deadline_after(&ts, timeout);
     int all_exited;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&p->lock);
     int rc = 0;
     while (p->threads > 0 && rc != ETIMEDOUT) {
-        if (timeout >= 0)
+        if (timed)
             rc = pthread_cond_timedwait(&p->exit_cond, &p->lock, &ts);
         else
             rc = pthread_cond_wait(&p->exit_cond, &p->lock);

@@ -170,6 +170,7 @@ PyObject *zk_leaf_iternext(zk_leaf *self) {
     }
     if (zk_leaf_is_done(self) && zk_coop_budget-- > 0)
         return zk_leaf_outcome(self);
+    zk_suspending = (PyObject *)self;
     return Py_NewRef(self);
 }
 
@@ -215,6 +216,7 @@ static PyObject *yield_iternext(PyObject *self) {
         t->yield_resume = 0;
         return NULL;
     }
+    zk_suspending = self;
     return Py_NewRef(self);
 }
 

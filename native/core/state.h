@@ -97,6 +97,14 @@ extern ZK_TLS int zk_coop_budget;
 /* Nonzero while this thread closes the coroutine of an abandoned task:
  * zokio awaitables then suspend instead of raising (task.c). */
 extern ZK_TLS int zk_abandoning;
+/* The awaitable whose __next__ last suspended on this thread (set just
+ * before it returns itself).  A task step clears it before resuming its
+ * coroutine; a zokio awaitable that reaches the task without being it was
+ * yielded bare (`yield leaf` in a generator-based coroutine), which would
+ * lose its result: refused (task.c).  Borrowed, compared only. */
+extern ZK_TLS PyObject *zk_suspending;
+/* Set in a child of fork() whose forking thread was a worker (task.c). */
+extern ZK_TLS int zk_worker_before_fork;
 #define ZK_COOP_BUDGET 128
 
 #endif

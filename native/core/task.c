@@ -8,13 +8,52 @@
 #include "core/task.h"
 #include "core/leaf.h"
 #include "core/sched.h"
+#include "core/timeout_arg.h"
 
+#include <pthread.h>
 #include <string.h>
 
 ZK_TLS zk_worker *zk_current_worker = NULL;
 ZK_TLS zk_task *zk_current_task = NULL;
 ZK_TLS int zk_coop_budget = 0;
 ZK_TLS int zk_abandoning = 0;
+ZK_TLS int zk_worker_before_fork = 0;
+ZK_TLS PyObject *zk_suspending = NULL;
+
+/* A coroutine yielded `obj` without obj's own __next__ having just
+ * suspended (zk_suspending): a bare `yield` from a generator-based
+ * coroutine.  A zokio awaitable reached this way would resume its task
+ * with None instead of its result: refused with a TypeError, as is anything
+ * that is not a zokio awaitable.  Returns -1 with the exception set. */
+static int yielded_bare(zk_state *st, PyObject *obj) {
+    if (zk_leaf_ops_of(st, obj) == NULL)
+        return zk_awaitable_foreign(obj);
+    PyErr_Format(PyExc_TypeError,
+                 "%R was yielded by a bare 'yield' (a generator-based coroutine?); "
+                 "zokio awaitables must be awaited ('await x' or 'yield from "
+                 "x.__await__()'), or their result is lost", obj);
+    return -1;
+}
+
+/* fork() from inside a task (multiprocessing's "fork" start method, or
+ * os.fork() in a coroutine): the child's one thread is a copy of a worker in
+ * the middle of a poll, but no other thread of that runtime exists there.
+ * The child forgets that this thread is a worker, as asyncio forgets its
+ * running loop, so a new Runtime works in the child (block_on, result(),
+ * blocking waits no longer see "a worker") and zokio.spawn() and the like
+ * say why they cannot use the old one.  Plain stores to this thread's own
+ * TLS: safe in an atfork child handler. */
+static void forget_worker_in_child(void) {
+    zk_worker_before_fork = zk_current_worker != NULL;
+    zk_current_worker = NULL;
+    zk_current_task = NULL;
+    zk_coop_budget = 0;
+    zk_abandoning = 0;
+}
+
+static void install_fork_hook(void) {
+    pthread_atfork(NULL, NULL, forget_worker_in_child);
+}
 
 /* ---- one runner per coroutine ---------------------------------------------
  *
@@ -598,6 +637,7 @@ void zk_task_run(zk_worker *w, zk_task *t) {
         task_complete(t, NULL, zk_fetch_exception());  /* may free t */
         return;
     }
+    zk_suspending = NULL;
     if (interrupt != NULL) {
         step = throw_into(st, t->coro, interrupt, &out);
         Py_CLEAR(interrupt);
@@ -605,15 +645,19 @@ void zk_task_run(zk_worker *w, zk_task *t) {
         step = send_into(t->coro, &out);
     }
     while (step == STEP_YIELDED) {
-        if (zk_awaitable_register(st, w, t, out) == 0) {
+        int registered = out == zk_suspending ? zk_awaitable_register(st, w, t, out)
+                                              : yielded_bare(st, out);
+        if (registered == 0) {
             t->waiting_on = out;  /* owns the reference */
             break;
         }
-        /* Not a zokio awaitable: throw the TypeError into the coroutine so
-         * the await fails loudly instead of hanging. */
+        /* Not a zokio awaitable, or one yielded bare: throw the TypeError
+         * into the coroutine so the await fails loudly instead of hanging
+         * or losing its result. */
         PyObject *err = zk_fetch_exception();
         Py_DECREF(out);
         out = NULL;
+        zk_suspending = NULL;
         step = throw_into(st, t->coro, err, &out);
         Py_DECREF(err);
     }
@@ -1164,6 +1208,7 @@ static PyObject *task_iternext(zk_task *self) {
         PyErr_SetString(PyExc_RuntimeError, "a task cannot await its own JoinHandle");
         return NULL;
     }
+    zk_suspending = (PyObject *)self;
     return Py_NewRef(self);
 }
 
@@ -1211,6 +1256,9 @@ static PyObject *task_result(zk_task *self, PyObject *args, PyObject *kwds) {
     PyObject *timeout = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:result", kwlist, &timeout))
         return NULL;
+    int64_t timeout_ns;
+    if (zk_timeout_arg_ns(timeout, &timeout_ns) < 0)
+        return NULL;
     if (zk_current_worker != NULL && !zk_task_is_complete(self)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "JoinHandle.result() would block a zokio worker; "
@@ -1237,7 +1285,11 @@ static PyObject *task_result(zk_task *self, PyObject *args, PyObject *kwds) {
             return NULL;
         }
         if (added == 1) {
-            PyObject *ok = PyObject_CallMethod(event, "wait", "O", timeout);
+            /* threading.Event.wait() refuses what it cannot represent:
+             * hand it the normalised value (None for no end). */
+            PyObject *ok = timeout_ns < 0
+                ? PyObject_CallMethod(event, "wait", NULL)
+                : PyObject_CallMethod(event, "wait", "d", (double)timeout_ns / 1e9);
             if (ok == NULL) {  /* e.g. KeyboardInterrupt */
                 zk_task_remove_waiter(self, set);
                 Py_DECREF(set);
@@ -1539,6 +1591,8 @@ static int owned_coro_type_init(PyObject *module, zk_state *st) {
 }
 
 int zk_task_type_init(PyObject *module, zk_state *st) {
+    static pthread_once_t fork_hook_once = PTHREAD_ONCE_INIT;
+    pthread_once(&fork_hook_once, install_fork_hook);
     if (owned_coro_type_init(module, st) < 0)
         return -1;
     st->TaskType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &task_spec, NULL);

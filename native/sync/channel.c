@@ -44,6 +44,7 @@
  */
 #include "sync/channel.h"
 #include "core/task.h"
+#include "core/timeout_arg.h"
 
 enum { CHAN_SEND = 1, CHAN_RECV = 2, CHAN_RECV_ITER = 3 };
 
@@ -709,6 +710,7 @@ static PyObject *retry_iternext(zk_chan_retry *self) {
         zk_task *t = zk_current_task;
         if (!self->yielded && t != NULL) {
             self->yielded = 1;
+            zk_suspending = self->chan->st->yield_now;
             return Py_NewRef(self->chan->st->yield_now);
         }
         if (t != NULL)
@@ -795,24 +797,6 @@ static PyType_Spec chan_spec = {
 };
 
 /* ---- blocking waits for plain threads ---------------------------------- */
-
-static int parse_timeout(PyObject *timeout, int64_t *out) {
-    if (timeout == NULL || timeout == Py_None) {
-        *out = -1;
-        return 0;
-    }
-    double d = PyFloat_AsDouble(timeout);
-    if (d == -1.0 && PyErr_Occurred())
-        return -1;
-    if (d != d) {
-        PyErr_SetString(PyExc_ValueError, "timeout is NaN");
-        return -1;
-    }
-    if (d < 0)
-        d = 0;
-    *out = d > 9.0e9 ? INT64_MAX / 2 : (int64_t)(d * 1e9);
-    return 0;
-}
 
 static int refuse_on_worker(const char *what) {
     if (zk_current_worker != NULL) {
@@ -913,7 +897,7 @@ static PyObject *sender_send_blocking(zk_chan_sender *self, PyObject *args, PyOb
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:send_blocking", kwlist, &item, &timeout))
         return NULL;
     int64_t tns;
-    if (parse_timeout(timeout, &tns) < 0 || refuse_on_worker("send_blocking") < 0)
+    if (zk_timeout_arg_ns(timeout, &tns) < 0 || refuse_on_worker("send_blocking") < 0)
         return NULL;
     zk_chan *c = sender_chan(self);
     if (c == NULL)
@@ -1120,7 +1104,7 @@ static PyObject *receiver_recv_blocking(zk_chan_receiver *self, PyObject *args, 
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:recv_blocking", kwlist, &timeout))
         return NULL;
     int64_t tns;
-    if (parse_timeout(timeout, &tns) < 0 || refuse_on_worker("recv_blocking") < 0)
+    if (zk_timeout_arg_ns(timeout, &tns) < 0 || refuse_on_worker("recv_blocking") < 0)
         return NULL;
     zk_chan *c = receiver_chan(self);
     if (c == NULL)

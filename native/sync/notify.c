@@ -19,6 +19,7 @@
  */
 #include "sync/waitlist.h"
 #include "core/task.h"
+#include "core/timeout_arg.h"
 #include <sched.h>
 
 typedef struct {
@@ -104,13 +105,9 @@ static PyObject *block_on_park(zk_notify *s, PyObject *args, PyObject *kwds, int
     PyObject *timeout = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:wait_blocking", kwlist, &timeout))
         return NULL;
-    int64_t tns = -1;
-    if (timeout != Py_None) {
-        double t = PyFloat_AsDouble(timeout);
-        if (t == -1.0 && PyErr_Occurred())
-            return NULL;
-        tns = t <= 0 ? 0 : (int64_t)(t * 1e9);
-    }
+    int64_t tns;
+    if (zk_timeout_arg_ns(timeout, &tns) < 0)
+        return NULL;
     if (zk_current_worker != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "a blocking wait would block a zokio worker: use await");
         return NULL;

@@ -27,8 +27,13 @@
  */
 #include "sync/waitlist.h"
 #include "core/task.h"
+#include "core/timeout_arg.h"
 #include <sched.h>
 #include <structmember.h>
+
+/* The most permits a semaphore holds (as Tokio: a few bits of headroom), so
+ * that no sum of permits, a release and a head waiter's share can wrap. */
+#define ZK_SEM_MAX_PERMITS (PY_SSIZE_T_MAX >> 3)
 
 /* Waiter kinds: what the await of a parked acquirer returns. */
 enum { SEM_KIND_TRUE = 0, SEM_KIND_NONE = 1, SEM_KIND_GUARD = 2 };
@@ -272,6 +277,12 @@ static int check_n(Py_ssize_t n, zk_sem *s) {
                      "cannot acquire %zd permits from a semaphore of %zd", n, s->bound);
         return -1;
     }
+    if (n > ZK_SEM_MAX_PERMITS) {
+        PyErr_Format(PyExc_ValueError,
+                     "cannot acquire %zd permits: a semaphore holds at most %zd", n,
+                     (Py_ssize_t)ZK_SEM_MAX_PERMITS);
+        return -1;
+    }
     return 0;
 }
 
@@ -343,6 +354,11 @@ static PyObject *sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     }
     if (bound >= 0 && bound < permits) {
         PyErr_SetString(PyExc_ValueError, "bound must be >= the initial permits");
+        return NULL;
+    }
+    if (permits > ZK_SEM_MAX_PERMITS || bound > ZK_SEM_MAX_PERMITS) {
+        PyErr_Format(PyExc_OverflowError, "a semaphore holds at most %zd permits, got %zd",
+                     (Py_ssize_t)ZK_SEM_MAX_PERMITS, permits > bound ? permits : bound);
         return NULL;
     }
     zk_sem *s = (zk_sem *)type->tp_alloc(type, 0);
@@ -436,6 +452,19 @@ static int sem_release_impl(zk_sem *s, Py_ssize_t n) {
     zk_waiter *done = NULL;
     PyObject *drop = NULL;
     zk_mutex_lock(&s->lock);
+    {
+        /* Held back from the ceiling: permits free plus what the head has
+         * been handed (the invariant: one of the two is 0). */
+        zk_waiter *h = zk_waitlist_head_locked(&s->wl);
+        Py_ssize_t free_now = s->permits + (h != NULL ? h->got : 0);
+        if (n > ZK_SEM_MAX_PERMITS - free_now) {
+            zk_mutex_unlock(&s->lock);
+            PyErr_Format(PyExc_OverflowError,
+                         "releasing %zd permits would pass the most a semaphore holds (%zd)",
+                         n, (Py_ssize_t)ZK_SEM_MAX_PERMITS);
+            return -1;
+        }
+    }
     if (s->bound >= 0) {
         zk_waiter *h = zk_waitlist_head_locked(&s->wl);
         Py_ssize_t out = s->bound - s->permits - (h != NULL ? h->got : 0);
@@ -478,13 +507,9 @@ static PyObject *sem_acquire_blocking(zk_sem *s, PyObject *args, PyObject *kwds)
     PyObject *timeout = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nO:acquire_blocking", kwlist, &n, &timeout))
         return NULL;
-    int64_t tns = -1;
-    if (timeout != Py_None) {
-        double t = PyFloat_AsDouble(timeout);
-        if (t == -1.0 && PyErr_Occurred())
-            return NULL;
-        tns = t <= 0 ? 0 : (int64_t)(t * 1e9);
-    }
+    int64_t tns;
+    if (zk_timeout_arg_ns(timeout, &tns) < 0)
+        return NULL;
     if (zk_current_worker != NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "acquire_blocking() would block a zokio worker: use await acquire()");

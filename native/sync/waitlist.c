@@ -261,6 +261,7 @@ static PyObject *waiter_iternext(zk_waiter *self) {
         atomic_store_explicit(&self->consumed, 1, memory_order_release);
         return zk_leaf_outcome(&self->leaf);
     }
+    zk_suspending = (PyObject *)self;
     return Py_NewRef(self);
 }
 

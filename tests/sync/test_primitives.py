@@ -125,6 +125,31 @@ def test_bounded_semaphore_refuses_over_release(make_runtime):
 
 
 @pytest.mark.timeout(30)
+def test_semaphore_permits_cannot_overflow(make_runtime):
+    """Two release(2**62) used to wrap the count negative (available ==
+    -2**63, then 0 after two more: permits lost, locked() True)."""
+    async def main():
+        sem = Semaphore(0)
+        sem.release(2 ** 59)
+        sem.release(2 ** 59 - 1)           # the most a semaphore holds: 2**60 - 1
+        top = sem.available
+        assert top == 2 ** 60 - 1
+        with pytest.raises(OverflowError):
+            sem.release(1)
+        assert sem.available == top > 0 and not sem.locked()
+        with pytest.raises(OverflowError):
+            Semaphore(2 ** 63 - 1)
+        with pytest.raises(ValueError):
+            await sem.acquire(2 ** 62)      # more than any semaphore can hold
+        assert await sem.acquire(top) is True
+        assert sem.available == 0
+        sem.release(top)
+        assert sem.try_acquire(1) and sem.available == top - 1
+
+    make_runtime(threads=2).block_on(main())
+
+
+@pytest.mark.timeout(30)
 def test_mutex_guard(make_runtime):
     async def main():
         m = Mutex([])

@@ -69,11 +69,19 @@ def _refuse_on_worker(what: str) -> None:
 
 
 def _deadline(timeout: Optional[float]) -> Optional[float]:
+    """The native waits' reading of a timeout (core/timeout_arg.h): None
+    or more than threading can wait for (inf, 1e300) is no end; NaN is
+    refused; <= 0 is a poll."""
     if timeout is None:
         return None
     if timeout != timeout:
         raise ValueError("timeout is NaN")
+    if timeout >= _TIMEOUT_MAX:
+        return None
     return time.monotonic() + max(0.0, timeout)
+
+
+_TIMEOUT_MAX = min(9.0e9, threading.TIMEOUT_MAX)
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:
