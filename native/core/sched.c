@@ -263,8 +263,17 @@ static void wake_worker(zk_sched *s, zk_worker *target) {
 
 /* ---- live-task registry (for shutdown) ------------------------------------ */
 
+/* A task's registry shard, fixed for its life.  By address, not by the
+ * spawning worker: one task spawning a burst would otherwise put every
+ * child in one shard, whose lock the spawner (inserting) and the workers
+ * completing the children (removing) then fight over -- perf showed that
+ * PyMutex spinning and sleeping at threads=2.  Tasks spawned off the
+ * workers share shard 0. */
 static int owned_shard(zk_task *t) {
-    return t->home < 0 ? 0 : 1 + t->home % (ZK_OWNED_SHARDS - 1);
+    if (t->home < 0)
+        return 0;
+    uintptr_t a = (uintptr_t)t >> 7;   /* tasks are 128-byte blocks */
+    return 1 + (int)(a % (ZK_OWNED_SHARDS - 1));
 }
 
 void zk_sched_task_started(zk_sched *s, zk_task *t) {
