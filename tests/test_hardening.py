@@ -455,9 +455,15 @@ def test_metrics_polled_while_blocking_jobs_run_and_gc_runs(make_runtime):
     polls = [0, 0]
 
     def poller(k):
-        while time.monotonic() < stop:
+        # At least one call each, even if the thread only gets to run after
+        # `stop`: with a thread collecting back to back, a new thread can wait
+        # to attach through every pause of the 3 s (seen in CI as polls
+        # [0, 0] with neither thread hung).
+        while True:
             assert rt.metrics()["blocking_threads"] >= 0
             polls[k] += 1
+            if time.monotonic() >= stop:
+                break
 
     hs = [rt.spawn(main()) for _ in range(2)]
     ts = [threading.Thread(target=collector)] + [
@@ -473,10 +479,10 @@ def test_metrics_polled_while_blocking_jobs_run_and_gc_runs(make_runtime):
     assert not [t for t in ts if t.is_alive()], "metrics() or gc.collect() hung"
     for h in hs:
         h.result(timeout=10)
-    # Not min(polls): with a thread calling gc.collect() back to back, one
-    # poller can be left waiting to re-attach through every stop-the-world
-    # pause of the 3 s (seen as [298, 0] under load); it still returns.
-    assert sum(polls) >= 1
+    # Every poller got metrics() back at least once: none hung, none raised.
+    # (How many more fit into the 3 s depends on how often a poller wins the
+    # race to re-attach between stop-the-world pauses: [298, 0] was seen.)
+    assert min(polls) >= 1, polls
 
 
 # ---- 4. spawn racing shutdown ----------------------------------------------------
