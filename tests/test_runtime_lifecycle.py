@@ -474,17 +474,23 @@ _FORK_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.timeout(60)
-def test_runtime_inherited_through_fork_gives_a_clear_error(tmp_path, util):
-    script = tmp_path / "forked.py"
-    script.write_text(_FORK_SCRIPT)
+def _run_fork_script(tmp_path, util, name, text):
+    """Run a fork scenario in a fresh interpreter; returns its stdout and
+    the ``name: value`` lines it printed as a dict.  It must exit 0."""
+    script = tmp_path / name
+    script.write_text(text)
     p = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=util.subprocess_env(),
                        capture_output=True, text=True, timeout=45)
-    out = p.stdout
-    assert p.returncode == 0, (out, p.stderr)
-    assert "CHILD-EXIT 0" in out, (out, p.stderr)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    lines = dict(line.split(": ", 1) for line in p.stdout.splitlines() if ": " in line)
+    return p.stdout, lines
+
+
+@pytest.mark.timeout(60)
+def test_runtime_inherited_through_fork_gives_a_clear_error(tmp_path, util):
+    out, lines = _run_fork_script(tmp_path, util, "forked.py", _FORK_SCRIPT)
+    assert "CHILD-EXIT 0" in out, out
     parent = out.split("PARENT-PID", 1)[1].split()[0]
-    lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
     msg = (f"RuntimeError: this zokio Runtime was created in process {parent} and cannot be "
            f"used after os.fork(); create a new Runtime in the child")
     assert lines["spawn"] == msg, out
@@ -561,14 +567,8 @@ def test_fork_from_inside_a_task_leaves_a_child_that_can_start_a_new_runtime(tmp
     believing it was one: a new Runtime's block_on() in the child said
     "cannot be called from inside a zokio task", and zokio.spawn() returned
     a handle that never ran."""
-    script = tmp_path / "fork_in_task.py"
-    script.write_text(_FORK_IN_TASK_SCRIPT)
-    p = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=util.subprocess_env(),
-                       capture_output=True, text=True, timeout=45)
-    out = p.stdout
-    assert p.returncode == 0, (out, p.stderr)
-    assert "PARENT-DONE" in out and "CHILD-TIMEOUT" not in out, (out, p.stderr)
-    lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    out, lines = _run_fork_script(tmp_path, util, "fork_in_task.py", _FORK_IN_TASK_SCRIPT)
+    assert "PARENT-DONE" in out and "CHILD-TIMEOUT" not in out, out
     assert lines["new-runtime"] == "42", out
     for name in ("spawn", "spawn_blocking"):
         assert lines[name].startswith("RuntimeError: "), out

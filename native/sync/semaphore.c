@@ -452,32 +452,27 @@ static int sem_release_impl(zk_sem *s, Py_ssize_t n) {
     zk_waiter *done = NULL;
     PyObject *drop = NULL;
     zk_mutex_lock(&s->lock);
-    {
-        /* Held back from the ceiling: permits free plus what the head has
-         * been handed (the invariant: one of the two is 0). */
-        zk_waiter *h = zk_waitlist_head_locked(&s->wl);
-        Py_ssize_t free_now = s->permits + (h != NULL ? h->got : 0);
-        if (n > ZK_SEM_MAX_PERMITS - free_now) {
-            zk_mutex_unlock(&s->lock);
-            PyErr_Format(PyExc_OverflowError,
-                         "releasing %zd permits would pass the most a semaphore holds (%zd)",
-                         n, (Py_ssize_t)ZK_SEM_MAX_PERMITS);
-            return -1;
-        }
+    /* Free permits plus what the head has been handed (by the invariant one
+     * of the two is 0): the count the ceiling and the bound apply to. */
+    zk_waiter *h = zk_waitlist_head_locked(&s->wl);
+    Py_ssize_t free_now = s->permits + (h != NULL ? h->got : 0);
+    if (n > ZK_SEM_MAX_PERMITS - free_now) {
+        zk_mutex_unlock(&s->lock);
+        PyErr_Format(PyExc_OverflowError,
+                     "releasing %zd permits would pass the most a semaphore holds (%zd)",
+                     n, (Py_ssize_t)ZK_SEM_MAX_PERMITS);
+        return -1;
     }
-    if (s->bound >= 0) {
-        zk_waiter *h = zk_waitlist_head_locked(&s->wl);
-        Py_ssize_t out = s->bound - s->permits - (h != NULL ? h->got : 0);
-        if (n > out) {
-            zk_mutex_unlock(&s->lock);
-            if (s->over_error == OVER_RUNTIME_ERROR)
-                PyErr_SetString(PyExc_RuntimeError, "release of an unlocked lock");
-            else
-                PyErr_Format(PyExc_ValueError,
-                             "released too many times: %zd permits released with "
-                             "%zd held", n, out);
-            return -1;
-        }
+    if (s->bound >= 0 && n > s->bound - free_now) {
+        Py_ssize_t out = s->bound - free_now;
+        zk_mutex_unlock(&s->lock);
+        if (s->over_error == OVER_RUNTIME_ERROR)
+            PyErr_SetString(PyExc_RuntimeError, "release of an unlocked lock");
+        else
+            PyErr_Format(PyExc_ValueError,
+                         "released too many times: %zd permits released with "
+                         "%zd held", n, out);
+        return -1;
     }
     assign_locked(s, n, &done, &drop);
     zk_mutex_unlock(&s->lock);

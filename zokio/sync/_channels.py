@@ -17,10 +17,12 @@ harmless.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Generic, Optional, Tuple, TypeVar
 
 from .. import _native
+# One reading of a timeout for every wait outside a task (native ones:
+# core/timeout_arg.h).
+from .._runtime import _deadline_after as _deadline, _remaining
 from ._errors import ChannelClosed, Lagged, QueueEmpty, QueueFull
 
 __all__ = [
@@ -66,28 +68,6 @@ def _refuse_on_worker(what: str) -> None:
     if _native.current_scheduler() is not None:
         raise RuntimeError(f"{what}() would block a zokio worker thread; await the async "
                            f"form in a task (the _blocking variants are for plain threads)")
-
-
-def _deadline(timeout: Optional[float]) -> Optional[float]:
-    """The native waits' reading of a timeout (core/timeout_arg.h): None
-    or more than threading can wait for (inf, 1e300) is no end; NaN is
-    refused; <= 0 is a poll."""
-    if timeout is None:
-        return None
-    if timeout != timeout:
-        raise ValueError("timeout is NaN")
-    if timeout >= _TIMEOUT_MAX:
-        return None
-    return time.monotonic() + max(0.0, timeout)
-
-
-_TIMEOUT_MAX = min(9.0e9, threading.TIMEOUT_MAX)
-
-
-def _remaining(deadline: Optional[float]) -> Optional[float]:
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.monotonic())
 
 
 class _Parking:
